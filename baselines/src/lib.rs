@@ -1,0 +1,1 @@
+//! DDP, DiLoCo and Photon: each one implementation of the harness strategy trait.

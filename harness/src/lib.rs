@@ -1,0 +1,2 @@
+//! The fomoe engine. One idea per module; data flows one way:
+//! suite → runs → sites train and sync through links → telemetry → results.

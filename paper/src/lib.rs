@@ -1,0 +1,1 @@
+//! Figures and REPORT.md generated from results on disk.
