@@ -1,0 +1,294 @@
+//! The MoE feed-forward layer: router, top-k gates, residency mask, dispatch, balance loss.
+//!
+//! For T tokens x ∈ R^{T×d}, router W_r ∈ R^{E×d}, logits z = x·W_rᵀ:
+//! - `softmax_topk`: p = softmax(z); keep the top-k of p; gates g = p_topk / Σ p_topk.
+//! - `sigmoid_topk`: s = σ(z); keep the top-k of s; gates g = s_topk (no renormalisation).
+//!
+//! y_t = Σ_{j<k} g_{t,j} · FFN_{e(t,j)}(x_t), FFN_e(x) = W2_e · GELU(W1_e · x).
+//!
+//! **Residency.** A site may hold only some experts (FoMoE). The router still scores all E.
+//! [`SkipPolicy`] says what happens to a slot whose expert is not resident:
+//! - `drop`: the slot contributes zero, gates are not renormalised; a token with no resident
+//!   expert in its top-k gets exactly zero FFN output (it passes through the residual);
+//! - `renormalize`: as `drop`, then the resident gates of the token are rescaled to the full
+//!   top-k mass (Σ_j g_{t,j}); tokens whose top-k are all resident are left untouched, and
+//!   tokens with none resident still get zero;
+//! - `reroute`: non-resident experts get score −∞ before top-k, so tokens go to resident
+//!   experts (requires at least k resident experts).
+//! With every expert resident the three policies and "no mask" compute the same graph.
+//!
+//! **Dispatch** is one autograd graph: the (token, slot) pairs that run are sorted by local
+//! expert once (stable argsort), their inputs gathered with one `index_select`, each
+//! expert runs two matmuls on its contiguous slice, outputs are concatenated, scaled by
+//! their gates and summed back with one `index_add`. Only resident experts run, so local
+//! expert FLOPs scale with the share of slots that hit resident experts.
+//!
+//! **Load balance** (Switch form): aux = E · Σ_i f_i · P_i, f_i the share of the T·k routed
+//! slots whose top-k choice is expert i (not differentiable), P_i the mean softmax
+//! probability of i (differentiable); aux = 1 at perfect balance. With `aux_scope = resident`
+//! the sum runs over the resident set R only, with f and P renormalised over R and E → |R|.
+//! Router z-loss: mean_t(logsumexp(z_t)²).
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::config::{ConfigError, RouterKind};
+
+/// What a site does with a slot routed to an expert it does not hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipPolicy {
+    #[default]
+    Drop,
+    Renormalize,
+    Reroute,
+}
+
+impl SkipPolicy {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "drop" => Ok(Self::Drop),
+            "renormalize" => Ok(Self::Renormalize),
+            "reroute" => Ok(Self::Reroute),
+            other => Err(ConfigError::new("skip_policy", other, "drop, renormalize, reroute")),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Drop => "drop",
+            Self::Renormalize => "renormalize",
+            Self::Reroute => "reroute",
+        }
+    }
+}
+
+/// Which experts the load-balance loss runs over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuxScope {
+    #[default]
+    All,
+    Resident,
+}
+
+impl AuxScope {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "all" => Ok(Self::All),
+            "resident" => Ok(Self::Resident),
+            other => Err(ConfigError::new("aux_scope", other, "all, resident")),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::All => "all",
+            Self::Resident => "resident",
+        }
+    }
+}
+
+/// The residency of one layer: which global experts this site holds.
+#[derive(Debug)]
+pub struct LayerResidency {
+    /// Global ids of resident experts, ascending; local index i ↔ `resident[i]`.
+    pub resident: Vec<usize>,
+    /// [E] i64: local index of each global expert, −1 when not resident.
+    local_of: Tensor,
+    /// [E] bool: resident mask.
+    mask: Tensor,
+    pub n_experts: usize,
+}
+
+impl LayerResidency {
+    pub fn new(n_experts: usize, resident: &[usize]) -> Self {
+        let mut local = vec![-1i64; n_experts];
+        for (i, &e) in resident.iter().enumerate() {
+            local[e] = i as i64;
+        }
+        let mask: Vec<bool> = local.iter().map(|&l| l >= 0).collect();
+        Self {
+            resident: resident.to_vec(),
+            local_of: Tensor::from_slice(&local),
+            mask: Tensor::from_slice(&mask),
+            n_experts,
+        }
+    }
+    pub fn is_full(&self) -> bool {
+        self.resident.len() == self.n_experts
+    }
+}
+
+/// Routing decisions and counts of one layer's forward pass, for metrics (detached).
+#[derive(Debug)]
+pub struct LayerRouting {
+    /// [T, k] global expert ids chosen (after the policy: `reroute` never picks non-resident).
+    pub topk_ids: Tensor,
+    /// Slots per global expert, length E (counts of the T·k choices).
+    pub counts: Vec<i64>,
+    /// Slots whose chosen expert is not resident (skipped work).
+    pub skipped_slots: i64,
+    /// Tokens none of whose k experts is resident (FFN output exactly zero under drop).
+    pub skipped_tokens: i64,
+    pub tokens: i64,
+}
+
+/// Output of one MoE layer.
+pub struct MoeOutput {
+    pub y: Tensor,
+    /// E·Σ f_i·P_i (or the resident-scope version): 1 at perfect balance. Scalar, has grad.
+    pub balance: Tensor,
+    /// mean(logsumexp(z)²). Scalar, has grad.
+    pub z_loss: Tensor,
+    pub routing: LayerRouting,
+}
+
+/// Router + gates + mask. Returns (gates [T,k] with grad, topk ids [T,k], softmax probs [T,E]).
+pub fn route(
+    x: &Tensor,
+    router_w: &Tensor,
+    top_k: usize,
+    router: RouterKind,
+    residency: &LayerResidency,
+    policy: Option<SkipPolicy>,
+) -> (Tensor, Tensor, Tensor, Tensor) {
+    let logits = x.linear::<Tensor>(router_w, None);
+    let probs = logits.softmax(-1, Kind::Float);
+    let scores = match router {
+        RouterKind::SoftmaxTopk => probs.shallow_clone(),
+        RouterKind::SigmoidTopk => logits.sigmoid(),
+    };
+    assert!(policy.is_some() || residency.is_full(), "a partial residency needs a skip policy");
+    let select = if policy == Some(SkipPolicy::Reroute) {
+        scores.masked_fill(&residency.mask.logical_not(), f64::NEG_INFINITY)
+    } else {
+        scores.shallow_clone()
+    };
+    let (top_v, top_i) = select.topk(top_k as i64, -1, true, true);
+    let gates = match router {
+        RouterKind::SoftmaxTopk => &top_v / top_v.sum_dim_intlist(-1, true, Kind::Float),
+        RouterKind::SigmoidTopk => top_v,
+    };
+    let gates = if let Some(policy @ (SkipPolicy::Drop | SkipPolicy::Renormalize)) = policy {
+        let res_sel = residency.mask.index_select(0, &top_i.view(-1)).view(top_i.size().as_slice());
+        let kept = gates.where_self(&res_sel, &gates.zeros_like());
+        match policy {
+            SkipPolicy::Drop => kept,
+            SkipPolicy::Renormalize => {
+                let full_mass = gates.sum_dim_intlist(-1, true, Kind::Float);
+                let res_mass = kept.sum_dim_intlist(-1, true, Kind::Float);
+                let rescaled = &kept * (full_mass / res_mass.clamp_min(1e-20));
+                let all_res = res_sel.all_dim(-1, true);
+                kept.where_self(&all_res, &rescaled)
+            }
+            SkipPolicy::Reroute => unreachable!(),
+        }
+    } else {
+        gates
+    };
+    (gates, top_i, probs, logits)
+}
+
+/// Switch balance loss E·Σ f_i P_i from slot counts and softmax probabilities.
+pub fn balance_loss(probs: &Tensor, counts: &[i64], top_k: usize, scope: AuxScope, residency: &LayerResidency) -> Tensor {
+    let tokens = probs.size()[0];
+    let e = counts.len();
+    let p_mean = probs.mean_dim(0, false, Kind::Float); // [E]
+    match scope {
+        AuxScope::All => {
+            let slots = (tokens * top_k as i64).max(1) as f64;
+            let f: Vec<f32> = counts.iter().map(|&c| (c as f64 / slots) as f32).collect();
+            (p_mean * Tensor::from_slice(&f)).sum(Kind::Float) * e as f64
+        }
+        AuxScope::Resident => {
+            let r = &residency.resident;
+            let res_slots: i64 = r.iter().map(|&i| counts[i]).sum();
+            if res_slots == 0 || r.is_empty() {
+                return (p_mean.sum(Kind::Float) * 0.0).shallow_clone();
+            }
+            let f: Vec<f32> = r.iter().map(|&i| (counts[i] as f64 / res_slots as f64) as f32).collect();
+            let idx = Tensor::from_slice(&r.iter().map(|&i| i as i64).collect::<Vec<_>>());
+            let p_r = p_mean.index_select(0, &idx);
+            let p_hat = &p_r / p_r.sum(Kind::Float);
+            (p_hat * Tensor::from_slice(&f)).sum(Kind::Float) * r.len() as f64
+        }
+    }
+}
+
+/// Weights of one layer's resident experts, in local order: (fc1 [d_e, d], fc2 [d, d_e]).
+pub struct ExpertWeights<'a> {
+    pub fc1: Vec<&'a Tensor>,
+    pub fc2: Vec<&'a Tensor>,
+}
+
+/// Routing options shared by all layers of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RoutingOptions {
+    pub top_k: usize,
+    pub router: RouterKind,
+    /// `None`: no residency mask (every expert must be resident).
+    pub skip_policy: Option<SkipPolicy>,
+    pub aux_scope: AuxScope,
+}
+
+/// One MoE layer forward on x [T, d].
+pub fn moe_forward(
+    x: &Tensor,
+    router_w: &Tensor,
+    experts: &ExpertWeights<'_>,
+    residency: &LayerResidency,
+    opts: RoutingOptions,
+) -> MoeOutput {
+    let k = opts.top_k as i64;
+    let (gates, top_i, probs, logits) = route(x, router_w, opts.top_k, opts.router, residency, opts.skip_policy);
+    let n_tokens = x.size()[0];
+    let flat_ids = top_i.view(-1);
+    let counts_t = flat_ids.bincount::<Tensor>(None, residency.n_experts as i64);
+    let counts: Vec<i64> = Vec::<i64>::try_from(&counts_t).unwrap_or_default();
+
+    // Slots that run: those whose expert is resident.
+    let local = residency.local_of.index_select(0, &flat_ids);
+    let (slots, local_sel, skipped_slots, skipped_tokens) = if opts.skip_policy.is_none() {
+        (Tensor::arange(n_tokens * k, (Kind::Int64, x.device())), local, 0, 0)
+    } else {
+        let valid = local.ge(0);
+        let slots = valid.nonzero().squeeze_dim(1);
+        let local_sel = local.index_select(0, &slots);
+        let skipped = n_tokens * k - slots.size()[0];
+        let none_res = valid.view([n_tokens, k]).any_dim(-1, false).logical_not().sum(Kind::Int64).int64_value(&[]);
+        (slots, local_sel, skipped, none_res)
+    };
+    let order = local_sel.argsort_stable(true, 0, false);
+    let sorted_slots = slots.index_select(0, &order);
+    let per_expert = local_sel.bincount::<Tensor>(None, residency.resident.len() as i64);
+    let per_expert: Vec<i64> = Vec::<i64>::try_from(&per_expert).unwrap_or_default();
+    let token_of_slot = sorted_slots.floor_divide_scalar(k);
+    let xs = x.index_select(0, &token_of_slot);
+    let gs = gates.view(-1).index_select(0, &sorted_slots);
+
+    let mut outs = Vec::with_capacity(per_expert.len());
+    let mut off = 0i64;
+    for (e, &c) in per_expert.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let h = xs.narrow(0, off, c).linear::<Tensor>(experts.fc1[e], None).gelu("none");
+        outs.push(h.linear::<Tensor>(experts.fc2[e], None));
+        off += c;
+    }
+    let y = if outs.is_empty() {
+        // Keep the graph connected (zero contribution) so every caller gets a tensor with grad.
+        x.zeros_like() + (gates.sum(Kind::Float) * 0.0)
+    } else {
+        let ys = Tensor::cat(&outs, 0) * gs.unsqueeze(1);
+        x.zeros_like().index_add(0, &token_of_slot, &ys)
+    };
+
+    let balance = balance_loss(&probs, &counts, opts.top_k, opts.aux_scope, residency);
+    let z_loss = logits.logsumexp([-1], false).square().mean(Kind::Float);
+    MoeOutput {
+        y,
+        balance,
+        z_loss,
+        routing: LayerRouting { topk_ids: top_i.detach(), counts, skipped_slots, skipped_tokens, tokens: n_tokens },
+    }
+}

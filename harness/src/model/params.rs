@@ -1,0 +1,308 @@
+//! Parameters as views into one flat f32 buffer.
+//!
+//! Every parameter of a site's model is a view into `ParamStore::flat` at a fixed offset, in
+//! a layout chosen so the groups the methods treat differently are contiguous ranges:
+//!
+//! ```text
+//! [ dense, no weight decay (norm gains) | dense, decayed (embeddings, attention, routers) |
+//!   expert (l0,e_a) fc1 fc2 | expert (l0,e_b) fc1 fc2 | ... | expert (L-1, e_z) fc1 fc2 ]
+//! ```
+//!
+//! The dense group (N_dense values) is the first two ranges together; each resident expert
+//! is one contiguous block of 2·d·d_e values. The optimiser, gradient clipping and the
+//! collectives then work on flat slices: AdamW is a handful of vectorised ops over the
+//! whole buffer, FoMoE all-reduces the dense range over all sites and each expert block
+//! among its holders, and memory held is exactly `4·len(flat)` bytes per copy.
+//! A site that does not hold an expert has no slot for it: it never allocates it.
+//!
+//! Names follow PyTorch conventions (`blocks.0.moe.experts.5.fc1.weight`, Linear weights
+//! stored [out, in]) so a safetensors checkpoint loads into a PyTorch model by name.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use tch::{Kind, Tensor};
+
+use super::config::ModelConfig;
+
+/// Which group a parameter belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ParamGroup {
+    /// Dense, not weight-decayed (RMSNorm gains).
+    DenseNoDecay,
+    /// Dense, weight-decayed (embeddings, positions, attention, routers).
+    DenseDecay,
+    /// Expert `expert` (global id) of block `layer`.
+    Expert { layer: usize, expert: usize },
+}
+
+impl ParamGroup {
+    pub fn is_dense(self) -> bool {
+        !matches!(self, ParamGroup::Expert { .. })
+    }
+}
+
+/// Name, shape and place of one parameter in the flat buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub group: ParamGroup,
+    pub offset: usize,
+    pub numel: usize,
+}
+
+/// Which experts a site holds, per layer (global expert ids, ascending).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Residency {
+    pub per_layer: Vec<Vec<usize>>,
+    pub n_experts: usize,
+}
+
+impl Residency {
+    /// Every expert resident in every layer (a full replica).
+    pub fn full(cfg: &ModelConfig) -> Self {
+        Self { per_layer: vec![(0..cfg.n_experts).collect(); cfg.n_layers], n_experts: cfg.n_experts }
+    }
+
+    /// The same expert set in every layer. Ids are sorted and deduplicated.
+    pub fn uniform(cfg: &ModelConfig, experts: &[usize]) -> Self {
+        let mut e: Vec<usize> = experts.to_vec();
+        e.sort_unstable();
+        e.dedup();
+        Self { per_layer: vec![e; cfg.n_layers], n_experts: cfg.n_experts }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.per_layer.iter().all(|l| l.len() == self.n_experts)
+    }
+
+    pub fn holds(&self, layer: usize, expert: usize) -> bool {
+        self.per_layer[layer].binary_search(&expert).is_ok()
+    }
+
+    /// Number of (layer, expert) blocks held.
+    pub fn blocks(&self) -> usize {
+        self.per_layer.iter().map(Vec::len).sum()
+    }
+}
+
+/// The layout of a model's parameters, without storage.
+#[derive(Clone, Debug)]
+pub struct ParamLayout {
+    pub specs: Vec<ParamSpec>,
+    pub total: usize,
+    /// Range of the dense group (both dense subgroups).
+    pub dense: Range<usize>,
+    /// Range of the decayed values (dense decayed + all experts).
+    pub decayed: Range<usize>,
+    /// Range of each resident expert block, keyed by (layer, expert).
+    pub experts: BTreeMap<(usize, usize), Range<usize>>,
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &ModelConfig, residency: &Residency) -> Self {
+        let d = cfg.d_model as i64;
+        let de = cfg.d_expert as i64;
+        let mut no_decay: Vec<(String, Vec<i64>, ParamGroup)> = Vec::new();
+        let mut decay: Vec<(String, Vec<i64>, ParamGroup)> = Vec::new();
+        let mut expert: Vec<(String, Vec<i64>, ParamGroup)> = Vec::new();
+        decay.push(("wte.weight".into(), vec![cfg.vocab_size as i64, d], ParamGroup::DenseDecay));
+        decay.push(("wpe.weight".into(), vec![cfg.seq_len as i64, d], ParamGroup::DenseDecay));
+        for l in 0..cfg.n_layers {
+            let p = format!("blocks.{l}");
+            no_decay.push((format!("{p}.ln1.weight"), vec![d], ParamGroup::DenseNoDecay));
+            no_decay.push((format!("{p}.ln2.weight"), vec![d], ParamGroup::DenseNoDecay));
+            decay.push((format!("{p}.attn.qkv.weight"), vec![3 * d, d], ParamGroup::DenseDecay));
+            decay.push((format!("{p}.attn.proj.weight"), vec![d, d], ParamGroup::DenseDecay));
+            decay.push((
+                format!("{p}.moe.router.weight"),
+                vec![cfg.n_experts as i64, d],
+                ParamGroup::DenseDecay,
+            ));
+            for &e in &residency.per_layer[l] {
+                let g = ParamGroup::Expert { layer: l, expert: e };
+                expert.push((format!("{p}.moe.experts.{e}.fc1.weight"), vec![de, d], g));
+                expert.push((format!("{p}.moe.experts.{e}.fc2.weight"), vec![d, de], g));
+            }
+        }
+        no_decay.push(("ln_f.weight".into(), vec![d], ParamGroup::DenseNoDecay));
+
+        let mut specs = Vec::new();
+        let mut offset = 0usize;
+        let mut experts = BTreeMap::new();
+        let mut dense_end = 0;
+        let mut decay_start = 0;
+        for (i, list) in [no_decay, decay, expert].into_iter().enumerate() {
+            if i == 1 {
+                decay_start = offset;
+            }
+            if i == 2 {
+                dense_end = offset;
+            }
+            for (name, shape, group) in list {
+                let numel = shape.iter().product::<i64>() as usize;
+                if let ParamGroup::Expert { layer, expert } = group {
+                    let r = experts.entry((layer, expert)).or_insert(offset..offset);
+                    r.end = offset + numel;
+                }
+                specs.push(ParamSpec { name, shape, group, offset, numel });
+                offset += numel;
+            }
+        }
+        Self { specs, total: offset, dense: 0..dense_end, decayed: decay_start..offset, experts }
+    }
+
+    pub fn spec(&self, name: &str) -> Option<&ParamSpec> {
+        self.specs.iter().find(|s| s.name == name)
+    }
+}
+
+/// A site's parameters: one flat f32 buffer and a leaf view per parameter.
+pub struct ParamStore {
+    pub layout: ParamLayout,
+    pub residency: Residency,
+    /// All values, no autograd history of its own.
+    pub flat: Tensor,
+    /// One leaf per parameter (view of `flat`, requires grad), in layout order.
+    pub params: Vec<Tensor>,
+}
+
+impl ParamStore {
+    /// Zero-initialised store for `residency`.
+    pub fn zeros(cfg: &ModelConfig, residency: Residency) -> Self {
+        let layout = ParamLayout::new(cfg, &residency);
+        let flat = Tensor::zeros([layout.total as i64], (Kind::Float, tch::Device::Cpu));
+        let params = layout
+            .specs
+            .iter()
+            .map(|s| flat.narrow(0, s.offset as i64, s.numel as i64).view(s.shape.as_slice()).set_requires_grad(true))
+            .collect();
+        Self { layout, residency, flat, params }
+    }
+
+    /// The seeded initial model: N(0, 0.02) weights, output projections (attention proj and
+    /// expert fc2) N(0, 0.02/√(2L)), norm gains 1. Values are drawn per parameter from a
+    /// generator seeded by (seed, parameter name), so a site holding a subset of the experts
+    /// gets bit-identical values for what it holds.
+    pub fn init(cfg: &ModelConfig, residency: Residency, seed: u64) -> Self {
+        let store = Self::zeros(cfg, residency);
+        let std_out = 0.02 / (2.0 * cfg.n_layers as f64).sqrt();
+        tch::no_grad(|| {
+            for (spec, p) in store.layout.specs.iter().zip(&store.params) {
+                let mut p = p.detach();
+                if spec.name.ends_with("ln1.weight") || spec.name.ends_with("ln2.weight") || spec.name == "ln_f.weight" {
+                    let _ = p.fill_(1.0);
+                } else {
+                    let std = if spec.name.ends_with("proj.weight") || spec.name.ends_with("fc2.weight") { std_out } else { 0.02 };
+                    tch::manual_seed(name_seed(seed, &spec.name) as i64);
+                    let _ = p.normal_(0.0, std);
+                }
+            }
+        });
+        store
+    }
+
+    pub fn numel(&self) -> usize {
+        self.layout.total
+    }
+
+    /// Bytes held by the parameter values (one f32 copy).
+    pub fn bytes(&self) -> usize {
+        4 * self.layout.total
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.layout.specs.iter().position(|s| s.name == name).map(|i| &self.params[i])
+    }
+
+    /// Copy every parameter this store holds from `other` by name (e.g. a site's subset from
+    /// the full initial model). Errors if `other` lacks one or shapes differ.
+    pub fn copy_from(&mut self, other: &ParamStore) -> Result<(), String> {
+        tch::no_grad(|| {
+            for (spec, p) in self.layout.specs.iter().zip(&self.params) {
+                let src = other.get(&spec.name).ok_or_else(|| format!("source model has no parameter {}", spec.name))?;
+                if src.size() != spec.shape {
+                    return Err(format!("parameter {}: shape {:?} in source, {:?} here", spec.name, src.size(), spec.shape));
+                }
+                p.detach().copy_(src);
+            }
+            Ok(())
+        })
+    }
+
+    /// The values as a Vec<f32> (for communication and tests).
+    pub fn to_vec(&self) -> Vec<f32> {
+        tensor_to_vec(&self.flat)
+    }
+
+    /// Overwrite all values from a slice of the same length.
+    pub fn load_flat(&mut self, values: &[f32]) {
+        assert_eq!(values.len(), self.layout.total, "load_flat: length mismatch");
+        tch::no_grad(|| self.flat.copy_(&Tensor::from_slice(values)));
+    }
+}
+
+/// A stable 64-bit seed per (seed, name): FNV-1a of the name mixed with the seed.
+pub fn name_seed(seed: u64, name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for b in name.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // libtorch's manual_seed takes a signed 64-bit value; keep it positive.
+    h >> 1
+}
+
+/// Copy a (contiguous or not) f32 tensor into a Vec.
+pub fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
+    let t = t.detach().contiguous().view(-1);
+    let n = t.numel();
+    let mut v = vec![0f32; n];
+    t.copy_data(&mut v, n);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_contiguous_per_group() {
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        let full = ParamLayout::new(&cfg, &Residency::full(&cfg));
+        assert_eq!(full.total, cfg.total_params());
+        assert_eq!(full.dense.len(), cfg.dense_params());
+        assert_eq!(full.experts.len(), cfg.n_layers * cfg.n_experts);
+        for r in full.experts.values() {
+            assert_eq!(r.len(), cfg.params_per_expert());
+        }
+        // Offsets tile the buffer with no gap or overlap.
+        let mut end = 0;
+        for s in &full.specs {
+            assert_eq!(s.offset, end, "{}", s.name);
+            end += s.numel;
+        }
+        assert_eq!(end, full.total);
+        let part = ParamLayout::new(&cfg, &Residency::uniform(&cfg, &[1, 4]));
+        assert_eq!(part.total, cfg.dense_params() + cfg.n_layers * 2 * cfg.params_per_expert());
+        assert!(part.spec("blocks.1.moe.experts.4.fc2.weight").is_some());
+        assert!(part.spec("blocks.1.moe.experts.0.fc2.weight").is_none());
+    }
+
+    #[test]
+    fn subset_init_equals_full_init_on_what_it_holds() {
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        let full = ParamStore::init(&cfg, Residency::full(&cfg), 7);
+        let part = ParamStore::init(&cfg, Residency::uniform(&cfg, &[3, 6]), 7);
+        for (spec, p) in part.layout.specs.iter().zip(&part.params) {
+            let q = full.get(&spec.name).unwrap();
+            assert!(p.equal(q), "{}", spec.name);
+        }
+        // The views really alias the flat buffer.
+        let w = part.get("wte.weight").unwrap();
+        assert_eq!(w.double_value(&[0, 0]), part.flat.double_value(&[part.layout.spec("wte.weight").unwrap().offset as i64]));
+        let other = ParamStore::init(&cfg, Residency::full(&cfg), 8);
+        assert!(!full.flat.equal(&other.flat));
+    }
+}
