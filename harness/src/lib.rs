@@ -2,3 +2,6 @@
 //! suite → runs → sites train and sync through links → telemetry → results.
 
 pub mod model;
+pub mod optim;
+pub mod checkpoint;
+pub mod bench;

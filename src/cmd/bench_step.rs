@@ -1,0 +1,43 @@
+use anyhow::Result;
+use harness::model::ModelConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model preset (tiny, small, proxy-s, proxy-m).
+    #[arg(long, default_value = "proxy-s")]
+    preset: String,
+    /// CPU threads for libtorch (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Timed steps (after 2 warm-up steps).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = ModelConfig::preset(&a.preset)?;
+    cfg.validate()?;
+    if a.steps == 0 {
+        anyhow::bail!("invalid steps = 0: must be at least 1");
+    }
+    let threads = a.threads.unwrap_or_else(super::default_threads);
+    if threads == 0 {
+        anyhow::bail!("invalid threads = 0: must be at least 1");
+    }
+    let r = harness::bench::bench_step(&cfg, &a.preset, threads, 2, a.steps);
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!("preset {} on {} threads: {} tokens/step", r.preset, r.threads, r.tokens_per_step);
+        println!("  step time      {:>10.1} ms (median of {}, min {:.1})", r.step_ms_median, r.steps_timed, r.step_ms_min);
+        println!("  tokens/s       {:>10.0}", r.tokens_per_s);
+        println!("  achieved       {:>10.1} GFLOP/s ({:.1} MFLOP/token, PaLM convention)", r.gflops, r.flops_per_token / 1e6);
+        println!("  fp32 matmul    {:>10.1} GFLOP/s (measured now)", r.matmul_gflops);
+        println!("  MFU            {:>10.1} %", 100.0 * r.mfu);
+        println!("  expert share   {:>10.1} % of model FLOPs", 100.0 * r.expert_flop_share);
+    }
+    Ok(())
+}
