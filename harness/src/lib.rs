@@ -1,7 +1,9 @@
 //! The fomoe engine. One idea per module; data flows one way:
 //! suite → runs → sites train and sync through links → telemetry → results.
 
+pub mod bench;
+pub mod checkpoint;
+pub mod data;
 pub mod model;
 pub mod optim;
-pub mod checkpoint;
-pub mod bench;
+pub mod rng;
