@@ -84,12 +84,13 @@ pub struct AdamW {
     pub step: u64,
     /// Range of the buffer that gets weight decay.
     pub decayed: Range<usize>,
+    scratch: Option<Tensor>,
 }
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig, numel: usize, decayed: Range<usize>) -> Self {
         let z = || Tensor::zeros([numel as i64], (Kind::Float, tch::Device::Cpu));
-        Self { cfg, exp_avg: z(), exp_avg_sq: z(), step: 0, decayed }
+        Self { cfg, exp_avg: z(), exp_avg_sq: z(), step: 0, decayed, scratch: None }
     }
 
     /// Bytes of optimiser state held (m and v, f32).
@@ -107,6 +108,7 @@ impl AdamW {
     }
 
     /// One update of `flat` (parameters, in place) with gradient `grad` at learning rate `lr`.
+    /// In-place and out= kernels over one scratch buffer: no allocation per step.
     pub fn step(&mut self, flat: &Tensor, grad: &Tensor, lr: f64) {
         tch::no_grad(|| {
             self.step += 1;
@@ -116,14 +118,17 @@ impl AdamW {
                 let mut dec = flat.narrow(0, self.decayed.start as i64, self.decayed.len() as i64);
                 let _ = dec.g_mul_scalar_(1.0 - lr * c.weight_decay);
             }
+            let scratch = self.scratch.get_or_insert_with(|| grad.empty_like());
             let _ = self.exp_avg.lerp_(grad, 1.0 - c.beta1);
-            let _ = self.exp_avg_sq.lerp_(&grad.square(), 1.0 - c.beta2);
+            let _ = grad.mul_out(scratch, grad);
+            let _ = self.exp_avg_sq.lerp_(scratch, 1.0 - c.beta2);
             let bc1 = 1.0 - c.beta1.powi(t);
             let bc2 = 1.0 - c.beta2.powi(t);
-            let denom = (self.exp_avg_sq.sqrt() / bc2.sqrt()) + c.eps;
-            let update = (&self.exp_avg / denom) * (lr / bc1);
-            let mut f = flat.shallow_clone();
-            let _ = f.g_sub_(&update);
+            // scratch = −(bc1/lr)·(√v/√bc2 + ε), so θ += m / scratch is θ −= lr/bc1 · m/(√v̂ + ε).
+            let _ = self.exp_avg_sq.sqrt_out(scratch);
+            let _ = scratch.g_mul_scalar_(-bc1 / (lr * bc2.sqrt()));
+            let _ = scratch.g_add_scalar_(-c.eps * bc1 / lr);
+            let _ = flat.shallow_clone().addcdiv_(&self.exp_avg, scratch);
         });
     }
 }

@@ -265,15 +265,16 @@ pub fn moe_forward(
     let xs = x.index_select(0, &token_of_slot);
     let gs = gates.view(-1).index_select(0, &sorted_slots);
 
+    // One split (its backward is one concatenation), not a narrow per expert (whose
+    // backward would zero-fill and add a full-size gradient per expert).
+    let parts = xs.split_with_sizes(per_expert.as_slice(), 0);
     let mut outs = Vec::with_capacity(per_expert.len());
-    let mut off = 0i64;
-    for (e, &c) in per_expert.iter().enumerate() {
-        if c == 0 {
+    for (e, part) in parts.iter().enumerate() {
+        if per_expert[e] == 0 {
             continue;
         }
-        let h = xs.narrow(0, off, c).linear::<Tensor>(experts.fc1[e], None).gelu("none");
+        let h = part.linear::<Tensor>(experts.fc1[e], None).gelu("none");
         outs.push(h.linear::<Tensor>(experts.fc2[e], None));
-        off += c;
     }
     let y = if outs.is_empty() {
         // Keep the graph connected (zero contribution) so every caller gets a tensor with grad.

@@ -1,0 +1,45 @@
+//! Phase breakdown of one training step in process CPU time (robust to other load).
+//! `cargo run --release -p fomoe-harness --example profile_step -- proxy-s 2`
+use harness::model::{ModelConfig, MoeModel, Residency};
+use harness::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use tch::{Kind, Tensor};
+
+fn cpu_s() -> f64 {
+    let mut ru: libc_rusage = unsafe { std::mem::zeroed() };
+    unsafe { getrusage(0, &mut ru) };
+    ru.utime.0 as f64 + ru.utime.1 as f64 * 1e-6 + ru.stime.0 as f64 + ru.stime.1 as f64 * 1e-6
+}
+#[repr(C)]
+struct libc_rusage { utime: (i64, i64), stime: (i64, i64), rest: [i64; 14] }
+#[allow(improper_ctypes)]
+extern "C" { fn getrusage(who: i32, ru: *mut libc_rusage) -> i32; }
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let preset = args.get(1).map(String::as_str).unwrap_or("proxy-s");
+    let threads: i32 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
+    tch::set_num_threads(threads);
+    if std::env::var_os("NO_TUNE").is_none() { println!("allocator tuned: {}", harness::sys::tune_allocator()); }
+    let cfg = ModelConfig::preset(preset).unwrap();
+    let model = MoeModel::new(&cfg, Residency::full(&cfg), 0);
+    let mut opt = AdamW::new(AdamWConfig::default(), model.store.numel(), model.store.layout.decayed.clone());
+    let (b, s) = (cfg.batch_size as i64, cfg.seq_len as i64);
+    let x = Tensor::randint(256, [b, s], (Kind::Int64, tch::Device::Cpu));
+    let y = Tensor::randint(256, [b, s], (Kind::Int64, tch::Device::Cpu));
+    let mut acc = [0f64; 4];
+    let n = 6;
+    for i in 0..n + 1 {
+        let t0 = cpu_s();
+        let out = model.forward(&x, &y);
+        let t1 = cpu_s();
+        let mut g = model.flat_grad(&out.loss);
+        let t2 = cpu_s();
+        clip_grad_norm(&mut g, 1.0);
+        opt.step(&model.store.flat, &g, 1e-4);
+        let t3 = cpu_s();
+        if i > 0 { acc[0] += t1 - t0; acc[1] += t2 - t1; acc[2] += t3 - t2; }
+    }
+    let tot: f64 = acc.iter().sum();
+    println!("CPU-s per step: fwd {:.3} bwd {:.3} opt {:.3} total {:.3}; est. tokens/s at {} uncontended threads: {:.0}",
+        acc[0] / n as f64, acc[1] / n as f64, acc[2] / n as f64, tot / n as f64, threads, (b * s) as f64 * threads as f64 / (tot / n as f64));
+}
