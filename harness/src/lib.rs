@@ -1,2 +1,4 @@
 //! The fomoe engine. One idea per module; data flows one way:
 //! suite → runs → sites train and sync through links → telemetry → results.
+
+pub mod net;
