@@ -123,7 +123,11 @@ fn send(mut stream: TcpStream, bytes: u64, deadline: Instant) -> Result<()> {
         let start = (offset % PERIOD as u64) as usize;
         let n = (bytes - offset).min(CHUNK as u64) as usize;
         let written = match stream.write(&pat[start..start + n]) {
-            Ok(0) => return Err(NetnsError::Transfer(format!("peer closed after {offset} bytes"))),
+            Ok(0) => {
+                return Err(NetnsError::Transfer(format!(
+                    "peer closed after {offset} bytes"
+                )))
+            }
             Ok(w) => w,
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
             Err(e) => return Err(NetnsError::io(format!("send at byte {offset}"), e)),

@@ -72,7 +72,10 @@ use nix::sched::{setns, unshare, CloneFlags};
 pub use error::{NetnsError, Result};
 pub use measure::{measure_tcp_transfer, tcp_payload_fraction, TransferSample};
 pub use nl::LinkCounters;
-pub use ns::{cleanup_stale, enter_netns, install_signal_cleanup, list_namespaces, NETNS_DIR};
+pub use ns::{
+    cleanup_live_labs, cleanup_stale, enter_netns, install_signal_cleanup, list_namespaces,
+    NETNS_DIR,
+};
 
 use nl::Nl;
 use ns::Ns;
@@ -283,7 +286,9 @@ impl NetnsLab {
     }
 
     fn hub(&self) -> &Ns {
-        self.hub.as_ref().expect("hub namespace exists once the lab is built")
+        self.hub
+            .as_ref()
+            .expect("hub namespace exists once the lab is built")
     }
 
     fn build_site(&self, i: usize) -> Result<Site> {
@@ -381,6 +386,20 @@ impl NetnsLab {
         self.has_netem
     }
 
+    /// `Ok` where the kernel has `netem`; otherwise [`NetnsError::Unsupported`] saying that
+    /// delay and jitter must come from the relay.
+    pub fn require_netem(&self) -> Result<()> {
+        if self.has_netem {
+            Ok(())
+        } else {
+            Err(NetnsError::Unsupported(
+                "the kernel has no netem qdisc (CONFIG_NET_SCH_NETEM unset): \
+                 delay and jitter must come from the relay"
+                    .into(),
+            ))
+        }
+    }
+
     /// Runs `f` on a fresh thread inside `site`'s namespace and returns its result; the calling
     /// thread stays where it is. A panic in `f` is resumed here.
     pub fn in_site<T: Send, F: FnOnce() -> T + Send>(&self, site: usize, f: F) -> Result<T> {
@@ -396,11 +415,10 @@ impl NetnsLab {
         F: FnOnce() -> T + Send + 'static,
     {
         let s = self.site(site)?;
-        let file = s
-            .ns
-            .file
-            .try_clone()
-            .map_err(|e| NetnsError::io(format!("dup fd of {}", s.ns.name), e))?;
+        let file =
+            s.ns.file
+                .try_clone()
+                .map_err(|e| NetnsError::io(format!("dup fd of {}", s.ns.name), e))?;
         let name = s.ns.name.clone();
         std::thread::Builder::new()
             .name(format!("in-{name}"))
@@ -417,11 +435,10 @@ impl NetnsLab {
     pub fn command_in_site(&self, site: usize, cmd: &mut Command) -> Result<()> {
         use std::os::unix::process::CommandExt;
         let s = self.site(site)?;
-        let file = s
-            .ns
-            .file
-            .try_clone()
-            .map_err(|e| NetnsError::io(format!("dup fd of {}", s.ns.name), e))?;
+        let file =
+            s.ns.file
+                .try_clone()
+                .map_err(|e| NetnsError::io(format!("dup fd of {}", s.ns.name), e))?;
         // SAFETY: the closure only issues the setns(2) system call on an fd it owns, which is
         // async-signal-safe, as required between fork and exec.
         unsafe {
@@ -441,8 +458,20 @@ impl NetnsLab {
         let hub = self.hub();
         let mut shaped = self.shaped.lock().unwrap_or_else(|p| p.into_inner());
         for (dir, rate, nl, index, what) in [
-            (0, shape.up_rate_bps, &s.ns.nl, s.link_index, site_link_name(site)),
-            (1, shape.down_rate_bps, &hub.nl, s.hub_link_index, hub_link_name(site)),
+            (
+                0,
+                shape.up_rate_bps,
+                &s.ns.nl,
+                s.link_index,
+                site_link_name(site),
+            ),
+            (
+                1,
+                shape.down_rate_bps,
+                &hub.nl,
+                s.hub_link_index,
+                hub_link_name(site),
+            ),
         ] {
             let mut nl = lock(nl);
             match rate {
@@ -467,7 +496,11 @@ impl NetnsLab {
     }
 
     fn tbf_for(&self, rate_bps: u64, shape: &SiteShape, dir: usize) -> Result<tc::Tbf> {
-        let field = if dir == 0 { "up_rate_bps" } else { "down_rate_bps" };
+        let field = if dir == 0 {
+            "up_rate_bps"
+        } else {
+            "down_rate_bps"
+        };
         if !(MIN_RATE_BPS..=MAX_RATE_BPS).contains(&rate_bps) {
             return Err(NetnsError::Config {
                 field,

@@ -12,8 +12,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::RawFd;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -97,11 +97,12 @@ impl Nl {
                 .map_err(|e| NetnsError::io(format!("recv netlink {op}"), e))?;
             let mut offset = 0;
             while offset < n {
-                let packet = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
-                    .map_err(|e| NetnsError::Decode {
-                        op: op.to_string(),
-                        detail: e.to_string(),
-                    })?;
+                let packet =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&self.buf[offset..n])
+                        .map_err(|e| NetnsError::Decode {
+                            op: op.to_string(),
+                            detail: e.to_string(),
+                        })?;
                 let len = packet.header.length as usize;
                 if len == 0 {
                     return Err(NetnsError::Decode {
@@ -199,7 +200,9 @@ impl Nl {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_string()));
         msg.attributes
-            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
         self.request(
             RouteNetlinkMessage::NewLink(msg),
             NLM_F_CREATE | NLM_F_EXCL,
@@ -209,9 +212,17 @@ impl Nl {
 
     /// Creates a veth pair: `name` here, `peer` directly inside the namespace of `peer_ns_fd`,
     /// so no end ever exists in any other namespace.
-    pub(crate) fn add_veth(&mut self, name: &str, peer: &str, peer_ns_fd: RawFd, mtu: u32) -> Result<()> {
+    pub(crate) fn add_veth(
+        &mut self,
+        name: &str,
+        peer: &str,
+        peer_ns_fd: RawFd,
+        mtu: u32,
+    ) -> Result<()> {
         let mut peer_msg = LinkMessage::default();
-        peer_msg.attributes.push(LinkAttribute::IfName(peer.to_string()));
+        peer_msg
+            .attributes
+            .push(LinkAttribute::IfName(peer.to_string()));
         peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
         peer_msg.attributes.push(LinkAttribute::NetNsFd(peer_ns_fd));
         let mut msg = LinkMessage::default();
@@ -249,7 +260,11 @@ impl Nl {
         if let Some(c) = controller {
             msg.attributes.push(LinkAttribute::Controller(c));
         }
-        self.request(RouteNetlinkMessage::SetLink(msg), 0, &format!("set link {what}"))
+        self.request(
+            RouteNetlinkMessage::SetLink(msg),
+            0,
+            &format!("set link {what}"),
+        )
     }
 
     /// Adds `addr/prefix_len` to link `index`.
@@ -258,8 +273,10 @@ impl Nl {
         msg.header.family = AddressFamily::Inet;
         msg.header.prefix_len = prefix_len;
         msg.header.index = index;
-        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
-        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        msg.attributes
+            .push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes
+            .push(AddressAttribute::Address(IpAddr::V4(addr)));
         self.request(
             RouteNetlinkMessage::NewAddress(msg),
             NLM_F_CREATE | NLM_F_EXCL,

@@ -232,6 +232,20 @@ pub(crate) fn run_in<T: Send, F: FnOnce() -> T + Send>(file: &File, name: &str, 
     })
 }
 
+/// Removes the namespaces of every lab alive in this process, for a caller that handles
+/// signals itself (and so built its labs with `install_signal_handler: false`) and is about to
+/// exit. The labs' own `Drop` then finds nothing left to remove.
+pub fn cleanup_live_labs() -> Result<()> {
+    let prefixes = live().clone();
+    let mut first_err = None;
+    for p in &prefixes {
+        if let Err(e) = remove_prefixed(p) {
+            first_err.get_or_insert(e);
+        }
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
 /// Installs (once per process) a handler for SIGINT, SIGTERM and SIGHUP that removes the
 /// namespaces of every lab alive in this process and then ends the process the way the
 /// signal would have. Labs call this themselves unless told not to.
@@ -245,11 +259,8 @@ pub fn install_signal_cleanup() -> Result<()> {
                 .name("netns-signal-cleanup".into())
                 .spawn(move || {
                     if let Some(sig) = signals.forever().next() {
-                        let prefixes = live().clone();
-                        for p in &prefixes {
-                            if let Err(e) = remove_prefixed(p) {
-                                eprintln!("netns cleanup of {p}* on signal {sig}: {e}");
-                            }
+                        if let Err(e) = cleanup_live_labs() {
+                            eprintln!("netns cleanup on signal {sig}: {e}");
                         }
                         let _ = signal_hook::low_level::emulate_default_handler(sig);
                         std::process::exit(128 + sig);

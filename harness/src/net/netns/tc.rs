@@ -62,7 +62,10 @@ pub(crate) fn tbf_parms(t: &Tbf) -> Vec<u8> {
 
 /// The `TCA_OPTIONS` attribute of a `tbf` qdisc.
 pub(crate) fn tbf_options(t: &Tbf) -> TcAttribute {
-    let mut opts = vec![TcOption::Other(DefaultNla::new(TCA_TBF_PARMS, tbf_parms(t)))];
+    let mut opts = vec![TcOption::Other(DefaultNla::new(
+        TCA_TBF_PARMS,
+        tbf_parms(t),
+    ))];
     if t.rate_bytes_per_s > u32::MAX as u64 {
         opts.push(TcOption::Other(DefaultNla::new(
             TCA_TBF_RATE64,
@@ -134,7 +137,10 @@ mod tests {
         };
         assert_eq!(o.len(), 3);
         let parms = tbf_parms(&big);
-        assert_eq!(u32::from_ne_bytes(parms[8..12].try_into().unwrap()), u32::MAX);
+        assert_eq!(
+            u32::from_ne_bytes(parms[8..12].try_into().unwrap()),
+            u32::MAX
+        );
     }
 
     #[test]
