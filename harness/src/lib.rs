@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod model;
+pub mod net;
 pub mod optim;
 pub mod rng;
 pub mod sys;
