@@ -2,10 +2,13 @@
 //! suite → runs → sites train and sync through links → telemetry → results.
 
 pub mod bench;
+pub mod bytes;
 pub mod checkpoint;
+pub mod collective;
 pub mod data;
 pub mod model;
 pub mod net;
 pub mod optim;
 pub mod rng;
 pub mod sys;
+pub mod units;

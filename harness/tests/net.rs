@@ -1,0 +1,687 @@
+//! Links, transport and collectives on the `sim` and `relay` backends: exact sums, exact
+//! bytes per link, identical bytes across backends, malformed frames, timeouts.
+
+use harness::bytes::{self, Traffic};
+use harness::collective::{self, wire, CollectiveError, WireDtype};
+use harness::net::frame::{self, Expect, HandshakeParams, Token};
+use harness::net::tcp::{self, PeerRoute, SiteNetConfig, TcpComm, Timeouts};
+use harness::net::{build_local, Backend, Comm, LinkCounters, LinkSpec, NetError, NetOptions, Topology};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Small integers in [−8, 8]: every partial sum of ≤ 8 of them is exact in f32, bf16 and f16.
+fn int_tensor(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed;
+    (0..n).map(|_| (splitmix(&mut s) % 17) as f32 - 8.0).collect()
+}
+
+/// Arbitrary f32 in [−1, 1) with full mantissas.
+fn float_tensor(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed ^ 0xF00D;
+    (0..n).map(|_| (splitmix(&mut s) >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
+}
+
+/// The documented result of a ring all-reduce, computed independently of the ring code:
+/// chunk c is summed from position c onwards, rounding the partial sum at every hop.
+fn reference_ring(inputs: &[Vec<f32>], wire_dtype: WireDtype) -> Vec<f32> {
+    let g = inputs.len();
+    let n = inputs[0].len();
+    if g == 1 || n == 0 {
+        return inputs[0].clone();
+    }
+    let mut out = vec![0.0f32; n];
+    for c in 0..g {
+        let r = bytes::ring_chunk_range(n, g, c);
+        let mut s: Vec<f32> = inputs[c][r.clone()].to_vec();
+        for k in 1..g {
+            wire::round_trip(wire_dtype, &mut s);
+            for (a, b) in s.iter_mut().zip(&inputs[(c + k) % g][r.clone()]) {
+                *a += *b;
+            }
+        }
+        wire::round_trip(wire_dtype, &mut s);
+        out[r].copy_from_slice(&s);
+    }
+    out
+}
+
+fn opts(run_id: &str) -> NetOptions {
+    NetOptions {
+        run_id: run_id.into(),
+        timeouts: Timeouts { connect: Duration::from_secs(10), read: Duration::from_secs(5), idle: Duration::from_secs(10) },
+        ..NetOptions::default()
+    }
+}
+
+fn fast_link() -> LinkSpec {
+    LinkSpec::new(10_000_000_000, Duration::from_micros(100), Duration::ZERO).unwrap()
+}
+
+/// Runs `f` on every site in its own thread; returns results and the endpoints.
+fn on_sites<R: Send>(comms: Vec<Box<dyn Comm>>, f: impl Fn(&mut dyn Comm) -> R + Sync) -> Vec<(R, Box<dyn Comm>)> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = comms
+            .into_iter()
+            .map(|mut c| {
+                let f = &f;
+                s.spawn(move || (f(c.as_mut()), c))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("site thread panicked")).collect()
+    })
+}
+
+/// Checks every site's counters against the expected traffic, exactly.
+fn assert_counters(all: &[Vec<LinkCounters>], expected: &Traffic, run_id: &str) {
+    let hs = frame::handshake_bytes(run_id);
+    for (i, counters) in all.iter().enumerate() {
+        for (j, c) in counters.iter().enumerate() {
+            assert_eq!(c.peer, j);
+            if i == j {
+                assert_eq!(*c, LinkCounters { peer: j, ..Default::default() });
+                continue;
+            }
+            let out = expected.get(i, j);
+            let inn = expected.get(j, i);
+            assert_eq!(c.payload_bytes_sent, out.payload_bytes, "payload {i} → {j}");
+            assert_eq!(c.messages_sent, out.messages, "messages {i} → {j}");
+            assert_eq!(c.payload_bytes_received, inn.payload_bytes, "payload {j} → {i} at {i}");
+            assert_eq!(c.messages_received, inn.messages, "messages {j} → {i} at {i}");
+            // All messages here fit one frame: 8 framing bytes each, plus the handshake.
+            assert_eq!(c.framing_bytes_sent, hs + 8 * out.messages, "framing {i} → {j}");
+            assert_eq!(c.framing_bytes_received, hs + 8 * inn.messages, "framing {j} → {i}");
+        }
+    }
+}
+
+const SIZES: &[usize] = &[0, 1, 2, 3, 5, 7, 8, 13, 31, 64, 100, 257, 1000, 4099];
+
+/// All-reduce of every size and dtype over all sites of `backend`; checks exact sums,
+/// bit-equality with the documented reference, identical members, and exact bytes.
+fn allreduce_exact(backend: Backend, m: usize, dtypes: &[WireDtype]) {
+    let run_id = format!("ar-{backend}-{m}");
+    let links = Topology::uniform(fast_link()).resolve(m).unwrap();
+    let net = build_local(backend, &links, &opts(&run_id)).unwrap();
+    let group: Vec<usize> = (0..m).collect();
+    let results = on_sites(net.comms, |c| {
+        let mut outs = Vec::new();
+        for &wire_dtype in dtypes {
+            for (k, &n) in SIZES.iter().enumerate() {
+                let seed = (k as u64) << 8 | c.rank() as u64;
+                let mut ints = int_tensor(seed, n);
+                collective::ring_allreduce(c, &group, wire_dtype, &mut ints).unwrap();
+                let mut floats = float_tensor(seed, n);
+                collective::ring_allreduce(c, &group, wire_dtype, &mut floats).unwrap();
+                outs.push((ints, floats));
+            }
+        }
+        outs
+    });
+    let mut expected = Traffic::default();
+    let mut idx = 0;
+    for &wire_dtype in dtypes {
+        for (k, &n) in SIZES.iter().enumerate() {
+            let ints: Vec<Vec<f32>> = (0..m).map(|r| int_tensor((k as u64) << 8 | r as u64, n)).collect();
+            let floats: Vec<Vec<f32>> = (0..m).map(|r| float_tensor((k as u64) << 8 | r as u64, n)).collect();
+            let want_ints = reference_ring(&ints, wire_dtype);
+            let want_floats = reference_ring(&floats, wire_dtype);
+            if wire_dtype != WireDtype::Int8 {
+                // The exact sum, independent of any order.
+                let exact: Vec<f32> = (0..n).map(|e| ints.iter().map(|x| x[e] as i64).sum::<i64>() as f32).collect();
+                assert_eq!(want_ints, exact);
+            }
+            for (r, (outs, _)) in results.iter().enumerate() {
+                assert_eq!(outs[idx].0, want_ints, "{backend} M={m} {wire_dtype} n={n} site {r} (ints)");
+                let same_bits = outs[idx].1.iter().zip(&want_floats).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same_bits && outs[idx].1.len() == n, "{backend} M={m} {wire_dtype} n={n} site {r} (floats)");
+            }
+            expected.merge(&bytes::ring_allreduce_traffic(n, &group, wire_dtype));
+            expected.merge(&bytes::ring_allreduce_traffic(n, &group, wire_dtype));
+            idx += 1;
+        }
+    }
+    let counters: Vec<Vec<LinkCounters>> = results.iter().map(|(_, c)| c.link_counters()).collect();
+    assert_counters(&counters, &expected, &run_id);
+}
+
+#[test]
+fn sim_allreduce_is_exact_for_all_sizes_dtypes_and_group_sizes() {
+    for m in [2, 3, 4, 8] {
+        allreduce_exact(Backend::Sim, m, &WireDtype::ALL);
+    }
+}
+
+#[test]
+fn relay_allreduce_is_exact_m2_m3() {
+    for m in [2, 3] {
+        allreduce_exact(Backend::Relay, m, &WireDtype::ALL);
+    }
+}
+
+#[test]
+fn relay_allreduce_is_exact_m4() {
+    allreduce_exact(Backend::Relay, 4, &[WireDtype::F32, WireDtype::Int8]);
+}
+
+#[test]
+fn relay_allreduce_is_exact_m8() {
+    allreduce_exact(Backend::Relay, 8, &[WireDtype::F32, WireDtype::Bf16]);
+}
+
+#[test]
+fn direct_tcp_allreduce_is_exact() {
+    let comms = tcp::local_direct(3, &opts("direct")).unwrap();
+    let comms: Vec<Box<dyn Comm>> = comms.into_iter().map(|c| Box::new(c) as Box<dyn Comm>).collect();
+    let out = on_sites(comms, |c| {
+        let mut x = int_tensor(c.rank() as u64, 10);
+        collective::ring_allreduce(c, &[0, 1, 2], WireDtype::F32, &mut x).unwrap();
+        x
+    });
+    let want = reference_ring(&(0..3).map(|r| int_tensor(r, 10)).collect::<Vec<_>>(), WireDtype::F32);
+    for (x, _) in &out {
+        assert_eq!(*x, want);
+    }
+}
+
+/// A sequence of collectives touching subsets, stars, broadcast and barrier.
+fn mixed_sequence(c: &mut dyn Comm) -> Vec<Vec<f32>> {
+    let r = c.rank() as u64;
+    let mut outs = Vec::new();
+    // Subset ring over holders [3, 1, 4] (ring order as given); 0 and 2 are not members.
+    let mut x = int_tensor(100 + r, 11);
+    collective::ring_allreduce(c, &[3, 1, 4], WireDtype::F32, &mut x).unwrap();
+    outs.push(x);
+    let mut x = float_tensor(200 + r, 37);
+    collective::ring_allreduce(c, &[2, 0], WireDtype::Int8, &mut x).unwrap();
+    outs.push(x);
+    // Star through aggregator 4 (not a client), weighted.
+    let mut x = int_tensor(300 + r, 9);
+    collective::star_allreduce(c, 4, &[0, 1, 2, 3], Some(&[1.0, 2.0, 3.0, 4.0]), WireDtype::F32, &mut x).unwrap();
+    outs.push(x);
+    // Star where the aggregator is a client, bf16.
+    let mut x = int_tensor(400 + r, 5);
+    collective::star_allreduce(c, 0, &[0, 2, 3], None, WireDtype::Bf16, &mut x).unwrap();
+    outs.push(x);
+    let mut x = float_tensor(500 + r, 6);
+    collective::broadcast(c, 2, &[1, 2, 3], WireDtype::F16, &mut x).unwrap();
+    outs.push(x);
+    collective::barrier(c, &[4, 3, 2, 1, 0]).unwrap();
+    outs
+}
+
+fn mixed_traffic() -> Traffic {
+    let mut t = Traffic::default();
+    t.merge(&bytes::ring_allreduce_traffic(11, &[3, 1, 4], WireDtype::F32));
+    t.merge(&bytes::ring_allreduce_traffic(37, &[2, 0], WireDtype::Int8));
+    t.merge(&bytes::star_allreduce_traffic(9, 4, &[0, 1, 2, 3], WireDtype::F32));
+    t.merge(&bytes::star_allreduce_traffic(5, 0, &[0, 2, 3], WireDtype::Bf16));
+    t.merge(&bytes::broadcast_traffic(6, 2, &[1, 2, 3], WireDtype::F16));
+    t.merge(&bytes::barrier_traffic(&[4, 3, 2, 1, 0]));
+    t
+}
+
+fn run_mixed(backend: Backend) -> (Vec<Vec<Vec<f32>>>, Vec<Vec<LinkCounters>>) {
+    let links = Topology::uniform(fast_link()).resolve(5).unwrap();
+    let net = build_local(backend, &links, &opts("mixed")).unwrap();
+    let out = on_sites(net.comms, mixed_sequence);
+    let counters = out.iter().map(|(_, c)| c.link_counters()).collect();
+    (out.into_iter().map(|(x, _)| x).collect(), counters)
+}
+
+#[test]
+fn subset_star_broadcast_barrier_results_and_bytes_on_sim_and_relay() {
+    let (sim_out, sim_counters) = run_mixed(Backend::Sim);
+    let (relay_out, relay_counters) = run_mixed(Backend::Relay);
+    let expected = mixed_traffic();
+    assert_counters(&sim_counters, &expected, "mixed");
+    assert_counters(&relay_counters, &expected, "mixed");
+    // The same collectives send identical bytes, and compute identical bits, on both.
+    assert_eq!(sim_counters, relay_counters);
+    let bits = |v: &Vec<Vec<Vec<f32>>>| -> Vec<Vec<Vec<u32>>> {
+        v.iter().map(|s| s.iter().map(|x| x.iter().map(|f| f.to_bits()).collect()).collect()).collect()
+    };
+    assert_eq!(bits(&sim_out), bits(&relay_out));
+
+    let out = &sim_out;
+    // Subset ring [3, 1, 4]: members get the sum, non-members 0 and 2 are untouched.
+    let inputs: Vec<Vec<f32>> = [3u64, 1, 4].iter().map(|&r| int_tensor(100 + r, 11)).collect();
+    let sum: Vec<f32> = (0..11).map(|e| inputs.iter().map(|x| x[e]).sum()).collect();
+    for r in [1, 3, 4] {
+        assert_eq!(out[r][0], sum);
+    }
+    for r in [0usize, 2] {
+        assert_eq!(out[r][0], int_tensor(100 + r as u64, 11), "non-member {r} changed");
+    }
+    // Nothing was ever sent to, or by, a non-member in that ring: links 0↔{1,3,4} carry only
+    // the star/broadcast/barrier traffic; the ring alone never touches them.
+    let ring_only = bytes::ring_allreduce_traffic(11, &[3, 1, 4], WireDtype::F32);
+    for (&(f, t), _) in &ring_only.links {
+        assert!([1, 3, 4].contains(&f) && [1, 3, 4].contains(&t));
+    }
+    // Weighted star through 4: Σ w_i x_i, exact for small integers.
+    let xs: Vec<Vec<f32>> = (0..4u64).map(|r| int_tensor(300 + r, 9)).collect();
+    let want: Vec<f32> = (0..9).map(|e| (0..4).map(|i| (i + 1) as f32 * xs[i][e]).sum()).collect();
+    for r in 0..5 {
+        assert_eq!(out[r][2], want, "star site {r}");
+    }
+    // Star through client 0: sites 0, 2, 3 get the sum; 1 and 4 untouched.
+    let xs: Vec<Vec<f32>> = [0u64, 2, 3].iter().map(|&r| int_tensor(400 + r, 5)).collect();
+    let want: Vec<f32> = (0..5).map(|e| xs.iter().map(|x| x[e]).sum()).collect();
+    for r in [0, 2, 3] {
+        assert_eq!(out[r][3], want);
+    }
+    assert_eq!(out[1][3], int_tensor(401, 5));
+    assert_eq!(out[4][3], int_tensor(404, 5));
+    // Broadcast from 2 in f16: members hold R(root), site 0 and 4 untouched.
+    let mut root = float_tensor(502, 6);
+    wire::round_trip(WireDtype::F16, &mut root);
+    for r in [1, 2, 3] {
+        assert_eq!(out[r][4], root);
+    }
+    assert_eq!(out[0][4], float_tensor(500, 6));
+}
+
+#[test]
+fn non_members_are_sent_nothing() {
+    // Only a subset ring runs: sites 0 and 2 must see no payload and no message at all.
+    let links = Topology::uniform(fast_link()).resolve(5).unwrap();
+    for backend in [Backend::Sim, Backend::Relay] {
+        let net = build_local(backend, &links, &opts("subset")).unwrap();
+        let out = on_sites(net.comms, |c| {
+            let mut x = int_tensor(c.rank() as u64, 1001);
+            collective::ring_allreduce(c, &[3, 1, 4], WireDtype::Int8, &mut x).unwrap();
+            x
+        });
+        for r in [0usize, 2] {
+            assert_eq!(out[r].0, int_tensor(r as u64, 1001));
+            for c in out[r].1.link_counters() {
+                assert_eq!((c.payload_bytes_sent, c.messages_sent, c.payload_bytes_received, c.messages_received), (0, 0, 0, 0));
+            }
+            for (other, (_, comm)) in out.iter().enumerate() {
+                let c = comm.link_counters()[r];
+                assert_eq!((c.payload_bytes_sent, c.messages_sent, c.messages_received), (0, 0, 0), "{backend}: {other} ↔ {r}");
+            }
+        }
+        let counters: Vec<_> = out.iter().map(|(_, c)| c.link_counters()).collect();
+        assert_counters(&counters, &bytes::ring_allreduce_traffic(1001, &[3, 1, 4], WireDtype::Int8), "subset");
+    }
+}
+
+#[test]
+fn sim_time_follows_the_link_model_exactly_and_is_deterministic() {
+    let link = LinkSpec::new(1_000_000_000, Duration::from_millis(5), Duration::ZERO).unwrap();
+    let links = Topology::uniform(link).resolve(4).unwrap();
+    let n = 4 * 1000;
+    let run = || {
+        let net = build_local(Backend::Sim, &links, &opts("t")).unwrap();
+        on_sites(net.comms, |c| {
+            let mut x = int_tensor(c.rank() as u64, n);
+            collective::ring_allreduce(c, &[0, 1, 2, 3], WireDtype::F32, &mut x).unwrap();
+            c.now()
+        })
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect::<Vec<_>>()
+    };
+    let times = run();
+    // 2(G−1) steps, each: serialise one chunk (1000 f32 + 8 framing bytes) then the delay.
+    let step = link.serialisation_time(4000 + 8) + link.delay;
+    for t in &times {
+        assert_eq!(*t, step * 6);
+    }
+    assert_eq!(run(), times);
+    // Local compute moves the clock, and a late sender delays the receiver.
+    let net = build_local(Backend::Sim, &links, &opts("t")).unwrap();
+    let out = on_sites(net.comms, |c| {
+        if c.rank() == 0 {
+            c.advance(Duration::from_secs(1));
+        }
+        let mut x = vec![1.0f32; 4];
+        collective::ring_allreduce(c, &[0, 1], WireDtype::F32, &mut x).unwrap();
+        c.now()
+    });
+    // Site 0 starts 1 s late. Reduce-scatter: its message reaches 1 at 1 s + step. All-gather:
+    // 0 sends again at 1 s, but link 0 → 1 is busy until 1 s + ser, so 1 hears at
+    // 1 s + 2·ser + delay; 1 answers at 1 s + step, heard by 0 at 1 s + 2·step.
+    let ser = link.serialisation_time(8 + 8);
+    let step = ser + link.delay;
+    assert_eq!(out[0].0, Duration::from_secs(1) + 2 * step);
+    assert_eq!(out[1].0, Duration::from_secs(1) + step + ser);
+    assert_eq!(out[2].0, Duration::ZERO);
+}
+
+#[test]
+fn sim_link_is_busy_while_transmitting_and_jitter_keeps_order() {
+    let link = LinkSpec::new(8_000_000, Duration::from_millis(10), Duration::from_millis(4)).unwrap(); // 1 byte/µs
+    let links = Topology::uniform(link).resolve(2).unwrap();
+    let net = build_local(Backend::Sim, &links, &opts("busy")).unwrap();
+    let out = on_sites(net.comms, |c| {
+        let mut arrivals = Vec::new();
+        if c.rank() == 0 {
+            for _ in 0..50 {
+                c.send(1, vec![0u8; 992]).unwrap(); // 1000 wire bytes = 1 ms each
+            }
+        } else {
+            for _ in 0..50 {
+                c.recv(0).unwrap();
+                arrivals.push(c.now());
+            }
+        }
+        arrivals
+    });
+    let arrivals = &out[1].0;
+    for (k, t) in arrivals.iter().enumerate() {
+        let no_jitter = Duration::from_millis(k as u64 + 1) + link.delay;
+        assert!(*t + link.jitter >= no_jitter && *t <= no_jitter + link.jitter * 2, "message {k} at {t:?}");
+        if k > 0 {
+            assert!(*t >= arrivals[k - 1], "order kept");
+        }
+    }
+    assert!(arrivals.windows(2).any(|w| w[1] - w[0] != Duration::from_millis(1)), "jitter applied");
+}
+
+#[test]
+fn relay_applies_delay_and_rate_lower_bounds() {
+    // Correctness, not speed: the relay must never deliver before the model allows.
+    let link = LinkSpec::new(100_000_000, Duration::from_millis(20), Duration::ZERO).unwrap();
+    let links = Topology::uniform(link).resolve(2).unwrap();
+    let net = build_local(Backend::Relay, &links, &opts("bounds")).unwrap();
+    let out = on_sites(net.comms, |c| {
+        if c.rank() == 0 {
+            let t0 = c.now();
+            c.send(1, t0.as_nanos().to_le_bytes().to_vec()).unwrap();
+            c.send(1, vec![7u8; 1_000_000]).unwrap();
+            c.recv(1).unwrap();
+            Duration::ZERO
+        } else {
+            let probe = c.recv(0).unwrap();
+            let sent = Duration::from_nanos(u128::from_le_bytes(probe.try_into().unwrap()) as u64);
+            let one_way = c.now() - sent;
+            let t1 = c.now();
+            let big = c.recv(0).unwrap();
+            assert_eq!(big.len(), 1_000_000);
+            let transfer = c.now() - t1;
+            c.send(0, vec![]).unwrap();
+            assert!(one_way >= Duration::from_millis(20), "one-way delay {one_way:?} below 20 ms");
+            transfer
+        }
+    });
+    // 1 MB at 100 Mbit/s = 80 ms of serialisation after the probe.
+    assert!(out[1].0 >= Duration::from_millis(79), "1 MB took {:?}", out[1].0);
+}
+
+#[test]
+fn large_messages_split_into_frames_with_exact_framing() {
+    let mut o = opts("frames");
+    o.limits.max_frame_bytes = 1000;
+    let links = Topology::uniform(fast_link()).resolve(2).unwrap();
+    for backend in [Backend::Sim, Backend::Relay] {
+        let net = build_local(backend, &links, &o).unwrap();
+        let sizes = [0usize, 999, 1000, 1001, 25_000];
+        let out = on_sites(net.comms, |c| {
+            if c.rank() == 0 {
+                for &s in &sizes {
+                    c.send(1, vec![s as u8; s]).unwrap();
+                }
+            } else {
+                for &s in &sizes {
+                    assert_eq!(c.recv(0).unwrap(), vec![s as u8; s]);
+                }
+            }
+        });
+        let c = out[0].1.link_counters()[1];
+        let hs = frame::handshake_bytes("frames");
+        // Frames: 1 + 1 + 1 + 2 + 25.
+        assert_eq!(c.framing_bytes_sent, hs + 8 * 30, "{backend}");
+        assert_eq!(c.payload_bytes_sent, 28_000);
+        assert_eq!(out[1].1.link_counters()[0].framing_bytes_received, hs + 8 * 30);
+    }
+}
+
+#[test]
+fn site_configs_survive_json_and_connect_like_worker_processes() {
+    let links = Topology::uniform(fast_link()).resolve(3).unwrap();
+    let relay = harness::net::relay::RelayNetwork::start(&links, &opts("json"), &Default::default()).unwrap();
+    let json: Vec<String> = relay.site_configs().iter().map(|c| serde_json::to_string(c).unwrap()).collect();
+    assert!(json[0].contains("\"dial\""));
+    let comms: Vec<Box<dyn Comm>> = std::thread::scope(|s| {
+        let hs: Vec<_> = json
+            .iter()
+            .map(|j| {
+                s.spawn(move || {
+                    let cfg: SiteNetConfig = serde_json::from_str(j).unwrap();
+                    Box::new(TcpComm::connect(&cfg).unwrap()) as Box<dyn Comm>
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let out = on_sites(comms, |c| {
+        let mut x = vec![c.rank() as f32 + 1.0; 5];
+        collective::ring_allreduce(c, &[0, 1, 2], WireDtype::F32, &mut x).unwrap();
+        x
+    });
+    for (x, _) in &out {
+        assert_eq!(*x, vec![6.0; 5]);
+    }
+    drop(out);
+    let stats = relay.shutdown();
+    assert!(stats.bytes_forwarded > 0);
+}
+
+#[test]
+fn netns_backend_says_it_is_not_wired_yet() {
+    let links = Topology::uniform(fast_link()).resolve(2).unwrap();
+    let e = build_local(Backend::Netns, &links, &opts("x")).err().expect("netns must fail for now");
+    let msg = e.to_string();
+    assert!(msg.contains("netns") && msg.contains("not wired") && !msg.contains('\n'), "{msg}");
+}
+
+#[test]
+fn bad_groups_and_weights_are_errors_not_panics() {
+    let links = Topology::uniform(fast_link()).resolve(2).unwrap();
+    let net = build_local(Backend::Sim, &links, &opts("bad")).unwrap();
+    let mut comms = net.comms;
+    let c = comms[0].as_mut();
+    let mut x = vec![1.0f32; 3];
+    for group in [&[][..], &[0, 0][..], &[0, 5][..]] {
+        let e = collective::ring_allreduce(c, group, WireDtype::F32, &mut x).unwrap_err();
+        assert!(matches!(e, CollectiveError::BadGroup { .. }), "{e}");
+    }
+    let e = collective::star_reduce(c, 0, &[0, 1], Some(&[1.0]), WireDtype::F32, &mut x).unwrap_err();
+    assert!(e.to_string().contains("1 weights for 2 clients"), "{e}");
+    let e = collective::star_reduce(c, 0, &[0, 1], Some(&[1.0, f32::NAN]), WireDtype::F32, &mut x).unwrap_err();
+    assert!(e.to_string().contains("finite"), "{e}");
+    let e = collective::broadcast(c, 1, &[0], WireDtype::F32, &mut x).unwrap_err();
+    assert!(e.to_string().contains("root 1"), "{e}");
+    assert!(matches!(c.send(0, vec![]), Err(NetError::BadPeer { .. })));
+    assert!(matches!(c.recv(7), Err(NetError::BadPeer { .. })));
+    // A message of the wrong size names its sender.
+    comms[1].send(0, vec![1, 2, 3]).unwrap();
+    let e = collective::broadcast(comms[0].as_mut(), 1, &[0, 1], WireDtype::F32, &mut x).unwrap_err();
+    assert_eq!(e.to_string(), "site 1 sent a 3-byte message for 3 f32 values; expected 12 bytes");
+}
+
+// ---------------------------------------------------------------- malformed frames
+
+const SHORT: Timeouts = Timeouts {
+    connect: Duration::from_millis(1500),
+    read: Duration::from_millis(300),
+    idle: Duration::from_millis(1500),
+};
+
+/// Site 0 is a real endpoint that accepts site 1; site 1 is a raw socket driven by the test.
+/// `token` is what the fake peer believes the token is.
+fn fake_peer_setup(token: &Token) -> (std::thread::JoinHandle<Result<TcpComm, NetError>>, Result<TcpStream, NetError>) {
+    let real_token = Token([7u8; 32]);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = SiteNetConfig {
+        run_id: "bad".into(),
+        site: 0,
+        world: 2,
+        token: real_token,
+        listen: Some(addr),
+        peers: vec![PeerRoute::Myself, PeerRoute::Accept],
+        timeouts: SHORT,
+        max_frame_bytes: 4096,
+        max_message_bytes: 1 << 20,
+    };
+    let real = std::thread::spawn(move || TcpComm::connect_with(&cfg, Some(listener), Instant::now()));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let params = HandshakeParams { run_id: "bad", me: 1, world: 2, token, max_frame_bytes: 4096 };
+    let r = frame::handshake(&mut s, &params, Expect::Dialed(0), &addr.to_string(), Duration::from_secs(2)).map(|_| s);
+    (real, r)
+}
+
+/// Connects a fake site 1, lets it write `bytes` (then `close` or hold the socket), and
+/// returns site 0's `recv` error and how long it took.
+fn recv_after(bytes: &[u8], close: bool) -> (NetError, Duration) {
+    let (real, fake) = fake_peer_setup(&Token([7u8; 32]));
+    let mut fake = fake.unwrap();
+    let mut comm = real.join().unwrap().unwrap();
+    fake.write_all(bytes).unwrap();
+    fake.flush().unwrap();
+    let holder = if close {
+        drop(fake);
+        None
+    } else {
+        Some(fake)
+    };
+    let t0 = Instant::now();
+    let e = comm.recv(1).unwrap_err();
+    let took = t0.elapsed();
+    drop(holder);
+    (e, took)
+}
+
+fn frame_bytes(payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::new();
+    frame::write_message(&mut v, payload, 4096).unwrap();
+    v
+}
+
+fn assert_names_site1(e: &NetError) {
+    let msg = e.to_string();
+    assert!(msg.starts_with("site 1 (127.0.0.1:"), "{msg}");
+    assert!(!msg.contains('\n'));
+}
+
+#[test]
+fn frame_length_over_maximum_is_refused() {
+    let (e, took) = recv_after(&(1u32 << 30).to_le_bytes(), false);
+    assert!(matches!(e, NetError::FrameTooLong { len, max: 4096, .. } if len == 1 << 30), "{e}");
+    assert_names_site1(&e);
+    assert!(took < SHORT.read, "{took:?}");
+}
+
+#[test]
+fn bad_checksum_is_refused() {
+    let mut f = frame_bytes(b"some payload");
+    let last = f.len() - 1;
+    f[last] ^= 1;
+    let (e, _) = recv_after(&f, false);
+    assert!(matches!(e, NetError::BadChecksum { len: 12, .. }), "{e}");
+    assert_names_site1(&e);
+}
+
+#[test]
+fn truncated_stream_is_refused() {
+    let f = frame_bytes(&[5u8; 100]);
+    let (e, took) = recv_after(&f[..50], true);
+    assert!(matches!(e, NetError::Truncated { got: 50, want: 108, .. }), "{e}");
+    assert_names_site1(&e);
+    assert!(took < SHORT.read, "{took:?}");
+}
+
+#[test]
+fn peer_that_stops_mid_frame_times_out() {
+    let f = frame_bytes(&[5u8; 100]);
+    let (e, took) = recv_after(&f[..30], false);
+    assert!(matches!(e, NetError::Stalled { got: 30, want: 108, .. }), "{e}");
+    assert_names_site1(&e);
+    assert!(took >= SHORT.read.mul_f32(0.9) && took < SHORT.read * 3, "{took:?}");
+}
+
+#[test]
+fn silent_peer_times_out_on_recv() {
+    let (e, took) = recv_after(&[], false);
+    assert!(matches!(e, NetError::RecvTimeout { .. }), "{e}");
+    assert_names_site1(&e);
+    assert!(took >= SHORT.idle && took < SHORT.idle * 2, "{took:?}");
+}
+
+#[test]
+fn wrong_token_is_turned_away() {
+    let (real, fake) = fake_peer_setup(&Token([8u8; 32]));
+    let fake_err = fake.err().expect("the stranger must not get in");
+    assert!(fake_err.to_string().contains("handshake failed"), "{fake_err}");
+    let e = real.join().unwrap().err().expect("site 0 must not accept a stranger");
+    let msg = e.to_string();
+    assert!(matches!(e, NetError::AcceptTimeout { ref missing, .. } if missing == &vec![1]), "{msg}");
+    assert!(msg.contains("wrong token") && msg.contains("claiming site 1"), "{msg}");
+}
+
+#[test]
+fn wrong_run_or_site_is_turned_away() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let token = Token([1u8; 32]);
+    let cfg = SiteNetConfig {
+        run_id: "run-a".into(),
+        site: 0,
+        world: 2,
+        token: token.clone(),
+        listen: Some(addr),
+        peers: vec![PeerRoute::Myself, PeerRoute::Accept],
+        timeouts: Timeouts { connect: Duration::from_millis(800), ..SHORT },
+        max_frame_bytes: 4096,
+        max_message_bytes: 1 << 20,
+    };
+    let real = std::thread::spawn(move || TcpComm::connect_with(&cfg, Some(listener), Instant::now()));
+    for (run_id, me) in [("run-b", 1usize), ("run-a", 0)] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let params = HandshakeParams { run_id, me, world: 2, token: &token, max_frame_bytes: 4096 };
+        assert!(frame::handshake(&mut s, &params, Expect::Dialed(0), "x", Duration::from_secs(2)).is_err());
+    }
+    let msg = real.join().unwrap().err().unwrap().to_string();
+    assert!(msg.contains("run id `run-b`, expected `run-a`"), "{msg}");
+    assert!(msg.contains("site 0 is not expected"), "{msg}");
+}
+
+#[test]
+fn dialing_nobody_fails_within_the_connect_timeout() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let cfg = SiteNetConfig {
+        run_id: "r".into(),
+        site: 0,
+        world: 2,
+        token: Token([0; 32]),
+        listen: None,
+        peers: vec![PeerRoute::Myself, PeerRoute::Dial(addr)],
+        timeouts: Timeouts { connect: Duration::from_millis(300), ..SHORT },
+        max_frame_bytes: 4096,
+        max_message_bytes: 1 << 20,
+    };
+    let t0 = Instant::now();
+    let e = TcpComm::connect(&cfg).err().unwrap();
+    assert!(matches!(e, NetError::Connect { .. }), "{e}");
+    assert!(e.to_string().contains(&addr.to_string()));
+    assert!(t0.elapsed() < Duration::from_secs(2));
+    let mut bad = cfg.clone();
+    bad.peers = vec![PeerRoute::Myself];
+    assert!(TcpComm::connect(&bad).err().unwrap().to_string().contains("1 peer routes for a world of 2"));
+}
