@@ -1,0 +1,398 @@
+//! The resolved configuration of one run: every knob of METHODS.md with its default.
+//!
+//! A suite file's base table plus one grid point deserialises into a [`RunConfig`]
+//! (`deny_unknown_fields` everywhere, so a misspelt key is an error), and
+//! [`RunConfig::validate`] applies the cross-field rules with one-line errors naming the
+//! field, the value and what is allowed. The resolved config is recorded in every run's
+//! manifest and hashed ([`RunConfig::hash`]) to decide whether a run is already complete.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::collective::WireDtype;
+use crate::data::DataConfig;
+use crate::model::{AuxScope, ConfigError, ModelConfig, RouterKind, SkipPolicy};
+use crate::net::Backend;
+use crate::optim::AdamWConfig;
+
+/// The training method of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// One site, no communication (the reference all methods reduce to at M = 1).
+    Single,
+    Ddp,
+    Diloco,
+    Photon,
+    Fomoe,
+}
+
+impl Method {
+    pub const NAMES: &'static [&'static str] = &["single", "ddp", "diloco", "photon", "fomoe"];
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Single => "single",
+            Method::Ddp => "ddp",
+            Method::Diloco => "diloco",
+            Method::Photon => "photon",
+            Method::Fomoe => "fomoe",
+        }
+    }
+    /// Methods with an outer optimiser and infrequent synchronisation.
+    pub fn has_rounds(self) -> bool {
+        matches!(self, Method::Diloco | Method::Photon | Method::Fomoe)
+    }
+}
+
+/// Outer optimiser applied to the averaged pseudo-gradient Δ = mean(θ_global − θ_site).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum OuterOptimizer {
+    /// SGD with Nesterov momentum: v ← μv + Δ; θ ← θ − lr·(Δ + μv). DiLoCo: lr 0.7, μ 0.9.
+    Nesterov { lr: f64, momentum: f64 },
+    /// θ ← θ − lr·Δ (lr 1 = plain averaging). Photon's FedAvg.
+    Fedavg { lr: f64 },
+}
+
+impl OuterOptimizer {
+    pub fn diloco_default() -> Self {
+        OuterOptimizer::Nesterov { lr: 0.7, momentum: 0.9 }
+    }
+    pub fn fedavg_default() -> Self {
+        OuterOptimizer::Fedavg { lr: 1.0 }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            OuterOptimizer::Nesterov { .. } => "nesterov",
+            OuterOptimizer::Fedavg { .. } => "fedavg",
+        }
+    }
+}
+
+/// How FoMoE places experts on sites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// Site s holds experts {(s·E/M + j) mod E : 0 ≤ j < E·ρ/M} in every layer.
+    #[default]
+    RoundRobin,
+    /// Like round-robin for the first round; afterwards the most loaded experts of the
+    /// previous round get more holders (beyond the paper).
+    LoadAware,
+}
+
+/// FoMoE knobs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FomoeConfig {
+    /// ρ: holders per expert, 1 ≤ ρ ≤ M, E·ρ divisible by M.
+    pub rho: usize,
+    pub placement: Placement,
+    pub skip_policy: SkipPolicy,
+    pub aux_scope: AuxScope,
+}
+
+impl Default for FomoeConfig {
+    fn default() -> Self {
+        Self { rho: 2, placement: Placement::RoundRobin, skip_policy: SkipPolicy::Drop, aux_scope: AuxScope::All }
+    }
+}
+
+/// Photon's topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PhotonTopology {
+    /// Clients upload to an aggregator process, which broadcasts the new global model.
+    #[default]
+    Star,
+    /// Ring all-reduce among the clients (no aggregator).
+    Ring,
+}
+
+/// Links and backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    pub backend: Backend,
+    /// A named scenario (`same-region`, `cross-region`, `cross-continent`, `consumer`,
+    /// `internet`); explicit `rate`/`delay`/`jitter` override its values.
+    pub scenario: Option<String>,
+    /// e.g. "100mbit"
+    pub rate: Option<String>,
+    /// one-way, e.g. "20ms"
+    pub delay: Option<String>,
+    pub jitter: Option<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self { backend: Backend::Sim, scenario: Some("cross-region".into()), rate: None, delay: None, jitter: None }
+    }
+}
+
+/// Optional overrides of the preset's model fields.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelOverrides {
+    pub router: Option<RouterKind>,
+    pub balance_alpha: Option<f64>,
+    pub z_loss_beta: Option<f64>,
+    pub batch_size: Option<usize>,
+    pub seq_len: Option<usize>,
+    pub n_experts: Option<usize>,
+    pub top_k: Option<usize>,
+}
+
+/// One run, fully resolved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub method: Method,
+    /// Model preset: tiny, small, proxy-s, proxy-m.
+    pub preset: String,
+    pub model: ModelOverrides,
+    /// M: number of sites.
+    pub sites: usize,
+    /// Inner steps per site over the whole run.
+    pub steps: usize,
+    /// H: inner steps per outer round (ignored by DDP and single).
+    pub inner_steps: usize,
+    pub optim: AdamWConfig,
+    /// Outer optimiser; default: Nesterov(0.7, 0.9) for DiLoCo and FoMoE, FedAvg for Photon.
+    pub outer: Option<OuterOptimizer>,
+    /// Keep each site's AdamW moments across rounds (true) or reset them every round.
+    pub keep_inner_state: bool,
+    pub wire_dtype: WireDtype,
+    pub fomoe: FomoeConfig,
+    pub photon_topology: PhotonTopology,
+    pub network: NetworkConfig,
+    pub data: DataConfig,
+    /// Evaluate the global model every this many rounds (DDP/single: every this many × H steps).
+    pub eval_every_rounds: usize,
+    /// Eval sequences per domain (cap).
+    pub eval_sequences: usize,
+    /// Target eval loss (mean over domains) for time-to-target; none = not tracked.
+    pub target_loss: Option<f64>,
+    /// CPU threads per site; none = cores / concurrently computing sites.
+    pub threads_per_site: Option<usize>,
+    pub seed: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Diloco,
+            preset: "tiny".into(),
+            model: ModelOverrides::default(),
+            sites: 4,
+            steps: 64,
+            inner_steps: 16,
+            optim: AdamWConfig::default(),
+            outer: None,
+            keep_inner_state: true,
+            wire_dtype: WireDtype::F32,
+            fomoe: FomoeConfig::default(),
+            photon_topology: PhotonTopology::Star,
+            network: NetworkConfig::default(),
+            data: DataConfig::default(),
+            eval_every_rounds: 1,
+            eval_sequences: 16,
+            target_loss: None,
+            threads_per_site: None,
+            seed: 0,
+        }
+    }
+}
+
+impl RunConfig {
+    /// The model this run trains: preset plus overrides.
+    pub fn model_config(&self) -> Result<ModelConfig, ConfigError> {
+        let mut m = ModelConfig::preset(&self.preset)?;
+        let o = &self.model;
+        if let Some(v) = o.router {
+            m.router = v;
+        }
+        if let Some(v) = o.balance_alpha {
+            m.balance_alpha = v;
+        }
+        if let Some(v) = o.z_loss_beta {
+            m.z_loss_beta = v;
+        }
+        if let Some(v) = o.batch_size {
+            m.batch_size = v;
+        }
+        if let Some(v) = o.seq_len {
+            m.seq_len = v;
+        }
+        if let Some(v) = o.n_experts {
+            m.n_experts = v;
+        }
+        if let Some(v) = o.top_k {
+            m.top_k = v;
+        }
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// The outer optimiser in effect (explicit or the method's default).
+    pub fn outer_optimizer(&self) -> OuterOptimizer {
+        self.outer.unwrap_or(match self.method {
+            Method::Photon => OuterOptimizer::fedavg_default(),
+            _ => OuterOptimizer::diloco_default(),
+        })
+    }
+
+    /// Outer rounds: steps / H for round-based methods, else steps / H eval periods.
+    pub fn rounds(&self) -> usize {
+        self.steps / self.inner_steps.max(1)
+    }
+
+    /// Cross-field validation; the first violated rule as a one-line error.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let m = self.model_config()?;
+        self.optim.validate()?;
+        if self.sites == 0 || self.sites > 64 {
+            return Err(ConfigError::new("sites", self.sites, "must be in 1..=64"));
+        }
+        if self.method == Method::Single && self.sites != 1 {
+            return Err(ConfigError::new("sites", self.sites, "method single needs sites = 1"));
+        }
+        if self.inner_steps == 0 {
+            return Err(ConfigError::new("inner_steps", 0, "must be at least 1"));
+        }
+        if self.steps == 0 {
+            return Err(ConfigError::new("steps", 0, "must be at least 1"));
+        }
+        if self.steps % self.inner_steps != 0 {
+            return Err(ConfigError::new(
+                "steps",
+                self.steps,
+                format!("must be a multiple of inner_steps = {}", self.inner_steps),
+            ));
+        }
+        if self.eval_every_rounds == 0 {
+            return Err(ConfigError::new("eval_every_rounds", 0, "must be at least 1"));
+        }
+        if self.method == Method::Fomoe {
+            let (e, rho, sites) = (m.n_experts, self.fomoe.rho, self.sites);
+            if rho == 0 || rho > sites {
+                return Err(ConfigError::new("fomoe.rho", rho, format!("must be in 1..={sites} (sites)")));
+            }
+            if (e * rho) % sites != 0 {
+                return Err(ConfigError::new(
+                    "fomoe.rho",
+                    rho,
+                    format!("n_experts·rho = {e}·{rho} must be divisible by sites = {sites}"),
+                ));
+            }
+            if self.fomoe.skip_policy == SkipPolicy::Reroute && e * rho / sites < m.top_k {
+                return Err(ConfigError::new(
+                    "fomoe.skip_policy",
+                    "reroute",
+                    format!("needs at least top_k = {} resident experts per site, have {}", m.top_k, e * rho / sites),
+                ));
+            }
+        }
+        match self.outer_optimizer() {
+            OuterOptimizer::Nesterov { lr, momentum } => {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return Err(ConfigError::new("outer.lr", lr, "must be > 0"));
+                }
+                if !(0.0..1.0).contains(&momentum) {
+                    return Err(ConfigError::new("outer.momentum", momentum, "must be in [0, 1)"));
+                }
+            }
+            OuterOptimizer::Fedavg { lr } => {
+                if !(lr > 0.0 && lr.is_finite()) {
+                    return Err(ConfigError::new("outer.lr", lr, "must be > 0"));
+                }
+            }
+        }
+        if let Some(t) = self.threads_per_site {
+            if t == 0 {
+                return Err(ConfigError::new("threads_per_site", 0, "must be at least 1"));
+            }
+        }
+        if let Some(t) = self.target_loss {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(ConfigError::new("target_loss", t, "must be a finite number > 0"));
+            }
+        }
+        self.link_matrix()?;
+        self.data.validate().map_err(|e| ConfigError::new("data", e.to_string(), "a valid [data] table"))?;
+        Ok(())
+    }
+
+    /// Links between the sites (plus Photon's aggregator, the last endpoint, in star mode).
+    pub fn link_matrix(&self) -> Result<crate::net::LinkMatrix, ConfigError> {
+        use crate::net::{LinkSpec, Topology};
+        let n = &self.network;
+        let mut spec = match &n.scenario {
+            Some(s) => LinkSpec::scenario(s).map_err(|e| ConfigError::new("network.scenario", s, e.to_string()))?,
+            None => LinkSpec::scenario("cross-region").expect("built-in scenario"),
+        };
+        if let Some(r) = &n.rate {
+            spec.rate_bps = crate::units::parse_rate_bps(r).map_err(|e| ConfigError::new("network.rate", r, e.to_string()))?;
+        }
+        if let Some(d) = &n.delay {
+            spec.delay = crate::units::parse_duration(d).map_err(|e| ConfigError::new("network.delay", d, e.to_string()))?;
+        }
+        if let Some(j) = &n.jitter {
+            spec.jitter = crate::units::parse_duration(j).map_err(|e| ConfigError::new("network.jitter", j, e.to_string()))?;
+        }
+        spec.validate().map_err(|e| ConfigError::new("network", format!("{spec:?}"), e.to_string()))?;
+        Topology::uniform(spec)
+            .resolve(self.endpoints())
+            .map_err(|e| ConfigError::new("network", "topology", e.to_string()))
+    }
+
+    /// Processes joined by the network: sites, plus the aggregator for Photon star.
+    pub fn endpoints(&self) -> usize {
+        if self.method == Method::Photon && self.photon_topology == PhotonTopology::Star {
+            self.sites + 1
+        } else {
+            self.sites
+        }
+    }
+
+    /// Stable hash of the resolved config (hex SHA-256 of its canonical JSON).
+    pub fn hash(&self) -> String {
+        let json = serde_json::to_string(&serde_json::to_value(self).expect("config serialises")).expect("json");
+        let digest = Sha256::digest(json.as_bytes());
+        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_hash_is_stable() {
+        let c = RunConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.hash(), RunConfig::default().hash());
+        let mut d = c.clone();
+        d.seed = 1;
+        assert_ne!(c.hash(), d.hash());
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_field() {
+        let mut c = RunConfig { method: Method::Fomoe, sites: 3, ..Default::default() };
+        c.fomoe.rho = 2; // tiny: E = 8, 8·2 % 3 != 0
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid fomoe.rho = 2: n_experts·rho = 8·2 must be divisible by sites = 3"
+        );
+        let c = RunConfig { steps: 10, inner_steps: 4, ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "steps");
+        let c = RunConfig { preset: "giant".into(), ..Default::default() };
+        assert_eq!(c.validate().unwrap_err().field, "preset");
+        let c: Result<RunConfig, _> = toml::from_str("method = \"ddp\"\nsitez = 4\n");
+        assert!(c.unwrap_err().to_string().contains("unknown field `sitez`"));
+        let mut c = RunConfig::default();
+        c.network.rate = Some("0mbit".into());
+        assert_eq!(c.validate().unwrap_err().field, "network.rate");
+    }
+}
