@@ -176,6 +176,11 @@ pub struct RunConfig {
     /// CPU threads per site; none = cores / concurrently computing sites.
     pub threads_per_site: Option<usize>,
     pub seed: u64,
+    /// Save every site's state (`ckpt-site<i>.safetensors`) every this many rounds.
+    pub checkpoint_every_rounds: Option<usize>,
+    /// Continue from the checkpoints in this run directory. Excluded from the hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_from: Option<std::path::PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -200,6 +205,8 @@ impl Default for RunConfig {
             target_loss: None,
             threads_per_site: None,
             seed: 0,
+            checkpoint_every_rounds: None,
+            resume_from: None,
         }
     }
 }
@@ -357,7 +364,10 @@ impl RunConfig {
 
     /// Stable hash of the resolved config (hex SHA-256 of its canonical JSON).
     pub fn hash(&self) -> String {
-        let json = serde_json::to_string(&serde_json::to_value(self).expect("config serialises")).expect("json");
+        let mut c = self.clone();
+        c.resume_from = None;
+        c.checkpoint_every_rounds = None;
+        let json = serde_json::to_string(&serde_json::to_value(&c).expect("config serialises")).expect("json");
         let digest = Sha256::digest(json.as_bytes());
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }

@@ -11,6 +11,8 @@ pub mod model;
 pub mod net;
 pub mod optim;
 pub mod rng;
+pub mod runner;
+pub mod strategy;
 pub mod sys;
 pub mod telemetry;
 pub mod units;

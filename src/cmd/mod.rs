@@ -1,7 +1,9 @@
 //! Subcommands of the `fomoe` binary.
 
 pub mod bench_step;
+pub mod run_one;
 pub mod train;
+pub mod worker;
 
 /// Log to stderr; `RUST_LOG` overrides the default level (warn).
 pub fn init_tracing() {

@@ -231,6 +231,18 @@ impl ParamStore {
         })
     }
 
+    /// Copy every parameter `other` holds into this store (which must hold a superset);
+    /// the rest stays as it is. Used to assemble a full model from partial ones.
+    pub fn copy_held_from(&self, other: &ParamStore) {
+        tch::no_grad(|| {
+            for (spec, src) in other.layout.specs.iter().zip(&other.params) {
+                if let Some(dst) = self.get(&spec.name) {
+                    dst.detach().copy_(src);
+                }
+            }
+        });
+    }
+
     /// The values as a Vec<f32> (for communication and tests).
     pub fn to_vec(&self) -> Vec<f32> {
         tensor_to_vec(&self.flat)

@@ -1,0 +1,84 @@
+//! Photon (Sani et al., MLSys 2025): federated averaging through an aggregator process.
+//!
+//! Star (default): every H local steps each client uploads θ_site; the aggregator forms the
+//! token-weighted mean θ̄ = Σ_i w_i·θ_i (w_i = tokens_i / Σ tokens), applies the server
+//! optimiser to Δ = θ_g − θ̄ (default FedAvg lr 1, i.e. θ_g ← θ̄; Nesterov optional) and
+//! broadcasts θ_g, which every client adopts.
+//! Payload per round: N·b up + N·b down per client; the aggregator receives and sends M×.
+//! Ring mode: the same averaging as DiLoCo's ring all-reduce, with Photon's server
+//! optimiser (no aggregator).
+//! Degenerate case (pinned by a test): DiLoCo with outer lr 1 and momentum 0 equals
+//! Photon's FedAvg for the same H, data and inner optimiser, within float tolerance
+//! (θ_g − mean(θ_g − θ_i) and mean(θ_i) differ only by rounding).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use harness::collective::{broadcast, star_reduce, WireDtype};
+use harness::config::RunConfig;
+use harness::model::params::tensor_to_vec;
+use harness::net::Comm;
+use harness::strategy::outer::{from_slice, OuterOptimizerState};
+use harness::strategy::{SiteState, Strategy, SyncReport};
+use tch::Tensor;
+
+/// A Photon client in star mode.
+pub struct PhotonClient {
+    sites: usize,
+    wire: WireDtype,
+    keep_inner_state: bool,
+}
+
+impl PhotonClient {
+    pub fn new(cfg: &RunConfig, _site: usize) -> Result<Self> {
+        Ok(Self { sites: cfg.sites, wire: cfg.wire_dtype, keep_inner_state: cfg.keep_inner_state })
+    }
+}
+
+fn members(sites: usize) -> Vec<usize> {
+    (0..=sites).collect()
+}
+
+impl Strategy for PhotonClient {
+    fn name(&self) -> &'static str {
+        "photon"
+    }
+
+    fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<SyncReport> {
+        let aggregator = self.sites;
+        let clients: Vec<usize> = (0..self.sites).collect();
+        let mut theta = tensor_to_vec(&st.model.store.flat);
+        let n = theta.len();
+        star_reduce(comm, aggregator, &clients, None, self.wire, &mut theta).context("Photon upload")?;
+        broadcast(comm, aggregator, &members(self.sites), self.wire, &mut theta).context("Photon broadcast")?;
+        tch::no_grad(|| st.model.store.flat.shallow_clone().copy_(&Tensor::from_slice(&theta)));
+        if !self.keep_inner_state {
+            st.inner.reset();
+        }
+        let up = harness::bytes::star_reduce_traffic(n, aggregator, &clients, self.wire).payload_sent_by(st.site);
+        let down = harness::bytes::broadcast_traffic(n, aggregator, &members(self.sites), self.wire).payload_sent_by(st.site);
+        Ok(SyncReport { expected_payload_sent: up + down })
+    }
+}
+
+/// The aggregator endpoint (id M): rounds of gather → server step → broadcast.
+pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Result<()> {
+    let mcfg = cfg.model_config()?;
+    let init = harness::runner::site::load_init(&dir.join("init.safetensors"), &mcfg)?;
+    let mut outer = OuterOptimizerState::new(cfg.outer_optimizer(), &init.flat);
+    let clients: Vec<usize> = (0..cfg.sites).collect();
+    // Equal batches on every client: token weights are equal.
+    let weights = vec![1.0f32 / cfg.sites as f32; cfg.sites];
+    let n = init.numel();
+    for _ in 0..cfg.rounds() {
+        let mut mean = vec![0f32; n];
+        star_reduce(comm, cfg.sites, &clients, Some(&weights), cfg.wire_dtype, &mut mean).context("aggregator gather")?;
+        let delta = &outer.global - from_slice(&mean);
+        outer.apply(&delta);
+        let mut theta = tensor_to_vec(&outer.global);
+        broadcast(comm, cfg.sites, &members(cfg.sites), cfg.wire_dtype, &mut theta).context("aggregator broadcast")?;
+        // Keep the global copy equal to what clients received (the wire round trip).
+        tch::no_grad(|| outer.global.copy_(&Tensor::from_slice(&theta)));
+    }
+    Ok(())
+}

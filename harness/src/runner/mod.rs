@@ -1,0 +1,300 @@
+//! Executes one run: shared initial model, network, one site per process (or per thread on
+//! `sim`), then the run's files merged.
+//!
+//! Files the runner leaves in the run directory (besides what `results` adds):
+//! `config.json` (the resolved [`RunConfig`]), `init.safetensors` (the one seeded initial
+//! model every site starts from), per-site `steps-site<i>.csv`, `probe-site<i>.jsonl`,
+//! `site<i>.json`, site 0's `rounds.csv`, and after a successful or failed run the merged
+//! `steps.csv` (rows of all sites sorted by step, then site).
+//!
+//! Backends: `sim` runs every endpoint as a thread of this process with a compute gate so
+//! sites compute one after another (exclusive cores) on a virtual clock; `relay` starts the
+//! relay here and spawns `fomoe worker --run-dir D --site i` per endpoint. A worker that
+//! fails writes `error-site<i>.txt` and exits non-zero; the orchestrator then kills the
+//! other workers, waits for them (no orphans) and reports the first error.
+
+pub mod sink;
+pub mod site;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::checkpoint::CheckpointWriter;
+use crate::config::{Method, RunConfig};
+use crate::data::Dataset;
+use crate::model::params::ParamStore;
+use crate::model::{ModelConfig, Residency};
+use crate::net::{Backend, Comm, NetOptions};
+use crate::strategy::MethodRegistry;
+use crate::telemetry::{RoundRow, StepRow};
+
+pub use site::{run_site, SiteReport};
+
+/// How to execute runs.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The `fomoe` executable that runs `worker` (real backends). Default: this executable.
+    pub worker_exe: Option<PathBuf>,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RunOutcome {
+    pub sites: Vec<SiteReport>,
+    pub wall_s: f64,
+    pub threads_per_site: usize,
+}
+
+/// CPU threads each site uses: the config's value, or cores / sites (at least 1). The
+/// same on every backend, so the arithmetic (and the loss) does not depend on the backend.
+pub fn threads_per_site(cfg: &RunConfig) -> usize {
+    cfg.threads_per_site.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        (cores / cfg.sites.max(1)).max(1)
+    })
+}
+
+fn net_options(cfg: &RunConfig, dir: &Path) -> NetOptions {
+    let mut o = NetOptions { seed: cfg.seed, ..Default::default() };
+    o.run_id = dir.file_name().map(|n| n.to_string_lossy().chars().take(100).collect()).unwrap_or_else(|| "run".into());
+    o
+}
+
+/// Execute `cfg` with its files in `dir` (created if needed).
+pub fn run_one(cfg: &RunConfig, dir: &Path, reg: &MethodRegistry, opts: &RunOptions) -> Result<RunOutcome> {
+    cfg.validate()?;
+    let mcfg = cfg.model_config()?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    sink::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+    let init = ParamStore::init(&mcfg, Residency::full(&mcfg), cfg.seed);
+    CheckpointWriter::new().model(&init).meta("seed", cfg.seed).write(&dir.join("init.safetensors"))?;
+    drop(init);
+    let threads = threads_per_site(cfg);
+    let start = Instant::now();
+    let result = match cfg.network.backend {
+        Backend::Sim => run_sim(cfg, &mcfg, dir, reg, threads),
+        Backend::Relay => run_processes(cfg, dir, opts),
+        Backend::Netns => Err(anyhow!(
+            "network.backend = netns: training runs over namespaces are not wired yet (the namespace layer and `fomoe netcheck --backend netns` exist); use relay or sim"
+        )),
+    };
+    let merged = merge_steps(dir, cfg);
+    let sites = result?;
+    merged?;
+    fill_round_totals(dir)?;
+    Ok(RunOutcome { sites, wall_s: start.elapsed().as_secs_f64(), threads_per_site: threads })
+}
+
+/// Body of one site (or Photon's aggregator) given its endpoint; used by threads and workers.
+pub fn run_endpoint(cfg: &RunConfig, dir: &Path, endpoint: usize, comm: &mut dyn Comm, reg: &MethodRegistry, gate: Option<&Mutex<()>>) -> Result<Option<SiteReport>> {
+    let mcfg = cfg.model_config()?;
+    let all: Vec<usize> = (0..cfg.endpoints()).collect();
+    if endpoint >= cfg.sites {
+        (reg.aggregator)(cfg, comm, dir)?;
+        crate::collective::barrier(comm, &all)?;
+        return Ok(None);
+    }
+    let data = Dataset::open(&cfg.data, mcfg.seq_len)?;
+    let init = site::load_init(&dir.join("init.safetensors"), &mcfg)?;
+    let mut strategy = (reg.site)(cfg, endpoint)?;
+    let ctx = site::SiteContext {
+        cfg,
+        model_cfg: mcfg.clone(),
+        site: endpoint,
+        data: &data,
+        init: &init,
+        compute_gate: gate,
+        checkpoint: cfg.checkpoint_every_rounds.map(|n| (dir.to_path_buf(), n)),
+        resume: cfg.resume_from.as_ref().map(|p| p.join(format!("ckpt-site{endpoint}.safetensors"))),
+    };
+    let mut source = site::ShardSource { data: &data, site: endpoint, sites: cfg.sites, seed: cfg.seed, batch_size: mcfg.batch_size };
+    let mut sink = sink::FileSink::create(dir, endpoint)?;
+    let report = run_site(&ctx, strategy.as_mut(), comm, &mut source, &mut sink)?;
+    // Nobody leaves while a peer may still need its messages.
+    crate::collective::barrier(comm, &all)?;
+    Ok(Some(report))
+}
+
+fn run_sim(cfg: &RunConfig, _mcfg: &ModelConfig, dir: &Path, reg: &MethodRegistry, threads: usize) -> Result<Vec<SiteReport>> {
+    tch::set_num_threads(threads as i32);
+    let links = cfg.link_matrix()?;
+    let net = crate::net::build_local(Backend::Sim, &links, &net_options(cfg, dir))?;
+    let gate = Mutex::new(());
+    let results: Vec<Result<Option<SiteReport>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = net
+            .comms
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut comm)| {
+                let gate = &gate;
+                s.spawn(move || run_endpoint(cfg, dir, i, comm.as_mut(), reg, Some(gate)).with_context(|| format!("site {i}")))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a site thread panicked")))).collect()
+    });
+    let mut reports = Vec::new();
+    for r in results {
+        if let Some(rep) = r? {
+            reports.push(rep);
+        }
+    }
+    Ok(reports)
+}
+
+fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<SiteReport>> {
+    let links = cfg.link_matrix()?;
+    let net = net_options(cfg, dir);
+    let relay = crate::net::relay::RelayNetwork::start(&links, &net, &Default::default())?;
+    for (i, sc) in relay.site_configs().iter().enumerate() {
+        sink::write_atomic(&dir.join(format!("net-site{i}.json")), serde_json::to_string(sc)?.as_bytes())?;
+    }
+    let exe = match &opts.worker_exe {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating the fomoe executable")?,
+    };
+    let mut children: Vec<(usize, Child)> = Vec::new();
+    for i in 0..cfg.endpoints() {
+        let _ = std::fs::remove_file(dir.join(format!("error-site{i}.txt")));
+        let child = Command::new(&exe)
+            .arg("worker")
+            .arg("--run-dir")
+            .arg(dir)
+            .arg("--site")
+            .arg(i.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join(format!("worker-site{i}.log")))?))
+            .spawn();
+        match child {
+            Ok(c) => children.push((i, c)),
+            Err(e) => {
+                kill_all(&mut children);
+                bail!("starting worker for site {i} ({}): {e}", exe.display());
+            }
+        }
+    }
+    let mut failure: Option<String> = None;
+    let mut running: Vec<(usize, Child)> = children;
+    while !running.is_empty() {
+        let mut still = Vec::new();
+        for (i, mut c) in running {
+            match c.try_wait() {
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => {
+                    if failure.is_none() {
+                        let msg = std::fs::read_to_string(dir.join(format!("error-site{i}.txt")))
+                            .unwrap_or_else(|_| format!("worker exited with {status}"));
+                        failure = Some(format!("site {i} failed: {}", msg.trim()));
+                    }
+                }
+                Ok(None) => still.push((i, c)),
+                Err(e) => {
+                    failure.get_or_insert(format!("site {i}: waiting for the worker: {e}"));
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        running = still;
+        if failure.is_some() {
+            kill_all(&mut running);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(relay);
+    if let Some(f) = failure {
+        bail!(f);
+    }
+    let mut reports = Vec::new();
+    for i in 0..cfg.sites {
+        let p = dir.join(format!("site{i}.json"));
+        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        reports.push(serde_json::from_str(&text)?);
+    }
+    Ok(reports)
+}
+
+fn kill_all(children: &mut Vec<(usize, Child)>) {
+    for (_, c) in children.iter_mut() {
+        let _ = c.kill();
+    }
+    for (_, c) in children.iter_mut() {
+        let _ = c.wait();
+    }
+    children.clear();
+}
+
+/// Entry point of `fomoe worker`: one endpoint of a run on a real backend.
+pub fn worker_main(dir: &Path, endpoint: usize, reg: &MethodRegistry) -> Result<()> {
+    let result = (|| -> Result<()> {
+        let cfg: RunConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).context("reading config.json")?)?;
+        tch::set_num_threads(threads_per_site(&cfg) as i32);
+        let sc: crate::net::tcp::SiteNetConfig =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("net-site{endpoint}.json")))?)?;
+        let mut comm = crate::net::tcp::TcpComm::connect(&sc)?;
+        run_endpoint(&cfg, dir, endpoint, &mut comm, reg, None)?;
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        let _ = sink::write_atomic(&dir.join(format!("error-site{endpoint}.txt")), format!("{e:#}").as_bytes());
+    }
+    result
+}
+
+/// Merge `steps-site<i>.csv` into `steps.csv` sorted by (step, site). Runs after failures
+/// too, so partial results stay readable.
+pub fn merge_steps(dir: &Path, cfg: &RunConfig) -> Result<()> {
+    let mut rows: Vec<StepRow> = Vec::new();
+    for i in 0..cfg.sites {
+        let p = dir.join(format!("steps-site{i}.csv"));
+        if !p.exists() {
+            continue;
+        }
+        let mut r = csv::Reader::from_path(&p)?;
+        for row in r.deserialize::<StepRow>() {
+            match row {
+                Ok(row) => rows.push(row),
+                Err(_) => break, // a half-written last row of a crashed site
+            }
+        }
+    }
+    rows.sort_by_key(|r| (r.step, r.site));
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in &rows {
+        w.serialize(r)?;
+    }
+    sink::write_atomic(&dir.join("steps.csv"), &w.into_inner()?)?;
+    Ok(())
+}
+
+/// Fill rounds.csv's cumulative byte totals from steps.csv (all sites' training traffic
+/// up to each eval) and site reports' eval traffic.
+fn fill_round_totals(dir: &Path) -> Result<()> {
+    let p = dir.join("rounds.csv");
+    if !p.exists() {
+        return Ok(());
+    }
+    let steps: Vec<StepRow> = csv::Reader::from_path(dir.join("steps.csv"))?.deserialize().collect::<Result<_, _>>()?;
+    let mut rounds: Vec<RoundRow> = csv::Reader::from_path(&p)?.deserialize().collect::<Result<_, _>>()?;
+    for r in &mut rounds {
+        let upto = steps.iter().filter(|s| s.step <= r.step);
+        r.payload_bytes_total = upto.clone().map(|s| s.payload_sent).sum();
+        r.framing_bytes_total = upto.map(|s| s.framing_sent).sum();
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in &rounds {
+        w.serialize(r)?;
+    }
+    sink::write_atomic(&p, &w.into_inner()?)?;
+    Ok(())
+}
+
+/// Methods whose sites all hold the same model after every sync.
+pub fn replicates_fully(cfg: &RunConfig) -> bool {
+    cfg.method != Method::Fomoe || cfg.fomoe.rho == cfg.sites
+}

@@ -1,0 +1,115 @@
+//! The outer synchronisation DiLoCo and FoMoE share: average pseudo-gradients within
+//! holder groups, apply the outer optimiser, adopt the new global weights.
+//!
+//! A site's flat parameters are cut into ranges, each held by a set of sites (its holder
+//! group): the dense range by all M sites, each expert block by its ρ holders. Ranges with
+//! the same holders are synchronised together in one ring all-reduce. Per round:
+//!
+//!   Δ = θ_g − θ_site;   for each group G ∋ site:  Δ[G] ← (Σ_{s∈G} Δ_s[G]) / |G|
+//!   θ_g ← outer(θ_g, Δ);   θ_site ← θ_g
+//!
+//! Groups are processed in one canonical order (sorted by member list) on every site, so
+//! two sites always meet their shared groups in the same order: no deadlock, and each
+//! peer's messages arrive in the order they are consumed.
+//!
+//! Degenerate cases: one group with every site and every range (DiLoCo, and FoMoE with
+//! ρ = M, whose dense range and experts then share one all-reduce) gives identical bytes
+//! and identical arithmetic; a group of one site (FoMoE ρ = 1 experts) sends nothing.
+//! Payload per site per round: Σ_G bytes::ring_allreduce_traffic(n_G, G).payload_sent_by(site),
+//! which for divisible sizes is 2(|G|−1)/|G|·n_G·b.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use anyhow::{Context, Result};
+
+use super::outer::{from_slice, to_vec, OuterOptimizerState};
+use super::SiteState;
+use crate::collective::{ring_allreduce, WireDtype};
+use crate::model::params::ParamLayout;
+use crate::net::Comm;
+
+/// Ranges of the flat buffer held by exactly `members`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncGroup {
+    pub members: Vec<usize>,
+    pub ranges: Vec<Range<usize>>,
+}
+
+impl SyncGroup {
+    pub fn numel(&self) -> usize {
+        self.ranges.iter().map(|r| r.len()).sum()
+    }
+}
+
+/// The groups of one site: the dense range with all `sites`, each resident expert block
+/// with `holders_of(layer, expert)`; ranges with equal members merged, groups in canonical
+/// order (by member list), ranges in layout order.
+pub fn groups_for_site(
+    layout: &ParamLayout,
+    sites: usize,
+    holders_of: impl Fn(usize, usize) -> Vec<usize>,
+) -> Vec<SyncGroup> {
+    let mut by_members: BTreeMap<Vec<usize>, Vec<Range<usize>>> = BTreeMap::new();
+    let everyone: Vec<usize> = (0..sites).collect();
+    by_members.entry(everyone).or_default().push(layout.dense.clone());
+    for (&(layer, expert), r) in &layout.experts {
+        let mut h = holders_of(layer, expert);
+        h.sort_unstable();
+        by_members.entry(h).or_default().push(r.clone());
+    }
+    by_members
+        .into_iter()
+        .map(|(members, mut ranges)| {
+            ranges.sort_by_key(|r| r.start);
+            // Merge adjacent ranges (one contiguous span when the layout allows).
+            let mut merged: Vec<Range<usize>> = Vec::new();
+            for r in ranges {
+                match merged.last_mut() {
+                    Some(last) if last.end == r.start => last.end = r.end,
+                    _ => merged.push(r),
+                }
+            }
+            SyncGroup { members, ranges: merged }
+        })
+        .collect()
+}
+
+/// Expected payload bytes this site sends in one [`outer_sync`].
+pub fn expected_payload_sent(groups: &[SyncGroup], site: usize, wire: WireDtype) -> u64 {
+    groups
+        .iter()
+        .map(|g| crate::bytes::ring_allreduce_traffic(g.numel(), &g.members, wire).payload_sent_by(site))
+        .sum()
+}
+
+/// One outer synchronisation (see the module doc).
+pub fn outer_sync(
+    st: &mut SiteState,
+    outer: &mut OuterOptimizerState,
+    groups: &[SyncGroup],
+    comm: &mut dyn Comm,
+    wire: WireDtype,
+) -> Result<u64> {
+    let mut delta = to_vec(&(&outer.global - &st.model.store.flat));
+    let mut buf = Vec::new();
+    for g in groups {
+        buf.clear();
+        for r in &g.ranges {
+            buf.extend_from_slice(&delta[r.clone()]);
+        }
+        ring_allreduce(comm, &g.members, wire, &mut buf)
+            .with_context(|| format!("outer sync over sites {:?}", g.members))?;
+        let n = g.members.len() as f32;
+        let mut off = 0;
+        for r in &g.ranges {
+            for (d, s) in delta[r.clone()].iter_mut().zip(&buf[off..off + r.len()]) {
+                *d = *s / n;
+            }
+            off += r.len();
+        }
+    }
+    outer.apply(&from_slice(&delta));
+    tch::no_grad(|| st.model.store.flat.shallow_clone().copy_(&outer.global));
+    Ok(expected_payload_sent(groups, st.site, wire))
+}

@@ -1,0 +1,24 @@
+//! `fomoe run-one CONFIG.toml`: execute one run configuration (a `RunConfig` as TOML).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use harness::config::RunConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A TOML file holding one run configuration (the keys of a suite's [base] table).
+    config: PathBuf,
+    /// Run directory.
+    #[arg(long, default_value = "results/run-one")]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
+    let cfg: RunConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", a.config.display(), e.message()))?;
+    cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    let outcome = harness::runner::run_one(&cfg, &a.out, &baselines::registry(), &Default::default())?;
+    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    Ok(())
+}
