@@ -109,6 +109,23 @@ pub enum PhotonTopology {
     Ring,
 }
 
+/// A scripted failure (fault injection), given as data in the suite file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    pub site: usize,
+    /// Inner step (1-based) at whose start the fault fires.
+    pub at_step: usize,
+    pub kind: FaultKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// The site stops with an error (its process exits non-zero).
+    Crash,
+}
+
 /// Links and backend.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -141,6 +158,7 @@ pub struct ModelOverrides {
     pub seq_len: Option<usize>,
     pub n_experts: Option<usize>,
     pub top_k: Option<usize>,
+    pub n_heads: Option<usize>,
 }
 
 /// One run, fully resolved.
@@ -178,9 +196,13 @@ pub struct RunConfig {
     pub seed: u64,
     /// Save every site's state (`ckpt-site<i>.safetensors`) every this many rounds.
     pub checkpoint_every_rounds: Option<usize>,
-    /// Continue from the checkpoints in this run directory. Excluded from the hash.
+    /// Continue from the checkpoints in this run directory. Excluded from the hash, as are
+    /// `checkpoint_every_rounds` and `faults` (operational settings: a run resumed after an
+    /// injected crash continues the same run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<std::path::PathBuf>,
+    /// Scripted failures.
+    pub faults: Vec<Fault>,
 }
 
 impl Default for RunConfig {
@@ -207,6 +229,7 @@ impl Default for RunConfig {
             seed: 0,
             checkpoint_every_rounds: None,
             resume_from: None,
+            faults: Vec::new(),
         }
     }
 }
@@ -236,6 +259,9 @@ impl RunConfig {
         }
         if let Some(v) = o.top_k {
             m.top_k = v;
+        }
+        if let Some(v) = o.n_heads {
+            m.n_heads = v;
         }
         m.validate()?;
         Ok(m)
@@ -325,6 +351,14 @@ impl RunConfig {
                 return Err(ConfigError::new("target_loss", t, "must be a finite number > 0"));
             }
         }
+        for f in &self.faults {
+            if f.site >= self.sites {
+                return Err(ConfigError::new("faults.site", f.site, format!("must be below sites = {}", self.sites)));
+            }
+            if f.at_step == 0 || f.at_step > self.steps {
+                return Err(ConfigError::new("faults.at_step", f.at_step, format!("must be in 1..={}", self.steps)));
+            }
+        }
         self.link_matrix()?;
         self.data.validate().map_err(|e| ConfigError::new("data", e.to_string(), "a valid [data] table"))?;
         Ok(())
@@ -367,6 +401,7 @@ impl RunConfig {
         let mut c = self.clone();
         c.resume_from = None;
         c.checkpoint_every_rounds = None;
+        c.faults.clear();
         let json = serde_json::to_string(&serde_json::to_value(&c).expect("config serialises")).expect("json");
         let digest = Sha256::digest(json.as_bytes());
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()

@@ -70,9 +70,11 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, reg: &MethodRegistry, opts: &RunOpti
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     sink::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
-    let init = ParamStore::init(&mcfg, Residency::full(&mcfg), cfg.seed);
-    CheckpointWriter::new().model(&init).meta("seed", cfg.seed).write(&dir.join("init.safetensors"))?;
-    drop(init);
+    let init_path = dir.join("init.safetensors");
+    if cfg.resume_from.is_none() || !init_path.exists() {
+        let init = ParamStore::init(&mcfg, Residency::full(&mcfg), cfg.seed);
+        CheckpointWriter::new().model(&init).meta("seed", cfg.seed).write(&init_path)?;
+    }
     let threads = threads_per_site(cfg);
     let start = Instant::now();
     let result = match cfg.network.backend {
@@ -112,7 +114,7 @@ pub fn run_endpoint(cfg: &RunConfig, dir: &Path, endpoint: usize, comm: &mut dyn
         resume: cfg.resume_from.as_ref().map(|p| p.join(format!("ckpt-site{endpoint}.safetensors"))),
     };
     let mut source = site::ShardSource { data: &data, site: endpoint, sites: cfg.sites, seed: cfg.seed, batch_size: mcfg.batch_size };
-    let mut sink = sink::FileSink::create(dir, endpoint)?;
+    let mut sink = sink::FileSink::create(dir, endpoint, cfg.resume_from.is_some())?;
     let report = run_site(&ctx, strategy.as_mut(), comm, &mut source, &mut sink)?;
     // Nobody leaves while a peer may still need its messages.
     crate::collective::barrier(comm, &all)?;
@@ -136,13 +138,15 @@ fn run_sim(cfg: &RunConfig, _mcfg: &ModelConfig, dir: &Path, reg: &MethodRegistr
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a site thread panicked")))).collect()
     });
-    let mut reports = Vec::new();
-    for r in results {
-        if let Some(rep) = r? {
-            reports.push(rep);
-        }
+    // Report every failed site: the root cause (e.g. a crash) and its consequences
+    // (peers whose links closed) are all named.
+    let errors: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}"))).collect();
+    if !errors.is_empty() {
+        let mut errors = errors;
+        errors.sort_by_key(|e| e.contains("connection closed"));
+        bail!(errors.join("; "));
     }
-    Ok(reports)
+    Ok(results.into_iter().filter_map(|r| r.ok().flatten()).collect())
 }
 
 fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<SiteReport>> {

@@ -50,8 +50,20 @@ pub struct CsvFile<T: Serialize> {
 
 impl<T: Serialize> CsvFile<T> {
     pub fn create(path: &Path) -> Result<Self> {
-        let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Self { w: csv::Writer::from_writer(f), _t: std::marker::PhantomData })
+        Self::open(path, false)
+    }
+    /// `append`: continue an existing file (no second header) when it exists.
+    pub fn open(path: &Path, append: bool) -> Result<Self> {
+        let exists = append && path.exists();
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(exists)
+            .truncate(!exists)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let w = csv::WriterBuilder::new().has_headers(!exists).from_writer(f);
+        Ok(Self { w, _t: std::marker::PhantomData })
     }
     pub fn write(&mut self, row: &T) -> Result<()> {
         self.w.serialize(row)?;
@@ -84,11 +96,13 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn create(dir: &Path, site: usize) -> Result<Self> {
-        let steps = CsvFile::create(&dir.join(format!("steps-site{site}.csv")))?;
-        let rounds = if site == 0 { Some(CsvFile::create(&dir.join("rounds.csv"))?) } else { None };
+    /// `append`: continue the files of an interrupted run (resume).
+    pub fn create(dir: &Path, site: usize, append: bool) -> Result<Self> {
+        let steps = CsvFile::open(&dir.join(format!("steps-site{site}.csv")), append)?;
+        let rounds = if site == 0 { Some(CsvFile::open(&dir.join("rounds.csv"), append)?) } else { None };
         let p = dir.join(format!("probe-site{site}.jsonl"));
-        let probe = BufWriter::new(File::create(&p).with_context(|| format!("creating {}", p.display()))?);
+        let f = std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(&p);
+        let probe = BufWriter::new(f.with_context(|| format!("creating {}", p.display()))?);
         Ok(Self { dir: dir.to_path_buf(), site, steps, rounds, probe })
     }
 }

@@ -226,6 +226,11 @@ pub fn run_site(
     let mut last_loss = f64::NAN;
     for round in step / h..rounds {
         for _ in 0..h {
+            if let Some(f) = cfg.faults.iter().find(|f| f.site == site && f.at_step == step + 1) {
+                match f.kind {
+                    crate::config::FaultKind::Crash => anyhow::bail!("injected fault: site {site} crashed at step {}", step + 1),
+                }
+            }
             let t_step = Instant::now();
             let clock0 = comm.now();
             let ((x, y), data_dt) = {
