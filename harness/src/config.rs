@@ -263,6 +263,12 @@ impl RunConfig {
         if let Some(v) = o.n_heads {
             m.n_heads = v;
         }
+        // A token file brings its own vocabulary.
+        if self.data.kind == crate::data::DataKind::Tokenfile {
+            if let Some(v) = self.data.vocab_size {
+                m.vocab_size = v;
+            }
+        }
         m.validate()?;
         Ok(m)
     }
