@@ -150,7 +150,9 @@ impl Window {
 
     /// Blocks until `sent − received ≤ window`.
     fn wait_until_within(&self, sent: u64, window: u64) {
-        let Ok(mut r) = self.received.lock() else { return };
+        let Ok(mut r) = self.received.lock() else {
+            return;
+        };
         while sent.saturating_sub(*r) > window {
             r = match self.changed.wait(r) {
                 Ok(g) => g,
@@ -161,7 +163,10 @@ impl Window {
 }
 
 /// Runs `f` on every endpoint in its own thread; returns results and endpoints.
-fn on_sites<R: Send>(comms: Vec<Box<dyn Comm>>, f: impl Fn(&mut dyn Comm) -> Result<R> + Sync) -> Result<Vec<(R, Box<dyn Comm>)>> {
+fn on_sites<R: Send>(
+    comms: Vec<Box<dyn Comm>>,
+    f: impl Fn(&mut dyn Comm) -> Result<R> + Sync,
+) -> Result<Vec<(R, Box<dyn Comm>)>> {
     std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
@@ -183,7 +188,11 @@ fn relay_report(relay: Option<harness::net::relay::RelayNetwork>) -> Option<Rela
         RelayReport {
             bytes_forwarded: s.bytes_forwarded,
             cpu_seconds: s.cpu_seconds,
-            cpu_seconds_per_gb: if s.bytes_forwarded > 0 { s.cpu_seconds / (s.bytes_forwarded as f64 / 1e9) } else { 0.0 },
+            cpu_seconds_per_gb: if s.bytes_forwarded > 0 {
+                s.cpu_seconds / (s.bytes_forwarded as f64 / 1e9)
+            } else {
+                0.0
+            },
         }
     })
 }
@@ -203,24 +212,47 @@ fn pause(c: &mut dyn Comm, dt: Duration) {
 pub fn run(args: Args) -> Result<()> {
     let link = resolve_link(&args)?;
     if args.sites < 2 && args.size > 0 {
-        bail!("invalid --sites {}: the all-reduce needs at least 2 sites", args.sites);
+        bail!(
+            "invalid --sites {}: the all-reduce needs at least 2 sites",
+            args.sites
+        );
     }
     if !(args.seconds.is_finite() && args.seconds >= 0.0 && args.seconds <= 3600.0) {
-        bail!("invalid --seconds {}: must be between 0 and 3600", args.seconds);
+        bail!(
+            "invalid --seconds {}: must be between 0 and 3600",
+            args.seconds
+        );
     }
-    if args.size % 4 != 0 {
-        bail!("invalid --size {}: must be a whole number of f32 values (a multiple of 4 bytes)", args.size);
+    if !args.size.is_multiple_of(4) {
+        bail!(
+            "invalid --size {}: must be a whole number of f32 values (a multiple of 4 bytes)",
+            args.size
+        );
     }
-    let net = NetOptions { run_id: "netcheck".into(), seed: args.seed, ..NetOptions::default() };
+    let net = NetOptions {
+        run_id: "netcheck".into(),
+        seed: args.seed,
+        ..NetOptions::default()
+    };
     // Fail early and in one line if the backend cannot run here.
     let pair = Topology::uniform(link).resolve(2)?;
-    let first = build_local(args.backend, &pair, &net).with_context(|| format!("backend {}", args.backend))?;
+    let first = build_local(args.backend, &pair, &net)
+        .with_context(|| format!("backend {}", args.backend))?;
 
     let (delay, rate) = link_phase(&args, link, first)?;
-    let allreduce = if args.size > 0 { Some(allreduce_phase(&args, link, &net)?) } else { None };
+    let allreduce = if args.size > 0 {
+        Some(allreduce_phase(&args, link, &net)?)
+    } else {
+        None
+    };
     let report = Report {
         backend: args.backend.to_string(),
-        link: LinkReport { rate_bps: link.rate_bps, delay_ms: ms(link.delay), jitter_ms: ms(link.jitter), text: link.to_string() },
+        link: LinkReport {
+            rate_bps: link.rate_bps,
+            delay_ms: ms(link.delay),
+            jitter_ms: ms(link.jitter),
+            text: link.to_string(),
+        },
         delay,
         rate,
         allreduce,
@@ -239,25 +271,44 @@ fn resolve_link(args: &Args) -> Result<LinkSpec> {
         Some(name) => Some(LinkSpec::scenario(name).context("--link")?),
         None => None,
     };
-    let rate = args.rate.or(base.map(|b| b.rate_bps)).context("--rate is required")?;
-    let delay = args.delay.or(base.map(|b| b.delay)).context("--delay is required")?;
-    let jitter = args.jitter.or(base.map(|b| b.jitter)).unwrap_or(Duration::ZERO);
+    let rate = args
+        .rate
+        .or(base.map(|b| b.rate_bps))
+        .context("--rate is required")?;
+    let delay = args
+        .delay
+        .or(base.map(|b| b.delay))
+        .context("--delay is required")?;
+    let jitter = args
+        .jitter
+        .or(base.map(|b| b.jitter))
+        .unwrap_or(Duration::ZERO);
     Ok(LinkSpec::new(rate, delay, jitter)?)
 }
 
-fn link_phase(args: &Args, link: LinkSpec, net: harness::net::LocalNet) -> Result<(Option<DelayReport>, Option<RateReport>)> {
+fn link_phase(
+    args: &Args,
+    link: LinkSpec,
+    net: harness::net::LocalNet,
+) -> Result<(Option<DelayReport>, Option<RateReport>)> {
     let harness::net::LocalNet { comms, relay } = net;
     let probe_bytes = 64usize;
-    let probe_wire = probe_bytes as u64 + frame::message_framing_bytes(probe_bytes as u64, frame::DEFAULT_MAX_FRAME_BYTES);
+    let probe_wire = probe_bytes as u64
+        + frame::message_framing_bytes(probe_bytes as u64, frame::DEFAULT_MAX_FRAME_BYTES);
     let probe_ser = link.serialisation_time(probe_wire);
     let interval = args.probe_interval.max(probe_ser * 4);
     let probes = args.probes;
     let message = ((link.rate_bps as f64 * 0.010 / 8.0) as u64).clamp(1 << 10, 4 << 20) as usize;
     let total = (link.rate_bps as f64 / 8.0 * args.seconds) as u64;
-    let count = if args.seconds > 0.0 { ((total / message as u64) as usize).max(4) } else { 0 };
+    let count = if args.seconds > 0.0 {
+        ((total / message as u64) as usize).max(4)
+    } else {
+        0
+    };
     // In-process flow control: keep at most `window` bytes outstanding (≥ 2 bandwidth-delay
     // products), so a fast sender does not queue the whole test in memory.
-    let bdp = link.rate_bps as f64 / 8.0 * (link.delay + link.jitter + Duration::from_millis(50)).as_secs_f64();
+    let bdp = link.rate_bps as f64 / 8.0
+        * (link.delay + link.jitter + Duration::from_millis(50)).as_secs_f64();
     let window = (2.0 * bdp).max(8.0 * message as f64) as u64;
     let received = Window::default();
 
@@ -302,10 +353,6 @@ fn link_phase(args: &Args, link: LinkSpec, net: harness::net::LocalNet) -> Resul
     let mut out = out;
     let (delays, arrivals) = std::mem::take(&mut out[1].0);
     drop(out); // endpoints close before the relay stops
-    if std::env::var_os("FOMOE_DEBUG").is_some() {
-        eprintln!("delays_ms {:?}", delays.iter().map(|d| (ms(*d) * 1000.0).round() / 1000.0).collect::<Vec<_>>());
-        eprintln!("arrivals_ms {:?}", arrivals.iter().take(20).map(|d| (ms(*d) * 1000.0).round() / 1000.0).collect::<Vec<_>>());
-    }
     let relay = relay_report(relay);
 
     let delay = if probes > 0 {
@@ -330,7 +377,8 @@ fn link_phase(args: &Args, link: LinkSpec, net: harness::net::LocalNet) -> Resul
         None
     };
     let rate = if count >= 2 {
-        let wire = message as u64 + frame::message_framing_bytes(message as u64, frame::DEFAULT_MAX_FRAME_BYTES);
+        let wire = message as u64
+            + frame::message_framing_bytes(message as u64, frame::DEFAULT_MAX_FRAME_BYTES);
         // Steady state: from the arrival of message k0 (10% in, skipping start-up) to the last.
         let k0 = count / 10;
         let span = (arrivals[count - 1] - arrivals[k0]).as_secs_f64();
@@ -372,8 +420,16 @@ fn allreduce_phase(args: &Args, link: LinkSpec, net: &NetOptions) -> Result<Allr
         let want = (m * (m + 1) / 2) as f32;
         Ok((t0, t1, x.iter().all(|v| *v == want)))
     })?;
-    let t0 = out.iter().map(|((t0, _, _), _)| *t0).min().unwrap_or_default();
-    let t1 = out.iter().map(|((_, t1, _), _)| *t1).max().unwrap_or_default();
+    let t0 = out
+        .iter()
+        .map(|((t0, _, _), _)| *t0)
+        .min()
+        .unwrap_or_default();
+    let t1 = out
+        .iter()
+        .map(|((_, t1, _), _)| *t1)
+        .max()
+        .unwrap_or_default();
     let result_exact = out.iter().all(|((_, _, ok), _)| *ok);
     let expected = bytes::ring_allreduce_traffic(n, &group, wire);
     let mut payload_bytes_exact = true;
@@ -390,7 +446,8 @@ fn allreduce_phase(args: &Args, link: LinkSpec, net: &NetOptions) -> Result<Allr
     drop(out);
     let relay = relay_report(relay);
     let b = wire.bytes_per_value() as f64;
-    let bound = bytes::ring_allreduce_bytes_closed_form(m, n as f64, b) * 8.0 / link.rate_bps as f64
+    let bound = bytes::ring_allreduce_bytes_closed_form(m, n as f64, b) * 8.0
+        / link.rate_bps as f64
         + 2.0 * (m as f64 - 1.0) * link.delay.as_secs_f64();
     let measured = (t1 - t0).as_secs_f64();
     Ok(AllreduceReport {
@@ -455,7 +512,10 @@ fn print_text(r: &Report) {
             );
         }
     }
-    println!("  process cpu    {:.3} s (sites, relay and checks together)", r.process_cpu_seconds);
+    println!(
+        "  process cpu    {:.3} s (sites, relay and checks together)",
+        r.process_cpu_seconds
+    );
 }
 
 fn format_rate_approx(bps: f64) -> String {

@@ -52,7 +52,11 @@ pub struct RelayOptions {
 
 impl Default for RelayOptions {
     fn default() -> Self {
-        RelayOptions { bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), worker_threads: 1, backlog: Duration::from_millis(20) }
+        RelayOptions {
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            worker_threads: 1,
+            backlog: Duration::from_millis(20),
+        }
     }
 }
 
@@ -82,7 +86,11 @@ pub struct RelayNetwork {
 
 impl RelayNetwork {
     /// Binds two ports per pair and starts serving them.
-    pub fn start(links: &LinkMatrix, net: &NetOptions, opts: &RelayOptions) -> Result<Self, NetError> {
+    pub fn start(
+        links: &LinkMatrix,
+        net: &NetOptions,
+        opts: &RelayOptions,
+    ) -> Result<Self, NetError> {
         net.limits.validate()?;
         let world = links.world();
         let shared = Arc::new(Shared::default());
@@ -100,24 +108,42 @@ impl RelayNetwork {
             })
             .build()
             .map_err(|e| NetError::Config(format!("relay runtime: {e}")))?;
-        let timer = PreciseTimer::start().map_err(|e| NetError::Config(format!("relay timer: {e}")))?;
-        let mut routes: Vec<Vec<PeerRoute>> =
-            (0..world).map(|i| (0..world).map(|j| if i == j { PeerRoute::Myself } else { PeerRoute::Accept }).collect()).collect();
+        let timer =
+            PreciseTimer::start().map_err(|e| NetError::Config(format!("relay timer: {e}")))?;
+        let mut routes: Vec<Vec<PeerRoute>> = (0..world)
+            .map(|i| {
+                (0..world)
+                    .map(|j| {
+                        if i == j {
+                            PeerRoute::Myself
+                        } else {
+                            PeerRoute::Accept
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut dials: Vec<(usize, usize, SocketAddr)> = Vec::new();
         {
             let _guard = runtime.enter();
             for a in 0..world {
                 for b in a + 1..world {
-                    let bind = |end: usize| -> Result<(tokio::net::TcpListener, SocketAddr), NetError> {
-                        let err = |e: std::io::Error| NetError::Config(format!("relay port for site {end} of pair {a}-{b}: {e}"));
-                        let l = std::net::TcpListener::bind((opts.bind_ip, 0)).map_err(err)?;
-                        l.set_nonblocking(true).map_err(err)?;
-                        let addr = l.local_addr().map_err(err)?;
-                        Ok((tokio::net::TcpListener::from_std(l).map_err(err)?, addr))
-                    };
+                    let bind =
+                        |end: usize| -> Result<(tokio::net::TcpListener, SocketAddr), NetError> {
+                            let err = |e: std::io::Error| {
+                                NetError::Config(format!(
+                                    "relay port for site {end} of pair {a}-{b}: {e}"
+                                ))
+                            };
+                            let l = std::net::TcpListener::bind((opts.bind_ip, 0)).map_err(err)?;
+                            l.set_nonblocking(true).map_err(err)?;
+                            let addr = l.local_addr().map_err(err)?;
+                            Ok((tokio::net::TcpListener::from_std(l).map_err(err)?, addr))
+                        };
                     let (la, addr_a) = bind(a)?;
                     let (lb, addr_b) = bind(b)?;
-                    routes[a][b] = PeerRoute::Dial(addr_a);
-                    routes[b][a] = PeerRoute::Dial(addr_b);
+                    dials.push((a, b, addr_a));
+                    dials.push((b, a, addr_b));
                     let (ab, ba) = match (links.get(a, b), links.get(b, a)) {
                         (Some(ab), Some(ba)) => (ab, ba),
                         _ => return Err(NetError::Config(format!("no link for pair {a}-{b}"))),
@@ -132,6 +158,9 @@ impl RelayNetwork {
                     runtime.spawn(pair.serve(la, lb, ab, ba));
                 }
             }
+        }
+        for (site, peer, addr) in dials {
+            routes[site][peer] = PeerRoute::Dial(addr);
         }
         let configs = routes
             .into_iter()
@@ -148,7 +177,12 @@ impl RelayNetwork {
                 max_message_bytes: net.limits.max_message_bytes,
             })
             .collect();
-        Ok(RelayNetwork { runtime: Some(runtime), timer: Some(timer), configs, shared })
+        Ok(RelayNetwork {
+            runtime: Some(runtime),
+            timer: Some(timer),
+            configs,
+            shared,
+        })
     }
 
     /// One config per site, in site order; serialise them to hand to worker processes.
@@ -172,7 +206,10 @@ impl RelayNetwork {
         }
         let timer_cpu = self.timer.take().map(PreciseTimer::stop).unwrap_or(0.0);
         let workers = self.shared.cpu_seconds.lock().map(|c| *c).unwrap_or(0.0);
-        RelayStats { bytes_forwarded: self.bytes_forwarded(), cpu_seconds: workers + timer_cpu }
+        RelayStats {
+            bytes_forwarded: self.bytes_forwarded(),
+            cpu_seconds: workers + timer_cpu,
+        }
     }
 }
 
@@ -183,7 +220,11 @@ impl Drop for RelayNetwork {
 }
 
 /// A relay plus `M` connected endpoints, sites as threads of this process (tests, netcheck).
-pub fn local_relay(links: &LinkMatrix, net: &NetOptions, opts: &RelayOptions) -> Result<(RelayNetwork, Vec<TcpComm>), NetError> {
+pub fn local_relay(
+    links: &LinkMatrix,
+    net: &NetOptions,
+    opts: &RelayOptions,
+) -> Result<(RelayNetwork, Vec<TcpComm>), NetError> {
     let relay = RelayNetwork::start(links, net, opts)?;
     let listeners = (0..links.world()).map(|_| None).collect();
     let comms = connect_all(relay.site_configs(), listeners)?;
@@ -219,7 +260,8 @@ fn offset_instant(base: Instant, offset_ns: i128, floor: Instant) -> Instant {
     let t = if offset_ns >= 0 {
         base + Duration::from_nanos(offset_ns as u64)
     } else {
-        base.checked_sub(Duration::from_nanos((-offset_ns) as u64)).unwrap_or(base)
+        base.checked_sub(Duration::from_nanos((-offset_ns) as u64))
+            .unwrap_or(base)
     };
     t.max(floor)
 }
@@ -233,16 +275,40 @@ struct PairTask {
 }
 
 impl PairTask {
-    async fn serve(self, la: tokio::net::TcpListener, lb: tokio::net::TcpListener, ab: LinkSpec, ba: LinkSpec) {
+    async fn serve(
+        self,
+        la: tokio::net::TcpListener,
+        lb: tokio::net::TcpListener,
+        ab: LinkSpec,
+        ba: LinkSpec,
+    ) {
         let (a, b) = tokio::join!(la.accept(), lb.accept());
-        let (Ok((a, _)), Ok((b, _))) = (a, b) else { return };
+        let (Ok((a, _)), Ok((b, _))) = (a, b) else {
+            return;
+        };
         drop((la, lb));
         let _ = a.set_nodelay(true);
         let _ = b.set_nodelay(true);
         let (ra, wa) = a.into_split();
         let (rb, wb) = b.into_split();
-        tokio::spawn(direction(ra, wb, ab, self.timer.clone(), Arc::clone(&self.shared), self.backlog, self.seed_ab));
-        tokio::spawn(direction(rb, wa, ba, self.timer, self.shared, self.backlog, self.seed_ba));
+        tokio::spawn(direction(
+            ra,
+            wb,
+            ab,
+            self.timer.clone(),
+            Arc::clone(&self.shared),
+            self.backlog,
+            self.seed_ab,
+        ));
+        tokio::spawn(direction(
+            rb,
+            wa,
+            ba,
+            self.timer,
+            self.shared,
+            self.backlog,
+            self.seed_ba,
+        ));
     }
 }
 
@@ -270,7 +336,13 @@ enum Phase {
 
 impl MessageScanner {
     pub(crate) fn new() -> Self {
-        MessageScanner { phase: Phase::HelloFixed, need: 26, header: [0; 26], filled: 0, more: false }
+        MessageScanner {
+            phase: Phase::HelloFixed,
+            need: 26,
+            header: [0; 26],
+            filled: 0,
+            more: false,
+        }
     }
 
     pub(crate) fn is_opaque(&self) -> bool {
@@ -286,7 +358,8 @@ impl MessageScanner {
                 Phase::Opaque => return,
                 Phase::HelloFixed | Phase::Header => {
                     let take = self.need.min(data.len() - i);
-                    self.header[self.filled..self.filled + take].copy_from_slice(&data[i..i + take]);
+                    self.header[self.filled..self.filled + take]
+                        .copy_from_slice(&data[i..i + take]);
                     self.filled += take;
                     self.need -= take;
                     i += take;
@@ -295,15 +368,23 @@ impl MessageScanner {
                     }
                     self.filled = 0;
                     if self.phase == Phase::HelloFixed {
-                        let run_id_len = u16::from_le_bytes([self.header[24], self.header[25]]) as usize;
-                        if &self.header[..4] != b"FMOE" || run_id_len > super::frame::MAX_RUN_ID_BYTES {
+                        let run_id_len =
+                            u16::from_le_bytes([self.header[24], self.header[25]]) as usize;
+                        if &self.header[..4] != b"FMOE"
+                            || run_id_len > super::frame::MAX_RUN_ID_BYTES
+                        {
                             self.phase = Phase::Opaque;
                             return;
                         }
                         self.phase = Phase::HelloRest;
                         self.need = run_id_len + 16 + 4;
                     } else {
-                        let word = u32::from_le_bytes([self.header[0], self.header[1], self.header[2], self.header[3]]);
+                        let word = u32::from_le_bytes([
+                            self.header[0],
+                            self.header[1],
+                            self.header[2],
+                            self.header[3],
+                        ]);
                         self.more = word & (1 << 31) != 0;
                         self.phase = Phase::Body;
                         self.need = (word & !(1 << 31)) as usize + 4;
@@ -371,7 +452,10 @@ async fn direction(
     seed: u64,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Chunk>();
-    let held = Held { bytes: AtomicU64::new(0), released: tokio::sync::Notify::new() };
+    let held = Held {
+        bytes: AtomicU64::new(0),
+        released: tokio::sync::Notify::new(),
+    };
     // Bytes inside a message may be released up to `lazy` late (never its last byte).
     let lazy = (backlog / 2).max(Duration::from_millis(1));
     let reader = shape_reader(rd, tx, link, &held, backlog, seed);
@@ -393,7 +477,8 @@ async fn shape_reader(
     // Hold at most what the link has in flight (rate × (delay + 2·jitter)) plus `backlog` of
     // queued transmission; the writer wakes us as it releases bytes.
     let in_flight = link.delay + link.jitter * 2 + backlog;
-    let cap = ((link.rate_bps as f64 / 8.0 * in_flight.as_secs_f64()) as u64).max(2 * READ_BYTES as u64);
+    let cap =
+        ((link.rate_bps as f64 / 8.0 * in_flight.as_secs_f64()) as u64).max(2 * READ_BYTES as u64);
     let mut scanner = MessageScanner::new();
     let mut ends = Vec::new();
     let mut tx_free = Instant::now();
@@ -414,7 +499,15 @@ async fn shape_reader(
         let n = rd.read_buf(&mut scratch).await.unwrap_or(0);
         if n == 0 {
             let due = (tx_free + link.delay).max(last_due);
-            let _ = tx.send(Chunk { data: Vec::new(), marks: vec![Mark { end: 0, due, message_end: true }], eof: true });
+            let _ = tx.send(Chunk {
+                data: Vec::new(),
+                marks: vec![Mark {
+                    end: 0,
+                    due,
+                    message_end: true,
+                }],
+                eof: true,
+            });
             return;
         }
         let buf = scratch[..n].to_vec();
@@ -435,12 +528,23 @@ async fn shape_reader(
             t += Duration::from_nanos((bits_ns / rate) as u64);
             let due = offset_instant(t + link.delay, jitter_ns(&mut rng, link.jitter), last_due);
             last_due = due;
-            marks.push(Mark { end, due, message_end });
+            marks.push(Mark {
+                end,
+                due,
+                message_end,
+            });
             prev = end;
         }
         tx_free = t;
         held.bytes.fetch_add(n as u64, Ordering::AcqRel);
-        if tx.send(Chunk { data: buf, marks, eof: false }).is_err() {
+        if tx
+            .send(Chunk {
+                data: buf,
+                marks,
+                eof: false,
+            })
+            .is_err()
+        {
             return;
         }
     }
@@ -510,7 +614,11 @@ async fn release_writer(
             return;
         }
         // Next wake: the first message end on time, or the first lazy byte `lazy` late.
-        let first = pending.iter().enumerate().flat_map(|(k, c)| c.marks.iter().skip(if k == 0 { mark } else { 0 })).next();
+        let first = pending
+            .iter()
+            .enumerate()
+            .flat_map(|(k, c)| c.marks.iter().skip(if k == 0 { mark } else { 0 }))
+            .next();
         let Some(first) = first else { continue };
         let next_end = pending
             .iter()
@@ -525,7 +633,9 @@ async fn release_writer(
         if sleep.as_ref().is_none_or(|(at, _)| *at != wake) {
             sleep = Some((wake, Box::pin(timer.sleep_until(wake))));
         }
-        let Some((_, fut)) = sleep.as_mut() else { continue };
+        let Some((_, fut)) = sleep.as_mut() else {
+            continue;
+        };
         if open {
             tokio::select! {
                 biased;

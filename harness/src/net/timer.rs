@@ -44,16 +44,27 @@ impl PreciseTimer {
     /// Starts the timer thread.
     pub fn start() -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
-            state: Mutex::new(State { waiting: BTreeMap::new(), seq: 0, stop: false }),
+            state: Mutex::new(State {
+                waiting: BTreeMap::new(),
+                seq: 0,
+                stop: false,
+            }),
             cv: Condvar::new(),
         });
         let s = Arc::clone(&shared);
-        let thread = std::thread::Builder::new().name("fomoe-timer".into()).spawn(move || run(&s))?;
-        Ok(PreciseTimer { shared, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("fomoe-timer".into())
+            .spawn(move || run(&s))?;
+        Ok(PreciseTimer {
+            shared,
+            thread: Some(thread),
+        })
     }
 
     pub fn handle(&self) -> TimerHandle {
-        TimerHandle { shared: Arc::clone(&self.shared) }
+        TimerHandle {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Stops the thread; returns the CPU seconds it used.
@@ -66,7 +77,10 @@ impl PreciseTimer {
             st.stop = true;
         }
         self.shared.cv.notify_all();
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or(0.0)
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or(0.0)
     }
 }
 
@@ -78,7 +92,9 @@ impl Drop for PreciseTimer {
 
 fn run(shared: &Shared) -> f64 {
     crate::net::cpu::set_fine_timer_slack();
-    let Ok(mut st) = shared.state.lock() else { return crate::net::cpu::thread_cpu_seconds() };
+    let Ok(mut st) = shared.state.lock() else {
+        return crate::net::cpu::thread_cpu_seconds();
+    };
     loop {
         if st.stop {
             // Wake everyone still waiting so no task hangs.
@@ -99,7 +115,10 @@ fn run(shared: &Shared) -> f64 {
                 Ok(g) => g,
                 Err(_) => break,
             },
-            Some(d) => match shared.cv.wait_timeout(st, d.saturating_duration_since(Instant::now())) {
+            Some(d) => match shared
+                .cv
+                .wait_timeout(st, d.saturating_duration_since(Instant::now()))
+            {
                 Ok((g, _)) => g,
                 Err(_) => break,
             },
@@ -111,7 +130,11 @@ fn run(shared: &Shared) -> f64 {
 impl TimerHandle {
     /// A future that is ready at `deadline` (at once if it has passed).
     pub fn sleep_until(&self, deadline: Instant) -> Sleep {
-        Sleep { shared: Arc::clone(&self.shared), deadline, registered: None }
+        Sleep {
+            shared: Arc::clone(&self.shared),
+            deadline,
+            registered: None,
+        }
     }
 
     /// A future that is ready after `d`.
@@ -146,12 +169,18 @@ impl Future for Sleep {
             self.unregister(); // usually already removed by the timer thread
             return Poll::Ready(());
         }
-        if self.registered.as_ref().is_some_and(|(_, w)| w.will_wake(cx.waker())) {
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|(_, w)| w.will_wake(cx.waker()))
+        {
             return Poll::Pending;
         }
         let previous = self.registered.take();
         let shared = Arc::clone(&self.shared);
-        let Ok(mut st) = shared.state.lock() else { return Poll::Ready(()) };
+        let Ok(mut st) = shared.state.lock() else {
+            return Poll::Ready(());
+        };
         if st.stop {
             return Poll::Ready(());
         }
@@ -185,7 +214,9 @@ mod tests {
     fn sleeps_wake_on_time_and_cancel_on_drop() {
         let timer = PreciseTimer::start().unwrap();
         let h = timer.handle();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let t0 = Instant::now();
             h.sleep(Duration::from_millis(3)).await;
