@@ -11,10 +11,10 @@
 //! Shaper of one direction (rate R, delay d, jitter j):
 //! - the reader reads whatever bytes are available (up to 256 KiB), finds where messages
 //!   end in them (the relay parses the hello/proof/frame lengths; on anything unexpected it
-//!   treats every read as a message end), and stamps each piece up to a message end, and the
-//!   rest: `finish = max(now, previous finish) + bytes·8/R` (the link is busy while it
-//!   transmits; the division's remainder carries over, so no drift) and
-//!   `due = max(finish + d + U[−j, j], previous due)` (order kept);
+//!   treats every read as a message end), cuts the read at message ends and every ~2 ms of
+//!   transmission, and stamps each piece: `finish = max(now, previous finish) + bytes·8/R`
+//!   (the link is busy while it transmits; the division's remainder carries over, so no
+//!   drift) and `due = max(finish + d + U[−j, j], previous due)` (order kept);
 //! - the writer releases, in one write, every piece whose due time has come, then sleeps
 //!   once, on a [`PreciseTimer`](super::timer) (tokio's 1 ms timer is never used, and a
 //!   passed deadline is never slept on), until the next **message end** is due, or until
@@ -23,9 +23,11 @@
 //!   `backlog/2` late in bigger batches: the receiver cannot use them earlier anyway, and
 //!   the relay wakes about once per message or per `backlog/2` instead of per packet;
 //! - backpressure: the reader stops reading while the direction holds more than
-//!   `R·(d + 2j + backlog)` bytes (what the link has in flight plus `backlog` of queued
-//!   transmission); the writer wakes it as it releases bytes (no timer), and a fast sender
-//!   is slowed by TCP as on a real link.
+//!   `R·(d + 2j + backlog)` + 256 KiB (what the link has in flight, bytes released lazily,
+//!   and queued transmission); the writer wakes it as it releases bytes (no timer), and a
+//!   fast sender is slowed by TCP as on a real link. The queue must never run dry while the
+//!   sender has data, or the modelled link would idle: `backlog` (20 ms) is twice the lazy
+//!   slack, so after each release at least `backlog/2` of transmission stays queued.
 
 use super::cpu;
 use super::error::NetError;
@@ -477,8 +479,10 @@ async fn shape_reader(
     // Hold at most what the link has in flight (rate × (delay + 2·jitter)) plus `backlog` of
     // queued transmission; the writer wakes us as it releases bytes.
     let in_flight = link.delay + link.jitter * 2 + backlog;
-    let cap =
-        ((link.rate_bps as f64 / 8.0 * in_flight.as_secs_f64()) as u64).max(2 * READ_BYTES as u64);
+    let cap = (link.rate_bps as f64 / 8.0 * in_flight.as_secs_f64()) as u64 + READ_BYTES as u64;
+    // A read is stamped in slices of ~2 ms of transmission, so a big read is released
+    // progressively instead of being held until its last byte is due.
+    let slice = ((link.rate_bps / 8 / 500) as usize).clamp(4 << 10, READ_BYTES);
     let mut scanner = MessageScanner::new();
     let mut ends = Vec::new();
     let mut tx_free = Instant::now();
@@ -515,8 +519,15 @@ async fn shape_reader(
         scanner.scan(&buf, &mut ends);
         // Pieces: up to each message end, then the rest of the read (a message end only
         // when the stream could not be parsed).
-        let mut pieces: Vec<(usize, bool)> = ends.iter().map(|&e| (e, true)).collect();
-        if ends.last() != Some(&n) {
+        let mut pieces: Vec<(usize, bool)> = Vec::with_capacity(ends.len() + n / slice + 1);
+        let mut from = 0usize;
+        for &e in &ends {
+            pieces.extend((from + slice..e).step_by(slice).map(|x| (x, false)));
+            pieces.push((e, true));
+            from = e;
+        }
+        if from < n {
+            pieces.extend((from + slice..n).step_by(slice).map(|x| (x, false)));
             pieces.push((n, scanner.is_opaque()));
         }
         let mut t = tx_free.max(Instant::now());
