@@ -533,22 +533,26 @@ fn relay_applies_delay_and_rate_lower_bounds() {
             let probe = c.recv(0).unwrap();
             let sent = Duration::from_nanos(u128::from_le_bytes(probe.try_into().unwrap()) as u64);
             let one_way = c.now() - sent;
-            let t1 = c.now();
             let big = c.recv(0).unwrap();
             assert_eq!(big.len(), 1_000_000);
-            let transfer = c.now() - t1;
+            // Both on the network's shared clock: scheduling can only make it later.
+            let since_probe_sent = c.now() - sent;
             c.send(0, vec![]).unwrap();
             assert!(
                 one_way >= Duration::from_millis(20),
                 "one-way delay {one_way:?} below 20 ms"
             );
-            transfer
+            since_probe_sent
         }
     });
-    // 1 MB at 100 Mbit/s = 80 ms of serialisation after the probe.
+    // The big message cannot arrive before delay + serialisation of both messages:
+    // 20 ms + (24 + 1_000_008)·8 bits / 100 Mbit/s = 100.0026 ms (less 1 µs for the relay's
+    // per-piece rounding down).
+    let floor =
+        link.delay + link.serialisation_time(16 + 8 + 1_000_000 + 8) - Duration::from_micros(1);
     assert!(
-        out[1].0 >= Duration::from_millis(79),
-        "1 MB took {:?}",
+        out[1].0 >= floor,
+        "1 MB arrived {:?} after the probe was sent",
         out[1].0
     );
 }
@@ -898,9 +902,7 @@ fn wrong_run_or_site_is_turned_away() {
 
 #[test]
 fn dialing_nobody_fails_within_the_connect_timeout() {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    let (fd, addr) = reserved_closed_port();
     let cfg = SiteNetConfig {
         run_id: "r".into(),
         site: 0,
@@ -927,4 +929,34 @@ fn dialing_nobody_fails_within_the_connect_timeout() {
         .unwrap()
         .to_string()
         .contains("1 peer routes for a world of 2"));
+    // SAFETY: closing the descriptor we opened.
+    unsafe { libc::close(fd) };
+}
+
+/// A loopback port that is bound but not listening: connections to it are refused, and no
+/// other test can bind it meanwhile (a closed-then-reused port could belong to another test).
+fn reserved_closed_port() -> (i32, std::net::SocketAddr) {
+    // SAFETY: plain socket calls on a socket we own; the sockaddr_in is fully initialised.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(
+            libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len),
+            0
+        );
+        let mut got: libc::sockaddr_in = std::mem::zeroed();
+        let mut got_len = len;
+        assert_eq!(
+            libc::getsockname(fd, &mut got as *mut _ as *mut libc::sockaddr, &mut got_len),
+            0
+        );
+        (
+            fd,
+            std::net::SocketAddr::from(([127, 0, 0, 1], u16::from_be(got.sin_port))),
+        )
+    }
 }
