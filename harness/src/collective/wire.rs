@@ -110,6 +110,17 @@ pub fn encode(wire: WireDtype, values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message_payload_bytes(wire, values.len()) as usize);
     match wire {
         WireDtype::F32 => {
+            #[cfg(target_endian = "little")]
+            {
+                // SAFETY: f32 is 4 plain bytes with no padding, u8 has alignment 1, and the
+                // slice covers exactly the values' memory; on little-endian targets these are
+                // the little-endian wire bytes.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4)
+                };
+                out.extend_from_slice(bytes);
+            }
+            #[cfg(not(target_endian = "little"))]
             for v in values {
                 out.extend_from_slice(&v.to_le_bytes());
             }
