@@ -442,6 +442,8 @@ struct Chunk {
 struct Held {
     bytes: AtomicU64,
     released: tokio::sync::Notify,
+    /// The writer has stopped (destination gone): the reader stops too.
+    writer_done: std::sync::atomic::AtomicBool,
 }
 
 async fn direction(
@@ -457,11 +459,16 @@ async fn direction(
     let held = Held {
         bytes: AtomicU64::new(0),
         released: tokio::sync::Notify::new(),
+        writer_done: std::sync::atomic::AtomicBool::new(false),
     };
     // Bytes inside a message may be released up to `lazy` late (never its last byte).
     let lazy = (backlog / 2).max(Duration::from_millis(1));
     let reader = shape_reader(rd, tx, link, &held, backlog, seed);
-    let writer = release_writer(wr, rx, timer, shared, &held, lazy);
+    let writer = async {
+        release_writer(wr, rx, timer, shared, &held, lazy).await;
+        held.writer_done.store(true, Ordering::Release);
+        held.released.notify_one();
+    };
     tokio::join!(reader, writer);
 }
 
@@ -494,6 +501,9 @@ async fn shape_reader(
     loop {
         loop {
             let notified = held.released.notified();
+            if held.writer_done.load(Ordering::Acquire) {
+                return;
+            }
             if held.bytes.load(Ordering::Acquire) < cap {
                 break;
             }
