@@ -81,7 +81,11 @@ impl Traffic {
 
     /// Payload bytes sent by `site`, all links.
     pub fn payload_sent_by(&self, site: usize) -> u64 {
-        self.links.iter().filter(|((f, _), _)| *f == site).map(|(_, l)| l.payload_bytes).sum()
+        self.links
+            .iter()
+            .filter(|((f, _), _)| *f == site)
+            .map(|(_, l)| l.payload_bytes)
+            .sum()
     }
 }
 
@@ -103,13 +107,23 @@ pub fn ring_allreduce_traffic(n: usize, group: &[usize], wire: WireDtype) -> Tra
     let mut t = Traffic::default();
     for p in 0..g {
         let (values, messages) = ring_allreduce_sent_by_position(n, g, p);
-        t.add(group[p], group[(p + 1) % g], values * wire.bytes_per_value() + messages * wire.bytes_per_message(), messages);
+        t.add(
+            group[p],
+            group[(p + 1) % g],
+            values * wire.bytes_per_value() + messages * wire.bytes_per_message(),
+            messages,
+        );
     }
     t
 }
 
 /// Exact traffic of a star reduce of `n` values: every client but the aggregator sends up.
-pub fn star_reduce_traffic(n: usize, aggregator: usize, clients: &[usize], wire: WireDtype) -> Traffic {
+pub fn star_reduce_traffic(
+    n: usize,
+    aggregator: usize,
+    clients: &[usize],
+    wire: WireDtype,
+) -> Traffic {
     let mut t = Traffic::default();
     if n > 0 {
         for &c in clients.iter().filter(|&&c| c != aggregator) {
@@ -140,9 +154,19 @@ pub fn star_members(aggregator: usize, clients: &[usize]) -> Vec<usize> {
 }
 
 /// Exact traffic of a star all-reduce (reduce to the aggregator, broadcast back).
-pub fn star_allreduce_traffic(n: usize, aggregator: usize, clients: &[usize], wire: WireDtype) -> Traffic {
+pub fn star_allreduce_traffic(
+    n: usize,
+    aggregator: usize,
+    clients: &[usize],
+    wire: WireDtype,
+) -> Traffic {
     let mut t = star_reduce_traffic(n, aggregator, clients, wire);
-    t.merge(&broadcast_traffic(n, aggregator, &star_members(aggregator, clients), wire));
+    t.merge(&broadcast_traffic(
+        n,
+        aggregator,
+        &star_members(aggregator, clients),
+        wire,
+    ));
     t
 }
 
@@ -181,7 +205,8 @@ pub fn fomoe_bytes_per_round(m: usize, rho: usize, n_dense: f64, n_exp: f64, b: 
     if m == 0 {
         return 0.0;
     }
-    ring_allreduce_bytes_closed_form(m, n_dense, b) + 2.0 * (rho as f64 - 1.0) / m as f64 * n_exp * b
+    ring_allreduce_bytes_closed_form(m, n_dense, b)
+        + 2.0 * (rho as f64 - 1.0) / m as f64 * n_exp * b
 }
 
 /// Photon payload bytes per client per round: `(N·b up, N·b down)`.
@@ -217,7 +242,10 @@ mod tests {
                 assert_eq!(next, n);
             }
         }
-        assert_eq!((0..3).map(|c| ring_chunk_len(7, 3, c)).collect::<Vec<_>>(), vec![3, 2, 2]);
+        assert_eq!(
+            (0..3).map(|c| ring_chunk_len(7, 3, c)).collect::<Vec<_>>(),
+            vec![3, 2, 2]
+        );
     }
 
     #[test]
@@ -227,7 +255,11 @@ mod tests {
                 let group: Vec<usize> = (0..g).collect();
                 for wire in [WireDtype::F32, WireDtype::Bf16, WireDtype::F16] {
                     let t = ring_allreduce_traffic(n, &group, wire);
-                    let closed = ring_allreduce_bytes_closed_form(g, n as f64, wire.bytes_per_value() as f64);
+                    let closed = ring_allreduce_bytes_closed_form(
+                        g,
+                        n as f64,
+                        wire.bytes_per_value() as f64,
+                    );
                     for p in 0..g {
                         assert_eq!(t.payload_sent_by(p) as f64, closed, "g {g} n {n} {wire}");
                         assert_eq!(t.get(p, (p + 1) % g).messages, 2 * (g as u64 - 1));
@@ -235,7 +267,10 @@ mod tests {
                 }
                 let t = ring_allreduce_traffic(n, &group, WireDtype::Int8);
                 let closed = ring_allreduce_bytes_closed_form(g, n as f64, 1.0);
-                assert_eq!(t.payload_sent_by(0) as f64, closed + 4.0 * 2.0 * (g as f64 - 1.0));
+                assert_eq!(
+                    t.payload_sent_by(0) as f64,
+                    closed + 4.0 * 2.0 * (g as f64 - 1.0)
+                );
             }
         }
     }
@@ -246,7 +281,7 @@ mod tests {
         assert_eq!(ring_allreduce_sent_by_position(7, 3, 0), (10, 4));
         assert_eq!(ring_allreduce_sent_by_position(7, 3, 1), (9, 4)); // 14 − c2 − c0
         assert_eq!(ring_allreduce_sent_by_position(7, 3, 2), (9, 4)); // 14 − c0 − c1
-        // n = 2 over 4: chunks 1, 1, 0, 0.
+                                                                      // n = 2 over 4: chunks 1, 1, 0, 0.
         assert_eq!(ring_allreduce_sent_by_position(2, 4, 0), (3, 3)); // 4 − c1 − c2
         assert_eq!(ring_allreduce_sent_by_position(2, 4, 1), (4, 4)); // 4 − c2 − c3, chunks 0 and 1 twice
         assert_eq!(ring_allreduce_sent_by_position(2, 4, 3), (2, 2)); // 4 − c0 − c1 = 2, two messages of 1
@@ -260,17 +295,44 @@ mod tests {
     fn star_and_broadcast_bytes() {
         let t = star_allreduce_traffic(10, 3, &[0, 1, 2], WireDtype::F32);
         for c in 0..3 {
-            assert_eq!(t.get(c, 3), LinkTraffic { payload_bytes: 40, messages: 1 });
-            assert_eq!(t.get(3, c), LinkTraffic { payload_bytes: 40, messages: 1 });
+            assert_eq!(
+                t.get(c, 3),
+                LinkTraffic {
+                    payload_bytes: 40,
+                    messages: 1
+                }
+            );
+            assert_eq!(
+                t.get(3, c),
+                LinkTraffic {
+                    payload_bytes: 40,
+                    messages: 1
+                }
+            );
         }
         let (up, down) = photon_client_bytes_per_round(10.0, 4.0);
-        assert_eq!((t.get(0, 3).payload_bytes as f64, t.get(3, 0).payload_bytes as f64), (up, down));
-        assert_eq!(t.payload_sent_by(3) as f64, photon_aggregator_bytes_per_round(3, 10.0, 4.0).1);
+        assert_eq!(
+            (
+                t.get(0, 3).payload_bytes as f64,
+                t.get(3, 0).payload_bytes as f64
+            ),
+            (up, down)
+        );
+        assert_eq!(
+            t.payload_sent_by(3) as f64,
+            photon_aggregator_bytes_per_round(3, 10.0, 4.0).1
+        );
         // Aggregator that is also a client sends nothing to itself.
         let t = star_allreduce_traffic(10, 0, &[0, 1], WireDtype::Int8);
         assert_eq!(t.links.len(), 2);
         assert_eq!(t.get(1, 0).payload_bytes, 14);
-        assert_eq!(barrier_traffic(&[2, 0, 1]).get(0, 2), LinkTraffic { payload_bytes: 0, messages: 1 });
+        assert_eq!(
+            barrier_traffic(&[2, 0, 1]).get(0, 2),
+            LinkTraffic {
+                payload_bytes: 0,
+                messages: 1
+            }
+        );
     }
 
     #[test]
@@ -283,12 +345,19 @@ mod tests {
         // The large-M limit is what the per-round forms approach.
         let (n, s) = (1.0e9, 0.592);
         let m = 1_000_000;
-        let ratio = diloco_bytes_per_round(m, n, 2.0) / fomoe_bytes_per_round(m, m / 2, (1.0 - s) * n, s * n, 2.0);
+        let ratio = diloco_bytes_per_round(m, n, 2.0)
+            / fomoe_bytes_per_round(m, m / 2, (1.0 - s) * n, s * n, 2.0);
         assert!((ratio - r).abs() < 1e-5, "{ratio}");
         // ρ = M: FoMoE bytes equal DiLoCo bytes exactly.
-        assert_eq!(fomoe_bytes_per_round(8, 8, 300.0, 700.0, 4.0), diloco_bytes_per_round(8, 1000.0, 4.0));
+        assert_eq!(
+            fomoe_bytes_per_round(8, 8, 300.0, 700.0, 4.0),
+            diloco_bytes_per_round(8, 1000.0, 4.0)
+        );
         // ρ = 1: experts never travel.
-        assert_eq!(fomoe_bytes_per_round(8, 1, 300.0, 700.0, 4.0), diloco_bytes_per_round(8, 300.0, 4.0));
+        assert_eq!(
+            fomoe_bytes_per_round(8, 1, 300.0, 700.0, 4.0),
+            diloco_bytes_per_round(8, 300.0, 4.0)
+        );
         assert_eq!(ddp_bytes_per_step(4, 100.0, 4.0), 600.0);
     }
 }

@@ -35,8 +35,18 @@ const SIZE_ALLOWED: &str =
 const DURATION_ALLOWED: &str =
     "a non-negative number with unit ns, us, ms or s (e.g. 500us, 25ms, 1s)";
 
-fn err(kind: &'static str, value: &str, reason: impl Into<String>, allowed: &'static str) -> UnitError {
-    UnitError { kind, value: value.to_string(), reason: reason.into(), allowed }
+fn err(
+    kind: &'static str,
+    value: &str,
+    reason: impl Into<String>,
+    allowed: &'static str,
+) -> UnitError {
+    UnitError {
+        kind,
+        value: value.to_string(),
+        reason: reason.into(),
+        allowed,
+    }
 }
 
 /// Splits `"2.5gbit"` into `("2.5", "gbit")`: the number is the leading run of digits,
@@ -72,15 +82,25 @@ fn scaled_decimal(number: &str, multiplier: u128) -> Result<Option<u128>, String
     if frac_part.len() > 30 || int_part.len() > 30 {
         return Err("too many digits".into());
     }
-    let int: u128 = if int_part.is_empty() { 0 } else { int_part.parse().map_err(|_| "not a number")? };
-    let frac: u128 = if frac_part.is_empty() { 0 } else { frac_part.parse().map_err(|_| "not a number")? };
+    let int: u128 = if int_part.is_empty() {
+        0
+    } else {
+        int_part.parse().map_err(|_| "not a number")?
+    };
+    let frac: u128 = if frac_part.is_empty() {
+        0
+    } else {
+        frac_part.parse().map_err(|_| "not a number")?
+    };
     let denom = 10u128.pow(frac_part.len() as u32);
     let whole = int.checked_mul(multiplier).ok_or("too large")?;
     let frac_scaled = frac.checked_mul(multiplier).ok_or("too large")?;
     if frac_scaled % denom != 0 {
         return Ok(None);
     }
-    Ok(Some(whole.checked_add(frac_scaled / denom).ok_or("too large")?))
+    Ok(Some(
+        whole.checked_add(frac_scaled / denom).ok_or("too large")?,
+    ))
 }
 
 /// Parses a rate such as `100mbit` into bits per second. Zero is refused.
@@ -95,9 +115,21 @@ pub fn parse_rate_bps(text: &str) -> Result<u64, UnitError> {
         "tbit" => 1_000_000_000_000,
         "" => return Err(err("rate", text, "missing unit", RATE_ALLOWED)),
         "bps" | "kbps" | "mbps" | "gbps" => {
-            return Err(err("rate", text, format!("unit `{unit}` is ambiguous (bits or bytes?)"), RATE_ALLOWED))
+            return Err(err(
+                "rate",
+                text,
+                format!("unit `{unit}` is ambiguous (bits or bytes?)"),
+                RATE_ALLOWED,
+            ))
         }
-        other => return Err(err("rate", text, format!("unknown unit `{other}`"), RATE_ALLOWED)),
+        other => {
+            return Err(err(
+                "rate",
+                text,
+                format!("unknown unit `{other}`"),
+                RATE_ALLOWED,
+            ))
+        }
     };
     let bits = scaled_decimal(number, multiplier)
         .map_err(|reason| err("rate", text, reason, RATE_ALLOWED))?
@@ -121,7 +153,14 @@ pub fn parse_bytes(text: &str) -> Result<u64, UnitError> {
         "mib" => 1 << 20,
         "gib" => 1 << 30,
         "tib" => 1 << 40,
-        other => return Err(err("size", text, format!("unknown unit `{other}`"), SIZE_ALLOWED)),
+        other => {
+            return Err(err(
+                "size",
+                text,
+                format!("unknown unit `{other}`"),
+                SIZE_ALLOWED,
+            ))
+        }
     };
     let bytes = scaled_decimal(number, multiplier)
         .map_err(|reason| err("size", text, reason, SIZE_ALLOWED))?
@@ -138,12 +177,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
         "ms" => 1_000_000,
         "s" => 1_000_000_000,
         "" => return Err(err("duration", text, "missing unit", DURATION_ALLOWED)),
-        other => return Err(err("duration", text, format!("unknown unit `{other}`"), DURATION_ALLOWED)),
+        other => {
+            return Err(err(
+                "duration",
+                text,
+                format!("unknown unit `{other}`"),
+                DURATION_ALLOWED,
+            ))
+        }
     };
     let nanos = scaled_decimal(number, multiplier)
         .map_err(|reason| err("duration", text, reason, DURATION_ALLOWED))?
-        .ok_or_else(|| err("duration", text, "not a whole number of nanoseconds", DURATION_ALLOWED))?;
-    let nanos = u64::try_from(nanos).map_err(|_| err("duration", text, "too large", DURATION_ALLOWED))?;
+        .ok_or_else(|| {
+            err(
+                "duration",
+                text,
+                "not a whole number of nanoseconds",
+                DURATION_ALLOWED,
+            )
+        })?;
+    let nanos =
+        u64::try_from(nanos).map_err(|_| err("duration", text, "too large", DURATION_ALLOWED))?;
     Ok(Duration::from_nanos(nanos))
 }
 
@@ -167,7 +221,12 @@ fn exact_decimal(value: u128, unit: u128) -> String {
 /// Prints a rate losslessly in the largest unit that keeps it ≥ 1: `100mbit`, `2.5gbit`.
 pub fn format_rate(rate_bps: u64) -> String {
     let r = rate_bps as u128;
-    for (unit, name) in [(1_000_000_000_000u128, "tbit"), (1_000_000_000, "gbit"), (1_000_000, "mbit"), (1_000, "kbit")] {
+    for (unit, name) in [
+        (1_000_000_000_000u128, "tbit"),
+        (1_000_000_000, "gbit"),
+        (1_000_000, "mbit"),
+        (1_000, "kbit"),
+    ] {
         if r >= unit {
             return format!("{}{name}", exact_decimal(r, unit));
         }
@@ -193,7 +252,7 @@ pub fn format_duration(d: Duration) -> String {
 pub fn format_bytes(bytes: u64) -> String {
     for (shift, name) in [(40u32, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
         let unit = 1u64 << shift;
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{name}", bytes / unit);
         }
     }
@@ -246,14 +305,27 @@ mod tests {
 
     #[test]
     fn bad_rates_are_one_line_errors_naming_the_value() {
-        for bad in ["0mbit", "0", "100", "-5mbit", "abc", "1.5bit", "100mbps", "10furlongs", ""] {
+        for bad in [
+            "0mbit",
+            "0",
+            "100",
+            "-5mbit",
+            "abc",
+            "1.5bit",
+            "100mbps",
+            "10furlongs",
+            "",
+        ] {
             let e = parse_rate_bps(bad).unwrap_err();
             let msg = e.to_string();
             assert!(msg.contains(&format!("`{bad}`")), "{msg}");
             assert!(msg.contains("allowed"), "{msg}");
             assert!(!msg.contains('\n'), "{msg}");
         }
-        assert!(parse_rate_bps("0mbit").unwrap_err().reason.contains("greater than zero"));
+        assert!(parse_rate_bps("0mbit")
+            .unwrap_err()
+            .reason
+            .contains("greater than zero"));
     }
 
     #[test]
@@ -264,7 +336,10 @@ mod tests {
         assert_eq!(parse_bytes("4096").unwrap(), 4096);
         assert_eq!(parse_bytes("0B").unwrap(), 0);
         assert!(parse_bytes("1.1B").is_err());
-        assert!(parse_bytes("3 bananas").unwrap_err().to_string().contains("bananas"));
+        assert!(parse_bytes("3 bananas")
+            .unwrap_err()
+            .to_string()
+            .contains("bananas"));
         assert!(parse_bytes("-1MiB").is_err());
     }
 
@@ -273,22 +348,55 @@ mod tests {
         assert_eq!(parse_duration("25ms").unwrap(), Duration::from_millis(25));
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert_eq!(parse_duration("500us").unwrap(), Duration::from_micros(500));
-        assert_eq!(parse_duration("2.5ms").unwrap(), Duration::from_micros(2500));
+        assert_eq!(
+            parse_duration("2.5ms").unwrap(),
+            Duration::from_micros(2500)
+        );
         assert_eq!(parse_duration("0ms").unwrap(), Duration::ZERO);
         let e = parse_duration("-5ms").unwrap_err();
         assert!(e.to_string().contains("negative"), "{e}");
-        assert!(parse_duration("25").unwrap_err().reason.contains("missing unit"));
+        assert!(parse_duration("25")
+            .unwrap_err()
+            .reason
+            .contains("missing unit"));
     }
 
     #[test]
     fn formatting_round_trips() {
-        for r in [1u64, 999, 800_000, 10_000_000, 2_500_000_000, 123_456_789, 1_000_000_000_000] {
-            assert_eq!(parse_rate_bps(&format_rate(r)).unwrap(), r, "{}", format_rate(r));
+        for r in [
+            1u64,
+            999,
+            800_000,
+            10_000_000,
+            2_500_000_000,
+            123_456_789,
+            1_000_000_000_000,
+        ] {
+            assert_eq!(
+                parse_rate_bps(&format_rate(r)).unwrap(),
+                r,
+                "{}",
+                format_rate(r)
+            );
         }
         assert_eq!(format_rate(2_500_000_000), "2.5gbit");
-        for d in [0u64, 1, 999, 1_000, 500_000, 25_000_000, 1_500_000_000, 123_456_789_012] {
+        for d in [
+            0u64,
+            1,
+            999,
+            1_000,
+            500_000,
+            25_000_000,
+            1_500_000_000,
+            123_456_789_012,
+        ] {
             let d = Duration::from_nanos(d);
-            assert_eq!(parse_duration(&format_duration(d)).unwrap(), d, "{}", format_duration(d));
+            assert_eq!(
+                parse_duration(&format_duration(d)).unwrap(),
+                d,
+                "{}",
+                format_duration(d)
+            );
         }
         assert_eq!(format_duration(Duration::from_millis(25)), "25ms");
         for b in [0u64, 1, 1024, 64 << 20, 1_000_000_000, 3 << 30] {

@@ -1,6 +1,7 @@
-//! Subcommands of the `fomoe` binary.
+//! One module per subcommand: `Args` (clap) and `run(args) -> anyhow::Result<()>`.
 
 pub mod bench_step;
+pub mod netcheck;
 pub mod run_one;
 pub mod train;
 pub mod worker;

@@ -25,22 +25,43 @@ pub enum CollectiveError {
     #[error(transparent)]
     Net(#[from] NetError),
     #[error("invalid {what} {sites:?}: {reason}")]
-    BadGroup { what: &'static str, sites: Vec<usize>, reason: String },
+    BadGroup {
+        what: &'static str,
+        sites: Vec<usize>,
+        reason: String,
+    },
     #[error("site {from} sent a {got}-byte message for {n} {wire} values; expected {want} bytes")]
-    BadMessage { from: usize, got: u64, want: u64, n: usize, wire: WireDtype },
+    BadMessage {
+        from: usize,
+        got: u64,
+        want: u64,
+        n: usize,
+        wire: WireDtype,
+    },
     #[error("invalid weights: {0}")]
     BadWeights(String),
 }
 
 /// Checks that `sites` are distinct sites of `comm`'s world and non-empty.
-pub(crate) fn check_group<C: Comm + ?Sized>(comm: &C, what: &'static str, sites: &[usize]) -> Result<(), CollectiveError> {
-    let bad = |reason: String| CollectiveError::BadGroup { what, sites: sites.to_vec(), reason };
+pub(crate) fn check_group<C: Comm + ?Sized>(
+    comm: &C,
+    what: &'static str,
+    sites: &[usize],
+) -> Result<(), CollectiveError> {
+    let bad = |reason: String| CollectiveError::BadGroup {
+        what,
+        sites: sites.to_vec(),
+        reason,
+    };
     if sites.is_empty() {
         return Err(bad("must not be empty".into()));
     }
     for (i, &s) in sites.iter().enumerate() {
         if s >= comm.world() {
-            return Err(bad(format!("site {s} is not below the world size {}", comm.world())));
+            return Err(bad(format!(
+                "site {s} is not below the world size {}",
+                comm.world()
+            )));
         }
         if sites[..i].contains(&s) {
             return Err(bad(format!("site {s} appears twice")));
@@ -58,5 +79,11 @@ pub(crate) fn decode_from(
     f: impl FnOnce(WireDtype, &[u8], &mut [f32]) -> Result<(), wire::LengthMismatch>,
 ) -> Result<(), CollectiveError> {
     let n = out.len();
-    f(wire_dtype, bytes, out).map_err(|m| CollectiveError::BadMessage { from, got: m.got, want: m.want, n, wire: wire_dtype })
+    f(wire_dtype, bytes, out).map_err(|m| CollectiveError::BadMessage {
+        from,
+        got: m.got,
+        want: m.want,
+        n,
+        wire: wire_dtype,
+    })
 }

@@ -30,9 +30,16 @@ use crate::bytes::ring_chunk_range;
 use crate::net::Comm;
 
 /// Sums `buf` over the sites of `group` (ring order); see the module doc.
-pub fn ring_allreduce<C: Comm + ?Sized>(comm: &mut C, group: &[usize], wire_dtype: WireDtype, buf: &mut [f32]) -> Result<(), CollectiveError> {
+pub fn ring_allreduce<C: Comm + ?Sized>(
+    comm: &mut C,
+    group: &[usize],
+    wire_dtype: WireDtype,
+    buf: &mut [f32],
+) -> Result<(), CollectiveError> {
     check_group(comm, "ring group", group)?;
-    let Some(p) = group.iter().position(|&r| r == comm.rank()) else { return Ok(()) };
+    let Some(p) = group.iter().position(|&r| r == comm.rank()) else {
+        return Ok(());
+    };
     let g = group.len();
     let n = buf.len();
     if g == 1 || n == 0 {
@@ -62,7 +69,13 @@ pub fn ring_allreduce<C: Comm + ?Sized>(comm: &mut C, group: &[usize], wire_dtyp
             let msg = match (s, forward.take()) {
                 (0, _) | (_, None) => {
                     let bytes = wire::encode(wire_dtype, &buf[send.clone()]);
-                    decode_from(comm.rank(), wire_dtype, &bytes, &mut buf[send], wire::decode_into)?;
+                    decode_from(
+                        comm.rank(),
+                        wire_dtype,
+                        &bytes,
+                        &mut buf[send],
+                        wire::decode_into,
+                    )?;
                     bytes
                 }
                 (_, Some(bytes)) => bytes,

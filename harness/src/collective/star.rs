@@ -28,10 +28,16 @@ use crate::net::Comm;
 fn check_weights(clients: &[usize], weights: Option<&[f32]>) -> Result<(), CollectiveError> {
     if let Some(w) = weights {
         if w.len() != clients.len() {
-            return Err(CollectiveError::BadWeights(format!("{} weights for {} clients", w.len(), clients.len())));
+            return Err(CollectiveError::BadWeights(format!(
+                "{} weights for {} clients",
+                w.len(),
+                clients.len()
+            )));
         }
         if let Some((i, v)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(CollectiveError::BadWeights(format!("weight {i} is {v}; weights must be finite")));
+            return Err(CollectiveError::BadWeights(format!(
+                "weight {i} is {v}; weights must be finite"
+            )));
         }
     }
     Ok(())
@@ -80,7 +86,13 @@ pub fn star_reduce<C: Comm + ?Sized>(
 }
 
 /// Sends `root`'s `buf` to every member; all end with `R(root's values)`.
-pub fn broadcast<C: Comm + ?Sized>(comm: &mut C, root: usize, members: &[usize], wire_dtype: WireDtype, buf: &mut [f32]) -> Result<(), CollectiveError> {
+pub fn broadcast<C: Comm + ?Sized>(
+    comm: &mut C,
+    root: usize,
+    members: &[usize],
+    wire_dtype: WireDtype,
+    buf: &mut [f32],
+) -> Result<(), CollectiveError> {
     check_group(comm, "broadcast members", members)?;
     if !members.contains(&root) {
         return Err(CollectiveError::BadGroup {
@@ -117,7 +129,13 @@ pub fn star_allreduce<C: Comm + ?Sized>(
     buf: &mut [f32],
 ) -> Result<(), CollectiveError> {
     star_reduce(comm, aggregator, clients, weights, wire_dtype, buf)?;
-    broadcast(comm, aggregator, &star_members(aggregator, clients), wire_dtype, buf)
+    broadcast(
+        comm,
+        aggregator,
+        &star_members(aggregator, clients),
+        wire_dtype,
+        buf,
+    )
 }
 
 /// Returns once every member has entered the barrier.
@@ -129,7 +147,13 @@ pub fn barrier<C: Comm + ?Sized>(comm: &mut C, members: &[usize]) -> Result<(), 
         for &m in &members[1..] {
             let msg = comm.recv(m)?;
             if !msg.is_empty() {
-                return Err(CollectiveError::BadMessage { from: m, got: msg.len() as u64, want: 0, n: 0, wire: WireDtype::F32 });
+                return Err(CollectiveError::BadMessage {
+                    from: m,
+                    got: msg.len() as u64,
+                    want: 0,
+                    n: 0,
+                    wire: WireDtype::F32,
+                });
             }
         }
         for &m in &members[1..] {
@@ -139,7 +163,13 @@ pub fn barrier<C: Comm + ?Sized>(comm: &mut C, members: &[usize]) -> Result<(), 
         comm.send(leader, Vec::new())?;
         let msg = comm.recv(leader)?;
         if !msg.is_empty() {
-            return Err(CollectiveError::BadMessage { from: leader, got: msg.len() as u64, want: 0, n: 0, wire: WireDtype::F32 });
+            return Err(CollectiveError::BadMessage {
+                from: leader,
+                got: msg.len() as u64,
+                want: 0,
+                n: 0,
+                wire: WireDtype::F32,
+            });
         }
     }
     Ok(())

@@ -31,7 +31,12 @@ pub enum WireDtype {
 }
 
 impl WireDtype {
-    pub const ALL: [WireDtype; 4] = [WireDtype::F32, WireDtype::Bf16, WireDtype::F16, WireDtype::Int8];
+    pub const ALL: [WireDtype; 4] = [
+        WireDtype::F32,
+        WireDtype::Bf16,
+        WireDtype::F16,
+        WireDtype::Int8,
+    ];
 
     /// b of METHODS.md: bytes per value on the wire (int8: 1, plus a 4-byte scale per message).
     pub fn bytes_per_value(self) -> u64 {
@@ -75,7 +80,9 @@ impl FromStr for WireDtype {
             "bf16" => Ok(WireDtype::Bf16),
             "f16" => Ok(WireDtype::F16),
             "int8" => Ok(WireDtype::Int8),
-            other => Err(format!("unknown wire dtype `{other}`; allowed: f32, bf16, f16, int8")),
+            other => Err(format!(
+                "unknown wire dtype `{other}`; allowed: f32, bf16, f16, int8"
+            )),
         }
     }
 }
@@ -103,6 +110,17 @@ pub fn encode(wire: WireDtype, values: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(message_payload_bytes(wire, values.len()) as usize);
     match wire {
         WireDtype::F32 => {
+            #[cfg(target_endian = "little")]
+            {
+                // SAFETY: f32 is 4 plain bytes with no padding, u8 has alignment 1, and the
+                // slice covers exactly the values' memory; on little-endian targets these are
+                // the little-endian wire bytes.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), values.len() * 4)
+                };
+                out.extend_from_slice(bytes);
+            }
+            #[cfg(not(target_endian = "little"))]
             for v in values {
                 out.extend_from_slice(&v.to_le_bytes());
             }
@@ -135,10 +153,18 @@ pub fn encode(wire: WireDtype, values: &[f32]) -> Vec<u8> {
 }
 
 /// Decodes `bytes` and combines each value into `out` with `f(out, decoded)`.
-fn decode_with(wire: WireDtype, bytes: &[u8], out: &mut [f32], f: impl Fn(&mut f32, f32)) -> Result<(), LengthMismatch> {
+fn decode_with(
+    wire: WireDtype,
+    bytes: &[u8],
+    out: &mut [f32],
+    f: impl Fn(&mut f32, f32),
+) -> Result<(), LengthMismatch> {
     let want = message_payload_bytes(wire, out.len());
     if bytes.len() as u64 != want {
-        return Err(LengthMismatch { got: bytes.len() as u64, want });
+        return Err(LengthMismatch {
+            got: bytes.len() as u64,
+            want,
+        });
     }
     match wire {
         WireDtype::F32 => {
@@ -177,7 +203,12 @@ pub fn decode_add(wire: WireDtype, bytes: &[u8], acc: &mut [f32]) -> Result<(), 
 }
 
 /// `acc += weight · D(bytes)` (f32 multiply, then f32 add).
-pub fn decode_scaled_add(wire: WireDtype, bytes: &[u8], weight: f32, acc: &mut [f32]) -> Result<(), LengthMismatch> {
+pub fn decode_scaled_add(
+    wire: WireDtype,
+    bytes: &[u8],
+    weight: f32,
+    acc: &mut [f32],
+) -> Result<(), LengthMismatch> {
     decode_with(wire, bytes, acc, |o, v| *o += weight * v)
 }
 
@@ -223,7 +254,10 @@ mod tests {
     fn int8_uses_max_abs_over_127() {
         let x = [127.0f32, -63.4, 0.5, 0.0];
         let bytes = encode(WireDtype::Int8, &x);
-        assert_eq!(f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]), 1.0);
+        assert_eq!(
+            f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
+            1.0
+        );
         assert_eq!(&bytes[4..], &[127u8, (-63i8) as u8, 1, 0]); // 0.5 rounds away from zero
         let zeros = encode(WireDtype::Int8, &[0.0, 0.0]);
         assert_eq!(zeros, vec![0, 0, 0, 0, 0, 0]);
@@ -235,7 +269,13 @@ mod tests {
     #[test]
     fn wrong_lengths_are_refused() {
         let mut out = [0.0f32; 3];
-        assert_eq!(decode_into(WireDtype::F32, &[0; 11], &mut out), Err(LengthMismatch { got: 11, want: 12 }));
-        assert_eq!(decode_add(WireDtype::Int8, &[0; 3], &mut out), Err(LengthMismatch { got: 3, want: 7 }));
+        assert_eq!(
+            decode_into(WireDtype::F32, &[0; 11], &mut out),
+            Err(LengthMismatch { got: 11, want: 12 })
+        );
+        assert_eq!(
+            decode_add(WireDtype::Int8, &[0; 3], &mut out),
+            Err(LengthMismatch { got: 3, want: 7 })
+        );
     }
 }

@@ -102,7 +102,11 @@ impl<C: Comm + ?Sized> Comm for Box<C> {
 /// Checks that `peer` is another site of a world of `world`.
 pub(crate) fn check_peer(me: usize, peer: usize, world: usize) -> Result<(), NetError> {
     if peer >= world || peer == me {
-        return Err(NetError::BadPeer { site: me, peer, world });
+        return Err(NetError::BadPeer {
+            site: me,
+            peer,
+            world,
+        });
     }
     Ok(())
 }

@@ -15,11 +15,17 @@ pub struct PeerName {
 
 impl PeerName {
     pub fn site(site: usize, addr: impl Into<String>) -> Self {
-        PeerName { site: Some(site), addr: addr.into() }
+        PeerName {
+            site: Some(site),
+            addr: addr.into(),
+        }
     }
 
     pub fn stranger(addr: impl Into<String>) -> Self {
-        PeerName { site: None, addr: addr.into() }
+        PeerName {
+            site: None,
+            addr: addr.into(),
+        }
     }
 }
 
@@ -40,11 +46,29 @@ pub enum NetError {
     #[error("{peer}: message of {len} bytes exceeds the maximum message size of {max} bytes")]
     MessageTooLong { peer: PeerName, len: u64, max: u64 },
     #[error("{peer}: bad checksum on a {len}-byte frame (received {received:08x}, computed {computed:08x})")]
-    BadChecksum { peer: PeerName, len: u64, received: u32, computed: u32 },
+    BadChecksum {
+        peer: PeerName,
+        len: u64,
+        received: u32,
+        computed: u32,
+    },
     #[error("{peer}: connection closed mid-{what} after {got} of {want} bytes")]
-    Truncated { peer: PeerName, what: &'static str, got: u64, want: u64 },
-    #[error("{peer}: stalled mid-{what}: no data for {timeout:?} ({got} of {want} bytes received)")]
-    Stalled { peer: PeerName, what: &'static str, got: u64, want: u64, timeout: Duration },
+    Truncated {
+        peer: PeerName,
+        what: &'static str,
+        got: u64,
+        want: u64,
+    },
+    #[error(
+        "{peer}: stalled mid-{what}: no data for {timeout:?} ({got} of {want} bytes received)"
+    )]
+    Stalled {
+        peer: PeerName,
+        what: &'static str,
+        got: u64,
+        want: u64,
+        timeout: Duration,
+    },
     #[error("{peer}: connection closed")]
     Closed { peer: PeerName },
     #[error("{peer}: no message within {timeout:?}")]
@@ -52,21 +76,45 @@ pub enum NetError {
     #[error("{peer}: handshake failed: {reason}")]
     Handshake { peer: PeerName, reason: String },
     #[error("{peer}: {op} failed: {reason}")]
-    Io { peer: PeerName, op: &'static str, reason: String },
+    Io {
+        peer: PeerName,
+        op: &'static str,
+        reason: String,
+    },
     #[error("could not connect to {peer} within {timeout:?}: {reason}")]
-    Connect { peer: PeerName, timeout: Duration, reason: String },
+    Connect {
+        peer: PeerName,
+        timeout: Duration,
+        reason: String,
+    },
     #[error("site {site}: timed out after {timeout:?} waiting for sites {missing:?} to connect{rejected}")]
-    AcceptTimeout { site: usize, timeout: Duration, missing: Vec<usize>, rejected: String },
+    AcceptTimeout {
+        site: usize,
+        timeout: Duration,
+        missing: Vec<usize>,
+        rejected: String,
+    },
     #[error("site {site}: no such peer {peer} (world has {world} sites)")]
-    BadPeer { site: usize, peer: usize, world: usize },
+    BadPeer {
+        site: usize,
+        peer: usize,
+        world: usize,
+    },
     #[error("invalid network config: {0}")]
     Config(String),
     #[error("the `{backend}` backend is not available: {reason}")]
-    BackendUnavailable { backend: &'static str, reason: String },
+    BackendUnavailable {
+        backend: &'static str,
+        reason: String,
+    },
 }
 
 impl NetError {
     pub(crate) fn io(peer: &PeerName, op: &'static str, e: &std::io::Error) -> Self {
-        NetError::Io { peer: peer.clone(), op, reason: e.to_string() }
+        NetError::Io {
+            peer: peer.clone(),
+            op,
+            reason: e.to_string(),
+        }
     }
 }

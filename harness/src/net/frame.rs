@@ -77,7 +77,10 @@ pub struct FrameLimits {
 
 impl Default for FrameLimits {
     fn default() -> Self {
-        FrameLimits { max_frame_bytes: DEFAULT_MAX_FRAME_BYTES, max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES }
+        FrameLimits {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
     }
 }
 
@@ -162,7 +165,12 @@ fn fill<R: Read>(
                 last_progress = Instant::now();
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if idle_ok && got == 0 {
                     last_progress = Instant::now();
                     continue;
@@ -178,7 +186,12 @@ fn fill<R: Read>(
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                return Err(NetError::Truncated { peer: peer.clone(), what, got: done_before + got as u64, want: want_total })
+                return Err(NetError::Truncated {
+                    peer: peer.clone(),
+                    what,
+                    got: done_before + got as u64,
+                    want: want_total,
+                })
             }
             Err(e) => return Err(NetError::io(peer, "read", &e)),
         }
@@ -207,7 +220,16 @@ pub fn read_message<R: Read>(
     let mut first = true;
     loop {
         let mut header = [0u8; 4];
-        match fill(r, &mut header, first, peer, "frame header", 0, 4, read_timeout)? {
+        match fill(
+            r,
+            &mut header,
+            first,
+            peer,
+            "frame header",
+            0,
+            4,
+            read_timeout,
+        )? {
             Fill::Eof => return Ok(None),
             Fill::Full => {}
         }
@@ -216,11 +238,19 @@ pub fn read_message<R: Read>(
         let more = word & MORE_FLAG != 0;
         let len = (word & !MORE_FLAG) as u64;
         if len > limits.max_frame_bytes as u64 {
-            return Err(NetError::FrameTooLong { peer: peer.clone(), len, max: limits.max_frame_bytes as u64 });
+            return Err(NetError::FrameTooLong {
+                peer: peer.clone(),
+                len,
+                max: limits.max_frame_bytes as u64,
+            });
         }
         let total = payload.len() as u64 + len;
         if total > limits.max_message_bytes {
-            return Err(NetError::MessageTooLong { peer: peer.clone(), len: total, max: limits.max_message_bytes });
+            return Err(NetError::MessageTooLong {
+                peer: peer.clone(),
+                len: total,
+                max: limits.max_message_bytes,
+            });
         }
         // Grow with the bytes that actually arrive, in steps of at most 4 MiB (or doubling).
         let start = payload.len();
@@ -229,22 +259,48 @@ pub fn read_message<R: Read>(
         while pos < end {
             let step = (end - pos).min((4usize << 20).max(pos - start));
             payload.resize(pos + step, 0);
-            fill(r, &mut payload[pos..pos + step], false, peer, "frame", (pos - start) as u64 + 4, len + 8, read_timeout)?;
+            fill(
+                r,
+                &mut payload[pos..pos + step],
+                false,
+                peer,
+                "frame",
+                (pos - start) as u64 + 4,
+                len + 8,
+                read_timeout,
+            )?;
             pos += step;
         }
         let mut trailer = [0u8; 4];
-        fill(r, &mut trailer, false, peer, "frame", len + 4, len + 8, read_timeout)?;
+        fill(
+            r,
+            &mut trailer,
+            false,
+            peer,
+            "frame",
+            len + 4,
+            len + 8,
+            read_timeout,
+        )?;
         let received = u32::from_le_bytes(trailer);
         let mut crc = crc32fast::Hasher::new();
         crc.update(&header);
         crc.update(&payload[start..end]);
         let computed = crc.finalize();
         if received != computed {
-            return Err(NetError::BadChecksum { peer: peer.clone(), len, received, computed });
+            return Err(NetError::BadChecksum {
+                peer: peer.clone(),
+                len,
+                received,
+                computed,
+            });
         }
         framing += FRAME_OVERHEAD_BYTES;
         if !more {
-            return Ok(Some(ReadMessage { payload, framing_bytes: framing }));
+            return Ok(Some(ReadMessage {
+                payload,
+                framing_bytes: framing,
+            }));
         }
     }
 }
@@ -370,7 +426,10 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 }
 
 fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<Hello, NetError> {
-    let hs = |reason: String| NetError::Handshake { peer: peer.clone(), reason };
+    let hs = |reason: String| NetError::Handshake {
+        peer: peer.clone(),
+        reason,
+    };
     let mut fixed = [0u8; HELLO_FIXED_BYTES];
     handshake_fill(r, &mut fixed, peer, timeout)?;
     if &fixed[..4] != MAGIC {
@@ -378,11 +437,15 @@ fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<
     }
     let version = u16::from_le_bytes([fixed[4], fixed[5]]);
     if version != VERSION {
-        return Err(hs(format!("protocol version {version}, expected {VERSION}")));
+        return Err(hs(format!(
+            "protocol version {version}, expected {VERSION}"
+        )));
     }
     let run_id_len = u16::from_le_bytes([fixed[24], fixed[25]]) as usize;
     if run_id_len > MAX_RUN_ID_BYTES {
-        return Err(hs(format!("run id of {run_id_len} bytes exceeds {MAX_RUN_ID_BYTES}")));
+        return Err(hs(format!(
+            "run id of {run_id_len} bytes exceeds {MAX_RUN_ID_BYTES}"
+        )));
     }
     let mut rest = vec![0u8; run_id_len + NONCE_BYTES + 4];
     handshake_fill(r, &mut rest, peer, timeout)?;
@@ -392,7 +455,8 @@ fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<
     if crc.finalize() != u32_at(&rest, run_id_len + NONCE_BYTES) {
         return Err(hs("bad checksum in hello".into()));
     }
-    let run_id = String::from_utf8(rest[..run_id_len].to_vec()).map_err(|_| hs("run id is not UTF-8".into()))?;
+    let run_id = String::from_utf8(rest[..run_id_len].to_vec())
+        .map_err(|_| hs("run id is not UTF-8".into()))?;
     let mut nonce = [0u8; NONCE_BYTES];
     nonce.copy_from_slice(&rest[run_id_len..run_id_len + NONCE_BYTES]);
     Ok(Hello {
@@ -405,8 +469,22 @@ fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<
     })
 }
 
-fn handshake_fill<R: Read>(r: &mut R, buf: &mut [u8], peer: &PeerName, timeout: Duration) -> Result<(), NetError> {
-    match fill(r, buf, false, peer, "handshake", 0, buf.len() as u64, timeout) {
+fn handshake_fill<R: Read>(
+    r: &mut R,
+    buf: &mut [u8],
+    peer: &PeerName,
+    timeout: Duration,
+) -> Result<(), NetError> {
+    match fill(
+        r,
+        buf,
+        false,
+        peer,
+        "handshake",
+        0,
+        buf.len() as u64,
+        timeout,
+    ) {
         Ok(_) => Ok(()),
         Err(NetError::Truncated { .. }) => Err(NetError::Handshake {
             peer: peer.clone(),
@@ -420,7 +498,14 @@ fn handshake_fill<R: Read>(r: &mut R, buf: &mut [u8], peer: &PeerName, timeout: 
     }
 }
 
-fn proof(token: &Token, run_id: &str, from: u32, to: u32, prover_nonce: &[u8], verifier_nonce: &[u8]) -> [u8; PROOF_BYTES] {
+fn proof(
+    token: &Token,
+    run_id: &str,
+    from: u32,
+    to: u32,
+    prover_nonce: &[u8],
+    verifier_nonce: &[u8],
+) -> [u8; PROOF_BYTES] {
     let mut h = Sha256::new();
     h.update(PROOF_DOMAIN);
     h.update(token.0);
@@ -439,11 +524,18 @@ fn encode_proof(p: &[u8; PROOF_BYTES]) -> Vec<u8> {
     v
 }
 
-fn read_proof<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<[u8; PROOF_BYTES], NetError> {
+fn read_proof<R: Read>(
+    r: &mut R,
+    peer: &PeerName,
+    timeout: Duration,
+) -> Result<[u8; PROOF_BYTES], NetError> {
     let mut buf = [0u8; PROOF_BYTES + 4];
     handshake_fill(r, &mut buf, peer, timeout)?;
     if crc32fast::hash(&buf[..PROOF_BYTES]) != u32_at(&buf, PROOF_BYTES) {
-        return Err(NetError::Handshake { peer: peer.clone(), reason: "bad checksum in proof".into() });
+        return Err(NetError::Handshake {
+            peer: peer.clone(),
+            reason: "bad checksum in proof".into(),
+        });
     }
     let mut p = [0u8; PROOF_BYTES];
     p.copy_from_slice(&buf[..PROOF_BYTES]);
@@ -465,7 +557,10 @@ pub fn handshake<S: Read + Write>(
         Expect::Accepted(_) => PeerName::stranger(addr),
     };
     if params.run_id.len() > MAX_RUN_ID_BYTES {
-        return Err(NetError::Config(format!("run id of {} bytes exceeds {MAX_RUN_ID_BYTES}", params.run_id.len())));
+        return Err(NetError::Config(format!(
+            "run id of {} bytes exceeds {MAX_RUN_ID_BYTES}",
+            params.run_id.len()
+        )));
     }
     let mut nonce = [0u8; NONCE_BYTES];
     random_bytes(&mut nonce);
@@ -478,18 +573,32 @@ pub fn handshake<S: Read + Write>(
         nonce,
     };
     let write = |s: &mut S, bytes: &[u8], peer: &PeerName| -> Result<(), NetError> {
-        s.write_all(bytes).and_then(|_| s.flush()).map_err(|e| NetError::io(peer, "handshake write", &e))
+        s.write_all(bytes)
+            .and_then(|_| s.flush())
+            .map_err(|e| NetError::io(peer, "handshake write", &e))
     };
     let check = |theirs: &Hello, peer: &PeerName| -> Result<(), NetError> {
-        let hs = |reason: String| NetError::Handshake { peer: peer.clone(), reason };
+        let hs = |reason: String| NetError::Handshake {
+            peer: peer.clone(),
+            reason,
+        };
         if theirs.run_id != params.run_id {
-            return Err(hs(format!("run id `{}`, expected `{}`", theirs.run_id, params.run_id)));
+            return Err(hs(format!(
+                "run id `{}`, expected `{}`",
+                theirs.run_id, params.run_id
+            )));
         }
         if theirs.to as usize != params.me {
-            return Err(hs(format!("addressed to site {}, this is site {}", theirs.to, params.me)));
+            return Err(hs(format!(
+                "addressed to site {}, this is site {}",
+                theirs.to, params.me
+            )));
         }
         if theirs.world as usize != params.world {
-            return Err(hs(format!("world of {} sites, expected {}", theirs.world, params.world)));
+            return Err(hs(format!(
+                "world of {} sites, expected {}",
+                theirs.world, params.world
+            )));
         }
         if theirs.max_frame_bytes != params.max_frame_bytes {
             return Err(hs(format!(
@@ -499,14 +608,28 @@ pub fn handshake<S: Read + Write>(
         }
         Ok(())
     };
-    let verify = |theirs: &Hello, got: &[u8; PROOF_BYTES], peer: &PeerName| -> Result<(), NetError> {
-        let want = proof(params.token, params.run_id, theirs.from, params.me as u32, &theirs.nonce, &nonce);
-        let diff = want.iter().zip(got.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if diff != 0 {
-            return Err(NetError::Handshake { peer: peer.clone(), reason: "wrong token (proof mismatch)".into() });
-        }
-        Ok(())
-    };
+    let verify =
+        |theirs: &Hello, got: &[u8; PROOF_BYTES], peer: &PeerName| -> Result<(), NetError> {
+            let want = proof(
+                params.token,
+                params.run_id,
+                theirs.from,
+                params.me as u32,
+                &theirs.nonce,
+                &nonce,
+            );
+            let diff = want
+                .iter()
+                .zip(got.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            if diff != 0 {
+                return Err(NetError::Handshake {
+                    peer: peer.clone(),
+                    reason: "wrong token (proof mismatch)".into(),
+                });
+            }
+            Ok(())
+        };
     match expect {
         Expect::Dialed(site) => {
             write(stream, &encode_hello(&mine(site)), &peer)?;
@@ -518,7 +641,14 @@ pub fn handshake<S: Read + Write>(
                 });
             }
             check(&theirs, &peer)?;
-            let p = proof(params.token, params.run_id, params.me as u32, site as u32, &nonce, &theirs.nonce);
+            let p = proof(
+                params.token,
+                params.run_id,
+                params.me as u32,
+                site as u32,
+                &nonce,
+                &theirs.nonce,
+            );
             write(stream, &encode_proof(&p), &peer)?;
             let got = read_proof(stream, &peer, timeout)?;
             verify(&theirs, &got, &peer)?;
@@ -527,18 +657,30 @@ pub fn handshake<S: Read + Write>(
         Expect::Accepted(allowed) => {
             let theirs = read_hello(stream, &peer, timeout)?;
             let site = theirs.from as usize;
-            peer = PeerName { site: None, addr: format!("{addr} claiming site {site}") };
+            peer = PeerName {
+                site: None,
+                addr: format!("{addr} claiming site {site}"),
+            };
             if !allowed.contains(&site) {
                 return Err(NetError::Handshake {
                     peer,
-                    reason: format!("site {site} is not expected to connect here (expected one of {allowed:?})"),
+                    reason: format!(
+                        "site {site} is not expected to connect here (expected one of {allowed:?})"
+                    ),
                 });
             }
             check(&theirs, &peer)?;
             write(stream, &encode_hello(&mine(site)), &peer)?;
             let got = read_proof(stream, &peer, timeout)?;
             verify(&theirs, &got, &peer)?;
-            let p = proof(params.token, params.run_id, params.me as u32, site as u32, &nonce, &theirs.nonce);
+            let p = proof(
+                params.token,
+                params.run_id,
+                params.me as u32,
+                site as u32,
+                &nonce,
+                &theirs.nonce,
+            );
             write(stream, &encode_proof(&p), &PeerName::site(site, addr))?;
             Ok(site)
         }
@@ -555,22 +697,38 @@ mod tests {
     }
 
     fn limits(max_frame_bytes: u32) -> FrameLimits {
-        FrameLimits { max_frame_bytes, max_message_bytes: 1 << 20 }
+        FrameLimits {
+            max_frame_bytes,
+            max_message_bytes: 1 << 20,
+        }
     }
 
     #[test]
     fn messages_round_trip_across_frame_splits() {
-        for (len, max) in [(0usize, 16u32), (1, 16), (16, 16), (17, 16), (100, 7), (1000, 1000)] {
+        for (len, max) in [
+            (0usize, 16u32),
+            (1, 16),
+            (16, 16),
+            (17, 16),
+            (100, 7),
+            (1000, 1000),
+        ] {
             let payload: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
             let mut wire = Vec::new();
             let framing = write_message(&mut wire, &payload, max).unwrap();
             assert_eq!(framing, message_framing_bytes(len as u64, max));
             assert_eq!(wire.len() as u64, len as u64 + framing);
             let mut r = Cursor::new(wire);
-            let m = read_message(&mut r, limits(max), &peer(), Duration::from_secs(1)).unwrap().unwrap();
+            let m = read_message(&mut r, limits(max), &peer(), Duration::from_secs(1))
+                .unwrap()
+                .unwrap();
             assert_eq!(m.payload, payload);
             assert_eq!(m.framing_bytes, framing);
-            assert!(read_message(&mut r, limits(max), &peer(), Duration::from_secs(1)).unwrap().is_none());
+            assert!(
+                read_message(&mut r, limits(max), &peer(), Duration::from_secs(1))
+                    .unwrap()
+                    .is_none()
+            );
         }
     }
 
@@ -578,8 +736,17 @@ mod tests {
     fn frame_over_maximum_is_refused_before_allocating() {
         let mut wire = Vec::new();
         wire.extend_from_slice(&(MAX_FRAME_LIMIT).to_le_bytes());
-        let e = read_message(&mut Cursor::new(wire), limits(1024), &peer(), Duration::from_secs(1)).unwrap_err();
-        assert!(matches!(e, NetError::FrameTooLong { len, max: 1024, .. } if len == MAX_FRAME_LIMIT as u64), "{e}");
+        let e = read_message(
+            &mut Cursor::new(wire),
+            limits(1024),
+            &peer(),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, NetError::FrameTooLong { len, max: 1024, .. } if len == MAX_FRAME_LIMIT as u64),
+            "{e}"
+        );
         assert!(e.to_string().starts_with("site 1 (test)"), "{e}");
     }
 
@@ -595,8 +762,12 @@ mod tests {
             crc.update(&[0u8; 512]);
             wire.extend_from_slice(&crc.finalize().to_le_bytes());
         }
-        let lim = FrameLimits { max_frame_bytes: 1024, max_message_bytes: 1024 };
-        let e = read_message(&mut Cursor::new(wire), lim, &peer(), Duration::from_secs(1)).unwrap_err();
+        let lim = FrameLimits {
+            max_frame_bytes: 1024,
+            max_message_bytes: 1024,
+        };
+        let e =
+            read_message(&mut Cursor::new(wire), lim, &peer(), Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, NetError::MessageTooLong { .. }), "{e}");
     }
 
@@ -606,11 +777,22 @@ mod tests {
         write_message(&mut wire, b"hello world", 64).unwrap();
         let mut bad = wire.clone();
         bad[6] ^= 0x40;
-        let e = read_message(&mut Cursor::new(bad), limits(64), &peer(), Duration::from_secs(1)).unwrap_err();
+        let e = read_message(
+            &mut Cursor::new(bad),
+            limits(64),
+            &peer(),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
         assert!(matches!(e, NetError::BadChecksum { len: 11, .. }), "{e}");
         for cut in 1..wire.len() {
-            let e = read_message(&mut Cursor::new(wire[..cut].to_vec()), limits(64), &peer(), Duration::from_secs(1))
-                .unwrap_err();
+            let e = read_message(
+                &mut Cursor::new(wire[..cut].to_vec()),
+                limits(64),
+                &peer(),
+                Duration::from_secs(1),
+            )
+            .unwrap_err();
             assert!(matches!(e, NetError::Truncated { .. }), "cut {cut}: {e}");
         }
     }
@@ -626,9 +808,19 @@ mod tests {
 
     #[test]
     fn handshake_byte_count_matches_encoding() {
-        let h = Hello { from: 0, to: 1, world: 2, max_frame_bytes: 64, run_id: "abc".into(), nonce: [0; 16] };
+        let h = Hello {
+            from: 0,
+            to: 1,
+            world: 2,
+            max_frame_bytes: 64,
+            run_id: "abc".into(),
+            nonce: [0; 16],
+        };
         let p = encode_proof(&[0; 32]);
-        assert_eq!((encode_hello(&h).len() + p.len()) as u64, handshake_bytes("abc"));
+        assert_eq!(
+            (encode_hello(&h).len() + p.len()) as u64,
+            handshake_bytes("abc")
+        );
         assert_eq!(handshake_bytes(""), 82);
     }
 }

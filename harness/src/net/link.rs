@@ -38,7 +38,11 @@ pub const MAX_DELAY: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
     #[error("invalid {field} `{value}`: {reason}")]
-    Invalid { field: String, value: String, reason: String },
+    Invalid {
+        field: String,
+        value: String,
+        reason: String,
+    },
     #[error("unknown link scenario `{0}`; allowed: {allowed}", allowed = SCENARIO_NAMES.join(", "))]
     UnknownScenario(String),
     #[error("topology: {0}")]
@@ -54,13 +58,23 @@ pub struct LinkSpec {
 }
 
 /// Names of the built-in scenarios, in the order `scenario()` knows them.
-pub const SCENARIO_NAMES: &[&str] =
-    &["same-region", "cross-region", "cross-continent", "consumer", "internet", "lan"];
+pub const SCENARIO_NAMES: &[&str] = &[
+    "same-region",
+    "cross-region",
+    "cross-continent",
+    "consumer",
+    "internet",
+    "lan",
+];
 
 impl LinkSpec {
     /// A checked link.
     pub fn new(rate_bps: u64, delay: Duration, jitter: Duration) -> Result<Self, LinkError> {
-        let link = LinkSpec { rate_bps, delay, jitter };
+        let link = LinkSpec {
+            rate_bps,
+            delay,
+            jitter,
+        };
         link.validate()?;
         Ok(link)
     }
@@ -79,7 +93,11 @@ impl LinkSpec {
             "lan" => (10_000_000_000, Duration::from_micros(100), Duration::ZERO),
             other => return Err(LinkError::UnknownScenario(other.to_string())),
         };
-        Ok(LinkSpec { rate_bps, delay, jitter })
+        Ok(LinkSpec {
+            rate_bps,
+            delay,
+            jitter,
+        })
     }
 
     /// Refuses rate outside [1 kbit/s, 1 tbit/s], delay over 10 s, jitter over delay.
@@ -97,13 +115,20 @@ impl LinkSpec {
             ));
         }
         if self.delay > MAX_DELAY {
-            return Err(bad("delay", format_duration(self.delay), "must be at most 10s"));
+            return Err(bad(
+                "delay",
+                format_duration(self.delay),
+                "must be at most 10s",
+            ));
         }
         if self.jitter > self.delay {
             return Err(bad(
                 "jitter",
                 format_duration(self.jitter),
-                &format!("must not exceed the delay ({})", format_duration(self.delay)),
+                &format!(
+                    "must not exceed the delay ({})",
+                    format_duration(self.delay)
+                ),
             ));
         }
         Ok(())
@@ -125,7 +150,12 @@ impl LinkSpec {
 
 impl fmt::Display for LinkSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", format_rate(self.rate_bps), format_duration(self.delay))?;
+        write!(
+            f,
+            "{} {}",
+            format_rate(self.rate_bps),
+            format_duration(self.delay)
+        )?;
         if !self.jitter.is_zero() {
             write!(f, " ±{}", format_duration(self.jitter))?;
         }
@@ -173,19 +203,28 @@ impl<'de> serde::de::Visitor<'de> for LinkVisitor {
         while let Some(key) = map.next_key::<String>()? {
             let value: String = map.next_value()?;
             match key.as_str() {
-                "scenario" => scenario = Some(LinkSpec::scenario(&value).map_err(A::Error::custom)?),
+                "scenario" => {
+                    scenario = Some(LinkSpec::scenario(&value).map_err(A::Error::custom)?)
+                }
                 "rate" => rate = Some(parse_rate_bps(&value).map_err(A::Error::custom)?),
                 "delay" => delay = Some(parse_duration(&value).map_err(A::Error::custom)?),
                 "jitter" => jitter = Some(parse_duration(&value).map_err(A::Error::custom)?),
                 other => {
-                    return Err(A::Error::unknown_field(other, &["scenario", "rate", "delay", "jitter"]))
+                    return Err(A::Error::unknown_field(
+                        other,
+                        &["scenario", "rate", "delay", "jitter"],
+                    ))
                 }
             }
         }
         let base = scenario;
         let link = LinkSpec {
-            rate_bps: rate.or(base.map(|b| b.rate_bps)).ok_or_else(|| A::Error::missing_field("rate"))?,
-            delay: delay.or(base.map(|b| b.delay)).ok_or_else(|| A::Error::missing_field("delay"))?,
+            rate_bps: rate
+                .or(base.map(|b| b.rate_bps))
+                .ok_or_else(|| A::Error::missing_field("rate"))?,
+            delay: delay
+                .or(base.map(|b| b.delay))
+                .ok_or_else(|| A::Error::missing_field("delay"))?,
             jitter: jitter.or(base.map(|b| b.jitter)).unwrap_or(Duration::ZERO),
         };
         link.validate().map_err(A::Error::custom)?;
@@ -223,14 +262,18 @@ pub struct SiteAccess {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Topology {
-    Uniform { link: LinkSpec },
+    Uniform {
+        link: LinkSpec,
+    },
     PerPair {
         #[serde(default)]
         default: Option<LinkSpec>,
         #[serde(default)]
         pairs: Vec<PairLink>,
     },
-    PerSite { sites: Vec<SiteAccess> },
+    PerSite {
+        sites: Vec<SiteAccess>,
+    },
 }
 
 impl Topology {
@@ -303,9 +346,13 @@ impl Topology {
                 }
                 for (i, s) in sites.iter().enumerate() {
                     for (name, rate) in [("up", s.up), ("down", s.down)] {
-                        LinkSpec { rate_bps: rate, delay: Duration::ZERO, jitter: Duration::ZERO }
-                            .validate()
-                            .map_err(|e| topo(format!("site {i} {name}: {e}")))?;
+                        LinkSpec {
+                            rate_bps: rate,
+                            delay: Duration::ZERO,
+                            jitter: Duration::ZERO,
+                        }
+                        .validate()
+                        .map_err(|e| topo(format!("site {i} {name}: {e}")))?;
                     }
                 }
                 for (i, a) in sites.iter().enumerate() {
@@ -316,7 +363,8 @@ impl Topology {
                                 delay: a.delay + b.delay,
                                 jitter: a.jitter + b.jitter,
                             };
-                            link.validate().map_err(|e| topo(format!("pair {i} → {j}: {e}")))?;
+                            link.validate()
+                                .map_err(|e| topo(format!("pair {i} → {j}: {e}")))?;
                             links[i * world + j] = Some(link);
                         }
                     }
@@ -360,11 +408,46 @@ mod tests {
     #[test]
     fn scenarios_have_their_documented_values() {
         let s = |n| LinkSpec::scenario(n).unwrap();
-        assert_eq!(s("same-region"), LinkSpec { rate_bps: 10_000_000_000, delay: ms(1), jitter: ms(0) });
-        assert_eq!(s("cross-region"), LinkSpec { rate_bps: 1_000_000_000, delay: ms(20), jitter: ms(0) });
-        assert_eq!(s("cross-continent"), LinkSpec { rate_bps: 1_000_000_000, delay: ms(40), jitter: ms(0) });
-        assert_eq!(s("consumer"), LinkSpec { rate_bps: 100_000_000, delay: ms(20), jitter: ms(0) });
-        assert_eq!(s("internet"), LinkSpec { rate_bps: 50_000_000, delay: ms(50), jitter: ms(5) });
+        assert_eq!(
+            s("same-region"),
+            LinkSpec {
+                rate_bps: 10_000_000_000,
+                delay: ms(1),
+                jitter: ms(0)
+            }
+        );
+        assert_eq!(
+            s("cross-region"),
+            LinkSpec {
+                rate_bps: 1_000_000_000,
+                delay: ms(20),
+                jitter: ms(0)
+            }
+        );
+        assert_eq!(
+            s("cross-continent"),
+            LinkSpec {
+                rate_bps: 1_000_000_000,
+                delay: ms(40),
+                jitter: ms(0)
+            }
+        );
+        assert_eq!(
+            s("consumer"),
+            LinkSpec {
+                rate_bps: 100_000_000,
+                delay: ms(20),
+                jitter: ms(0)
+            }
+        );
+        assert_eq!(
+            s("internet"),
+            LinkSpec {
+                rate_bps: 50_000_000,
+                delay: ms(50),
+                jitter: ms(5)
+            }
+        );
         for name in SCENARIO_NAMES {
             s(name).validate().unwrap();
         }
@@ -374,8 +457,14 @@ mod tests {
 
     #[test]
     fn impossible_links_are_rejected() {
-        assert!(LinkSpec::new(0, ms(1), ms(0)).unwrap_err().to_string().contains("rate"));
-        assert!(LinkSpec::new(100_000_000, ms(1), ms(2)).unwrap_err().to_string().contains("jitter"));
+        assert!(LinkSpec::new(0, ms(1), ms(0))
+            .unwrap_err()
+            .to_string()
+            .contains("rate"));
+        assert!(LinkSpec::new(100_000_000, ms(1), ms(2))
+            .unwrap_err()
+            .to_string()
+            .contains("jitter"));
         assert!(LinkSpec::new(100_000_000, Duration::from_secs(11), ms(0)).is_err());
         // Through TOML, as a user writes them.
         #[derive(Deserialize, Debug)]
@@ -387,8 +476,14 @@ mod tests {
             (r#"link = { rate = "0mbit", delay = "1ms" }"#, "`0mbit`"),
             (r#"link = { rate = "10mbit", delay = "-5ms" }"#, "`-5ms`"),
             (r#"link = { rate = "10mbit" }"#, "delay"),
-            (r#"link = { rate = "10mbit", delay = "5ms", jitter = "6ms" }"#, "jitter"),
-            (r#"link = { rate = "10mbit", delay = "5ms", loss = "1" }"#, "loss"),
+            (
+                r#"link = { rate = "10mbit", delay = "5ms", jitter = "6ms" }"#,
+                "jitter",
+            ),
+            (
+                r#"link = { rate = "10mbit", delay = "5ms", loss = "1" }"#,
+                "loss",
+            ),
             (r#"link = "moon""#, "moon"),
         ] {
             let e = toml::from_str::<Wrap>(text).unwrap_err().to_string();
@@ -413,8 +508,18 @@ mod tests {
         let m = w.topology.resolve(3).unwrap();
         assert_eq!(m.get(0, 1).unwrap().rate_bps, 2_500_000_000);
         assert_eq!(m.get(1, 0).unwrap().delay, Duration::from_micros(500));
-        assert_eq!(m.get(2, 0).unwrap(), LinkSpec { rate_bps: 50_000_000, delay: ms(80), jitter: ms(5) });
-        assert_eq!(m.get(0, 2).unwrap(), LinkSpec::scenario("consumer").unwrap());
+        assert_eq!(
+            m.get(2, 0).unwrap(),
+            LinkSpec {
+                rate_bps: 50_000_000,
+                delay: ms(80),
+                jitter: ms(5)
+            }
+        );
+        assert_eq!(
+            m.get(0, 2).unwrap(),
+            LinkSpec::scenario("consumer").unwrap()
+        );
         assert_eq!(m.get(1, 1), None);
         let json = serde_json::to_string(&w).unwrap();
         let back: Wrap = serde_json::from_str(&json).unwrap();
@@ -427,25 +532,74 @@ mod tests {
     fn per_site_links_combine_up_down_and_delays() {
         let topo = Topology::PerSite {
             sites: vec![
-                SiteAccess { up: 100_000_000, down: 1_000_000_000, delay: ms(5), jitter: ms(1) },
-                SiteAccess { up: 1_000_000_000, down: 50_000_000, delay: ms(20), jitter: ms(0) },
+                SiteAccess {
+                    up: 100_000_000,
+                    down: 1_000_000_000,
+                    delay: ms(5),
+                    jitter: ms(1),
+                },
+                SiteAccess {
+                    up: 1_000_000_000,
+                    down: 50_000_000,
+                    delay: ms(20),
+                    jitter: ms(0),
+                },
             ],
         };
         let m = topo.resolve(2).unwrap();
-        assert_eq!(m.get(0, 1).unwrap(), LinkSpec { rate_bps: 50_000_000, delay: ms(25), jitter: ms(1) });
-        assert_eq!(m.get(1, 0).unwrap(), LinkSpec { rate_bps: 1_000_000_000, delay: ms(25), jitter: ms(1) });
-        assert!(topo.resolve(3).unwrap_err().to_string().contains("lists 2 sites"));
+        assert_eq!(
+            m.get(0, 1).unwrap(),
+            LinkSpec {
+                rate_bps: 50_000_000,
+                delay: ms(25),
+                jitter: ms(1)
+            }
+        );
+        assert_eq!(
+            m.get(1, 0).unwrap(),
+            LinkSpec {
+                rate_bps: 1_000_000_000,
+                delay: ms(25),
+                jitter: ms(1)
+            }
+        );
+        assert!(topo
+            .resolve(3)
+            .unwrap_err()
+            .to_string()
+            .contains("lists 2 sites"));
     }
 
     #[test]
     fn per_pair_without_default_must_cover_all_pairs() {
         let link = LinkSpec::scenario("lan").unwrap();
-        let topo = Topology::PerPair { default: None, pairs: vec![PairLink { from: 0, to: 1, link, directed: false }] };
+        let topo = Topology::PerPair {
+            default: None,
+            pairs: vec![PairLink {
+                from: 0,
+                to: 1,
+                link,
+                directed: false,
+            }],
+        };
         topo.resolve(2).unwrap();
         assert!(topo.resolve(3).unwrap_err().to_string().contains("0 → 2"));
         let dup = Topology::PerPair {
             default: None,
-            pairs: vec![PairLink { from: 0, to: 1, link, directed: false }, PairLink { from: 1, to: 0, link, directed: true }],
+            pairs: vec![
+                PairLink {
+                    from: 0,
+                    to: 1,
+                    link,
+                    directed: false,
+                },
+                PairLink {
+                    from: 1,
+                    to: 0,
+                    link,
+                    directed: true,
+                },
+            ],
         };
         assert!(dup.resolve(2).unwrap_err().to_string().contains("twice"));
     }

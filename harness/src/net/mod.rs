@@ -67,7 +67,10 @@ impl FromStr for Backend {
             "relay" => Ok(Backend::Relay),
             "sim" => Ok(Backend::Sim),
             "netns" => Ok(Backend::Netns),
-            other => Err(format!("unknown backend `{other}`; allowed: {}", Backend::NAMES.join(", "))),
+            other => Err(format!(
+                "unknown backend `{other}`; allowed: {}",
+                Backend::NAMES.join(", ")
+            )),
         }
     }
 }
@@ -80,7 +83,11 @@ pub struct LocalNet {
 }
 
 /// Builds `links.world()` connected endpoints on `backend`, sites as threads of this process.
-pub fn build_local(backend: Backend, links: &LinkMatrix, net: &NetOptions) -> Result<LocalNet, NetError> {
+pub fn build_local(
+    backend: Backend,
+    links: &LinkMatrix,
+    net: &NetOptions,
+) -> Result<LocalNet, NetError> {
     match backend {
         Backend::Relay => {
             let (relay, comms) = relay::local_relay(links, net, &relay::RelayOptions::default())?;

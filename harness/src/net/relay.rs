@@ -9,21 +9,25 @@
 //! handshake).
 //!
 //! Shaper of one direction (rate R, delay d, jitter j):
-//! - the reader reads whatever bytes are available (at most ~1 ms worth at R, 4–256 KiB)
-//!   and stamps the chunk: `finish = max(now, previous finish) + bytes·8/R` (the link is busy
-//!   while it transmits; the remainder of the division carries over, so no drift), and
-//!   `due = max(finish + d + U[−j, j], previous due)` (order kept);
-//! - the writer releases every chunk whose due time has come in one batch, then sleeps once
-//!   until the next due time on a [`PreciseTimer`](super::timer) (tokio's 1 ms timer is
-//!   never used; a passed deadline is never slept on);
-//! - backpressure: the reader stops reading while more than `backlog` of transmission is
-//!   queued (`finish − now > backlog`), so the relay holds at most
-//!   `R·(d + j + backlog)` bytes per direction and a fast sender is slowed by TCP as on a
-//!   real link.
-//!
-//! Bytes are released whole chunks at a time at the chunk's finish time, so a message's
-//! last byte arrives when it would on the modelled link; a chunk's first byte may arrive up
-//! to one chunk time (≤ ~1 ms) late.
+//! - the reader reads whatever bytes are available (up to 256 KiB), finds where messages
+//!   end in them (the relay parses the hello/proof/frame lengths; on anything unexpected it
+//!   treats every read as a message end), cuts the read at message ends and every ~2 ms of
+//!   transmission, and stamps each piece: `finish = max(now, previous finish) + bytes·8/R`
+//!   (the link is busy while it transmits; the division's remainder carries over, so no
+//!   drift) and `due = max(finish + d + U[−j, j], previous due)` (order kept);
+//! - the writer releases, in one write, every piece whose due time has come, then sleeps
+//!   once, on a [`PreciseTimer`](super::timer) (tokio's 1 ms timer is never used, and a
+//!   passed deadline is never slept on), until the next **message end** is due, or until
+//!   the first pending byte is `backlog/2` late. So the last byte of every message arrives
+//!   exactly when the model says, while bytes inside a long message may arrive up to
+//!   `backlog/2` late in bigger batches: the receiver cannot use them earlier anyway, and
+//!   the relay wakes about once per message or per `backlog/2` instead of per packet;
+//! - backpressure: the reader stops reading while the direction holds more than
+//!   `R·(d + 2j + backlog)` + 256 KiB (what the link has in flight, bytes released lazily,
+//!   and queued transmission); the writer wakes it as it releases bytes (no timer), and a
+//!   fast sender is slowed by TCP as on a real link. The queue must never run dry while the
+//!   sender has data, or the modelled link would idle: `backlog` (20 ms) is twice the lazy
+//!   slack, so after each release at least `backlog/2` of transmission stays queued.
 
 use super::cpu;
 use super::error::NetError;
@@ -50,7 +54,11 @@ pub struct RelayOptions {
 
 impl Default for RelayOptions {
     fn default() -> Self {
-        RelayOptions { bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST), worker_threads: 1, backlog: Duration::from_millis(20) }
+        RelayOptions {
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            worker_threads: 1,
+            backlog: Duration::from_millis(20),
+        }
     }
 }
 
@@ -80,7 +88,11 @@ pub struct RelayNetwork {
 
 impl RelayNetwork {
     /// Binds two ports per pair and starts serving them.
-    pub fn start(links: &LinkMatrix, net: &NetOptions, opts: &RelayOptions) -> Result<Self, NetError> {
+    pub fn start(
+        links: &LinkMatrix,
+        net: &NetOptions,
+        opts: &RelayOptions,
+    ) -> Result<Self, NetError> {
         net.limits.validate()?;
         let world = links.world();
         let shared = Arc::new(Shared::default());
@@ -98,24 +110,42 @@ impl RelayNetwork {
             })
             .build()
             .map_err(|e| NetError::Config(format!("relay runtime: {e}")))?;
-        let timer = PreciseTimer::start().map_err(|e| NetError::Config(format!("relay timer: {e}")))?;
-        let mut routes: Vec<Vec<PeerRoute>> =
-            (0..world).map(|i| (0..world).map(|j| if i == j { PeerRoute::Myself } else { PeerRoute::Accept }).collect()).collect();
+        let timer =
+            PreciseTimer::start().map_err(|e| NetError::Config(format!("relay timer: {e}")))?;
+        let mut routes: Vec<Vec<PeerRoute>> = (0..world)
+            .map(|i| {
+                (0..world)
+                    .map(|j| {
+                        if i == j {
+                            PeerRoute::Myself
+                        } else {
+                            PeerRoute::Accept
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut dials: Vec<(usize, usize, SocketAddr)> = Vec::new();
         {
             let _guard = runtime.enter();
             for a in 0..world {
                 for b in a + 1..world {
-                    let bind = |end: usize| -> Result<(tokio::net::TcpListener, SocketAddr), NetError> {
-                        let err = |e: std::io::Error| NetError::Config(format!("relay port for site {end} of pair {a}-{b}: {e}"));
-                        let l = std::net::TcpListener::bind((opts.bind_ip, 0)).map_err(err)?;
-                        l.set_nonblocking(true).map_err(err)?;
-                        let addr = l.local_addr().map_err(err)?;
-                        Ok((tokio::net::TcpListener::from_std(l).map_err(err)?, addr))
-                    };
+                    let bind =
+                        |end: usize| -> Result<(tokio::net::TcpListener, SocketAddr), NetError> {
+                            let err = |e: std::io::Error| {
+                                NetError::Config(format!(
+                                    "relay port for site {end} of pair {a}-{b}: {e}"
+                                ))
+                            };
+                            let l = std::net::TcpListener::bind((opts.bind_ip, 0)).map_err(err)?;
+                            l.set_nonblocking(true).map_err(err)?;
+                            let addr = l.local_addr().map_err(err)?;
+                            Ok((tokio::net::TcpListener::from_std(l).map_err(err)?, addr))
+                        };
                     let (la, addr_a) = bind(a)?;
                     let (lb, addr_b) = bind(b)?;
-                    routes[a][b] = PeerRoute::Dial(addr_a);
-                    routes[b][a] = PeerRoute::Dial(addr_b);
+                    dials.push((a, b, addr_a));
+                    dials.push((b, a, addr_b));
                     let (ab, ba) = match (links.get(a, b), links.get(b, a)) {
                         (Some(ab), Some(ba)) => (ab, ba),
                         _ => return Err(NetError::Config(format!("no link for pair {a}-{b}"))),
@@ -130,6 +160,9 @@ impl RelayNetwork {
                     runtime.spawn(pair.serve(la, lb, ab, ba));
                 }
             }
+        }
+        for (site, peer, addr) in dials {
+            routes[site][peer] = PeerRoute::Dial(addr);
         }
         let configs = routes
             .into_iter()
@@ -146,7 +179,12 @@ impl RelayNetwork {
                 max_message_bytes: net.limits.max_message_bytes,
             })
             .collect();
-        Ok(RelayNetwork { runtime: Some(runtime), timer: Some(timer), configs, shared })
+        Ok(RelayNetwork {
+            runtime: Some(runtime),
+            timer: Some(timer),
+            configs,
+            shared,
+        })
     }
 
     /// One config per site, in site order; serialise them to hand to worker processes.
@@ -170,7 +208,10 @@ impl RelayNetwork {
         }
         let timer_cpu = self.timer.take().map(PreciseTimer::stop).unwrap_or(0.0);
         let workers = self.shared.cpu_seconds.lock().map(|c| *c).unwrap_or(0.0);
-        RelayStats { bytes_forwarded: self.bytes_forwarded(), cpu_seconds: workers + timer_cpu }
+        RelayStats {
+            bytes_forwarded: self.bytes_forwarded(),
+            cpu_seconds: workers + timer_cpu,
+        }
     }
 }
 
@@ -181,7 +222,11 @@ impl Drop for RelayNetwork {
 }
 
 /// A relay plus `M` connected endpoints, sites as threads of this process (tests, netcheck).
-pub fn local_relay(links: &LinkMatrix, net: &NetOptions, opts: &RelayOptions) -> Result<(RelayNetwork, Vec<TcpComm>), NetError> {
+pub fn local_relay(
+    links: &LinkMatrix,
+    net: &NetOptions,
+    opts: &RelayOptions,
+) -> Result<(RelayNetwork, Vec<TcpComm>), NetError> {
     let relay = RelayNetwork::start(links, net, opts)?;
     let listeners = (0..links.world()).map(|_| None).collect();
     let comms = connect_all(relay.site_configs(), listeners)?;
@@ -217,7 +262,8 @@ fn offset_instant(base: Instant, offset_ns: i128, floor: Instant) -> Instant {
     let t = if offset_ns >= 0 {
         base + Duration::from_nanos(offset_ns as u64)
     } else {
-        base.checked_sub(Duration::from_nanos((-offset_ns) as u64)).unwrap_or(base)
+        base.checked_sub(Duration::from_nanos((-offset_ns) as u64))
+            .unwrap_or(base)
     };
     t.max(floor)
 }
@@ -230,24 +276,174 @@ struct PairTask {
     seed_ba: u64,
 }
 
-struct Chunk {
-    data: Vec<u8>,
-    due: Instant,
-    eof: bool,
-}
-
 impl PairTask {
-    async fn serve(self, la: tokio::net::TcpListener, lb: tokio::net::TcpListener, ab: LinkSpec, ba: LinkSpec) {
+    async fn serve(
+        self,
+        la: tokio::net::TcpListener,
+        lb: tokio::net::TcpListener,
+        ab: LinkSpec,
+        ba: LinkSpec,
+    ) {
         let (a, b) = tokio::join!(la.accept(), lb.accept());
-        let (Ok((a, _)), Ok((b, _))) = (a, b) else { return };
+        let (Ok((a, _)), Ok((b, _))) = (a, b) else {
+            return;
+        };
         drop((la, lb));
         let _ = a.set_nodelay(true);
         let _ = b.set_nodelay(true);
         let (ra, wa) = a.into_split();
         let (rb, wb) = b.into_split();
-        tokio::spawn(direction(ra, wb, ab, self.timer.clone(), Arc::clone(&self.shared), self.backlog, self.seed_ab));
-        tokio::spawn(direction(rb, wa, ba, self.timer, self.shared, self.backlog, self.seed_ba));
+        tokio::spawn(direction(
+            ra,
+            wb,
+            ab,
+            self.timer.clone(),
+            Arc::clone(&self.shared),
+            self.backlog,
+            self.seed_ab,
+        ));
+        tokio::spawn(direction(
+            rb,
+            wa,
+            ba,
+            self.timer,
+            self.shared,
+            self.backlog,
+            self.seed_ba,
+        ));
     }
+}
+
+/// Where message ends fall in the byte stream of one direction. The relay knows the
+/// protocol ([`frame`](super::frame)): a hello, a proof, then frames. Anything unexpected
+/// switches it to `Opaque`, where every read is treated as ending a message.
+#[derive(Debug)]
+pub(crate) struct MessageScanner {
+    phase: Phase,
+    need: usize,
+    header: [u8; 26],
+    filled: usize,
+    more: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    HelloFixed,
+    HelloRest,
+    Proof,
+    Header,
+    Body,
+    Opaque,
+}
+
+impl MessageScanner {
+    pub(crate) fn new() -> Self {
+        MessageScanner {
+            phase: Phase::HelloFixed,
+            need: 26,
+            header: [0; 26],
+            filled: 0,
+            more: false,
+        }
+    }
+
+    pub(crate) fn is_opaque(&self) -> bool {
+        self.phase == Phase::Opaque
+    }
+
+    /// Appends to `ends` the offsets in `data` just past each message end (hello, proof, last
+    /// frame of a message).
+    pub(crate) fn scan(&mut self, data: &[u8], ends: &mut Vec<usize>) {
+        let mut i = 0;
+        while i < data.len() {
+            match self.phase {
+                Phase::Opaque => return,
+                Phase::HelloFixed | Phase::Header => {
+                    let take = self.need.min(data.len() - i);
+                    self.header[self.filled..self.filled + take]
+                        .copy_from_slice(&data[i..i + take]);
+                    self.filled += take;
+                    self.need -= take;
+                    i += take;
+                    if self.need > 0 {
+                        continue;
+                    }
+                    self.filled = 0;
+                    if self.phase == Phase::HelloFixed {
+                        let run_id_len =
+                            u16::from_le_bytes([self.header[24], self.header[25]]) as usize;
+                        if &self.header[..4] != b"FMOE"
+                            || run_id_len > super::frame::MAX_RUN_ID_BYTES
+                        {
+                            self.phase = Phase::Opaque;
+                            return;
+                        }
+                        self.phase = Phase::HelloRest;
+                        self.need = run_id_len + 16 + 4;
+                    } else {
+                        let word = u32::from_le_bytes([
+                            self.header[0],
+                            self.header[1],
+                            self.header[2],
+                            self.header[3],
+                        ]);
+                        self.more = word & (1 << 31) != 0;
+                        self.phase = Phase::Body;
+                        self.need = (word & !(1 << 31)) as usize + 4;
+                    }
+                }
+                Phase::HelloRest | Phase::Proof | Phase::Body => {
+                    let take = self.need.min(data.len() - i);
+                    i += take;
+                    self.need -= take;
+                    if self.need > 0 {
+                        continue;
+                    }
+                    match self.phase {
+                        Phase::HelloRest => {
+                            ends.push(i);
+                            self.phase = Phase::Proof;
+                            self.need = 36;
+                        }
+                        Phase::Proof => {
+                            ends.push(i);
+                            self.phase = Phase::Header;
+                            self.need = 4;
+                        }
+                        _ => {
+                            if !self.more {
+                                ends.push(i);
+                            }
+                            self.phase = Phase::Header;
+                            self.need = 4;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A piece of a chunk: bytes up to `end` are due at `due`; `message_end` pieces end a
+/// message and are released on time, the others may wait up to the lazy slack.
+struct Mark {
+    end: usize,
+    due: Instant,
+    message_end: bool,
+}
+
+struct Chunk {
+    data: Vec<u8>,
+    marks: Vec<Mark>,
+    eof: bool,
+}
+
+/// Bytes read but not yet released by one direction, and a wake-up for its reader.
+struct Held {
+    bytes: AtomicU64,
+    released: tokio::sync::Notify,
+    /// The writer has stopped (destination gone): the reader stops too.
+    writer_done: std::sync::atomic::AtomicBool,
 }
 
 async fn direction(
@@ -260,98 +456,274 @@ async fn direction(
     seed: u64,
 ) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Chunk>();
-    let reader = shape_reader(rd, tx, link, timer.clone(), backlog, seed);
-    let writer = release_writer(wr, rx, timer, shared);
+    let held = Held {
+        bytes: AtomicU64::new(0),
+        released: tokio::sync::Notify::new(),
+        writer_done: std::sync::atomic::AtomicBool::new(false),
+    };
+    // Bytes inside a message may be released up to `lazy` late (never its last byte).
+    let lazy = (backlog / 2).max(Duration::from_millis(1));
+    let reader = shape_reader(rd, tx, link, &held, backlog, seed);
+    let writer = async {
+        release_writer(wr, rx, timer, shared, &held, lazy).await;
+        held.writer_done.store(true, Ordering::Release);
+        held.released.notify_one();
+    };
     tokio::join!(reader, writer);
 }
+
+const READ_BYTES: usize = 256 << 10;
 
 async fn shape_reader(
     mut rd: tokio::net::tcp::OwnedReadHalf,
     tx: tokio::sync::mpsc::UnboundedSender<Chunk>,
     link: LinkSpec,
-    timer: TimerHandle,
+    held: &Held,
     backlog: Duration,
     mut rng: u64,
 ) {
     let rate = link.rate_bps.max(1) as u128;
-    let chunk_cap = ((link.rate_bps / 8 / 1000) as usize).clamp(4 << 10, 256 << 10);
+    // Hold at most what the link has in flight (rate × (delay + 2·jitter)) plus `backlog` of
+    // queued transmission; the writer wakes us as it releases bytes.
+    let in_flight = link.delay + link.jitter * 2 + backlog;
+    let cap = (link.rate_bps as f64 / 8.0 * in_flight.as_secs_f64()) as u64 + READ_BYTES as u64;
+    // A read is stamped in slices of ~2 ms of transmission, so a big read is released
+    // progressively instead of being held until its last byte is due.
+    let slice = ((link.rate_bps / 8 / 500) as usize).clamp(4 << 10, READ_BYTES);
+    let mut scanner = MessageScanner::new();
+    let mut ends = Vec::new();
     let mut tx_free = Instant::now();
     let mut carry: u128 = 0;
     let mut last_due = Instant::now();
+    // One reusable read buffer; each chunk gets an exact-size copy (no 256 KiB allocation,
+    // mmap and page faults per read).
+    let mut scratch: Vec<u8> = Vec::with_capacity(READ_BYTES);
     loop {
-        let now = Instant::now();
-        if tx_free > now + backlog {
-            timer.sleep_until(tx_free - backlog).await;
+        loop {
+            let notified = held.released.notified();
+            if held.writer_done.load(Ordering::Acquire) {
+                return;
+            }
+            if held.bytes.load(Ordering::Acquire) < cap {
+                break;
+            }
+            notified.await;
         }
-        let mut buf = Vec::with_capacity(chunk_cap);
-        let n = match rd.read_buf(&mut buf).await {
-            Ok(n) => n,
-            Err(_) => 0,
-        };
+        scratch.clear();
+        let n = rd.read_buf(&mut scratch).await.unwrap_or(0);
         if n == 0 {
             let due = (tx_free + link.delay).max(last_due);
-            let _ = tx.send(Chunk { data: Vec::new(), due, eof: true });
+            let _ = tx.send(Chunk {
+                data: Vec::new(),
+                marks: vec![Mark {
+                    end: 0,
+                    due,
+                    message_end: true,
+                }],
+                eof: true,
+            });
             return;
         }
-        if n < chunk_cap / 4 {
-            buf.shrink_to_fit();
+        let buf = scratch[..n].to_vec();
+        ends.clear();
+        scanner.scan(&buf, &mut ends);
+        // Pieces: up to each message end, then the rest of the read (a message end only
+        // when the stream could not be parsed).
+        let mut pieces: Vec<(usize, bool)> = Vec::with_capacity(ends.len() + n / slice + 1);
+        let mut from = 0usize;
+        for &e in &ends {
+            pieces.extend((from + slice..e).step_by(slice).map(|x| (x, false)));
+            pieces.push((e, true));
+            from = e;
         }
-        let now = Instant::now();
-        let start = tx_free.max(now);
-        let bits_ns = n as u128 * 8 * 1_000_000_000 + carry;
-        let ns = bits_ns / rate;
-        carry = bits_ns % rate;
-        tx_free = start + Duration::from_nanos(ns as u64);
-        let due = offset_instant(tx_free + link.delay, jitter_ns(&mut rng, link.jitter), last_due);
-        last_due = due;
-        if tx.send(Chunk { data: buf, due, eof: false }).is_err() {
+        if from < n {
+            pieces.extend((from + slice..n).step_by(slice).map(|x| (x, false)));
+            pieces.push((n, scanner.is_opaque()));
+        }
+        let mut t = tx_free.max(Instant::now());
+        let mut marks = Vec::with_capacity(pieces.len());
+        let mut prev = 0usize;
+        for (end, message_end) in pieces {
+            let bits_ns = (end - prev) as u128 * 8 * 1_000_000_000 + carry;
+            carry = bits_ns % rate;
+            t += Duration::from_nanos((bits_ns / rate) as u64);
+            let due = offset_instant(t + link.delay, jitter_ns(&mut rng, link.jitter), last_due);
+            last_due = due;
+            marks.push(Mark {
+                end,
+                due,
+                message_end,
+            });
+            prev = end;
+        }
+        tx_free = t;
+        held.bytes.fetch_add(n as u64, Ordering::AcqRel);
+        if tx
+            .send(Chunk {
+                data: buf,
+                marks,
+                eof: false,
+            })
+            .is_err()
+        {
             return;
         }
     }
 }
 
 async fn release_writer(
-    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Chunk>,
     timer: TimerHandle,
     shared: Arc<Shared>,
+    held: &Held,
+    lazy: Duration,
 ) {
-    let mut wr = tokio::io::BufWriter::with_capacity(256 << 10, wr);
     let mut pending: VecDeque<Chunk> = VecDeque::new();
+    // Position of the next unreleased byte: mark index and byte offset in the head chunk.
+    let mut mark = 0usize;
+    let mut offset = 0usize;
+    let mut batch: Vec<u8> = Vec::new();
+    let mut open = true;
+    let mut sleep: Option<(Instant, std::pin::Pin<Box<super::timer::Sleep>>)> = None;
     loop {
+        while let Ok(c) = rx.try_recv() {
+            pending.push_back(c);
+        }
         if pending.is_empty() {
+            if !open {
+                return;
+            }
             match rx.recv().await {
                 Some(c) => pending.push_back(c),
                 None => return,
             }
-        }
-        while let Ok(c) = rx.try_recv() {
-            pending.push_back(c);
-        }
-        let Some(head_due) = pending.front().map(|c| c.due) else { continue };
-        if head_due > Instant::now() {
-            timer.sleep_until(head_due).await;
             continue;
         }
-        // Release everything that is due, in one batch.
+        // Release every mark that is due (lazy ones included: they are due too).
         let now = Instant::now();
-        let mut written = 0u64;
-        while pending.front().is_some_and(|c| c.due <= now) {
-            let Some(c) = pending.pop_front() else { break };
-            if c.eof {
-                let _ = wr.flush().await;
-                shared.bytes_forwarded.fetch_add(written, Ordering::Relaxed);
-                let _ = wr.shutdown().await;
-                return;
+        batch.clear();
+        let mut eof = false;
+        while let Some(head) = pending.front() {
+            let Some(m) = head.marks.get(mark) else {
+                pending.pop_front();
+                mark = 0;
+                offset = 0;
+                continue;
+            };
+            if m.due > now {
+                break;
             }
-            if wr.write_all(&c.data).await.is_err() {
-                return;
+            batch.extend_from_slice(&head.data[offset..m.end]);
+            offset = m.end;
+            mark += 1;
+            if head.eof {
+                eof = true;
             }
-            written += c.data.len() as u64;
         }
-        if wr.flush().await.is_err() {
+        if !batch.is_empty() {
+            if wr.write_all(&batch).await.is_err() {
+                return;
+            }
+            let written = batch.len() as u64;
+            shared.bytes_forwarded.fetch_add(written, Ordering::Relaxed);
+            held.bytes.fetch_sub(written, Ordering::AcqRel);
+            held.released.notify_one();
+        }
+        if eof {
+            let _ = wr.shutdown().await;
             return;
         }
-        shared.bytes_forwarded.fetch_add(written, Ordering::Relaxed);
+        // Next wake: the first message end on time, or the first lazy byte `lazy` late.
+        let first = pending
+            .iter()
+            .enumerate()
+            .flat_map(|(k, c)| c.marks.iter().skip(if k == 0 { mark } else { 0 }))
+            .next();
+        let Some(first) = first else { continue };
+        let next_end = pending
+            .iter()
+            .enumerate()
+            .flat_map(|(k, c)| c.marks.iter().skip(if k == 0 { mark } else { 0 }))
+            .find(|m| m.message_end)
+            .map(|m| m.due);
+        let wake = match next_end {
+            Some(e) => e.min(first.due + lazy),
+            None => first.due + lazy,
+        };
+        if sleep.as_ref().is_none_or(|(at, _)| *at != wake) {
+            sleep = Some((wake, Box::pin(timer.sleep_until(wake))));
+        }
+        let Some((_, fut)) = sleep.as_mut() else {
+            continue;
+        };
+        if open {
+            tokio::select! {
+                biased;
+                _ = fut.as_mut() => { sleep = None; }
+                c = rx.recv() => match c {
+                    Some(c) => pending.push_back(c),
+                    None => open = false,
+                },
+            }
+        } else {
+            fut.as_mut().await;
+            sleep = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::frame;
+
+    /// A direction's bytes: hello + proof (as `handshake_bytes` counts them), then messages.
+    fn stream(run_id: &str, messages: &[usize], max_frame: u32) -> (Vec<u8>, Vec<usize>) {
+        let mut v = Vec::new();
+        let mut ends = Vec::new();
+        // Hello: magic, version, flags, from, to, world, max frame, run-id length, run id,
+        // nonce, crc; then a 36-byte proof. Contents beyond the lengths do not matter here.
+        v.extend_from_slice(b"FMOE");
+        v.extend_from_slice(&[0u8; 20]);
+        v.extend_from_slice(&(run_id.len() as u16).to_le_bytes());
+        v.extend_from_slice(run_id.as_bytes());
+        v.extend_from_slice(&[0u8; 20]);
+        ends.push(v.len());
+        v.extend_from_slice(&[0u8; 36]);
+        ends.push(v.len());
+        assert_eq!(v.len() as u64, frame::handshake_bytes(run_id));
+        for &m in messages {
+            frame::write_message(&mut v, &vec![0xAB; m], max_frame).unwrap();
+            ends.push(v.len());
+        }
+        (v, ends)
+    }
+
+    #[test]
+    fn scanner_finds_message_ends_across_any_split() {
+        let (bytes, want) = stream("run-7", &[0, 1, 100, 1000, 37], 64);
+        for step in [1usize, 2, 3, 7, 64, 1000, bytes.len()] {
+            let mut s = MessageScanner::new();
+            let mut got = Vec::new();
+            let mut base = 0;
+            for piece in bytes.chunks(step) {
+                let mut ends = Vec::new();
+                s.scan(piece, &mut ends);
+                got.extend(ends.iter().map(|e| base + e));
+                base += piece.len();
+            }
+            assert_eq!(got, want, "split every {step} bytes");
+            assert!(!s.is_opaque());
+        }
+    }
+
+    #[test]
+    fn scanner_gives_up_on_foreign_bytes() {
+        let mut s = MessageScanner::new();
+        let mut ends = Vec::new();
+        s.scan(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &mut ends);
+        assert!(s.is_opaque());
+        assert!(ends.is_empty());
     }
 }

@@ -54,7 +54,10 @@ pub struct SimComm {
 pub fn sim_comms(links: &LinkMatrix, net: &NetOptions) -> Result<Vec<SimComm>, NetError> {
     net.limits.validate()?;
     if net.run_id.len() > frame::MAX_RUN_ID_BYTES {
-        return Err(NetError::Config(format!("run id longer than {} bytes", frame::MAX_RUN_ID_BYTES)));
+        return Err(NetError::Config(format!(
+            "run id longer than {} bytes",
+            frame::MAX_RUN_ID_BYTES
+        )));
     }
     let world = links.world();
     let hs = frame::handshake_bytes(&net.run_id);
@@ -83,7 +86,9 @@ pub fn sim_comms(links: &LinkMatrix, net: &NetOptions) -> Result<Vec<SimComm>, N
             if i == j {
                 continue;
             }
-            let link = links.get(i, j).ok_or_else(|| NetError::Config(format!("no link for pair {i} → {j}")))?;
+            let link = links
+                .get(i, j)
+                .ok_or_else(|| NetError::Config(format!("no link for pair {i} → {j}")))?;
             let (tx, rx) = mpsc::channel();
             comms[i].out[j] = Some(OutLink {
                 tx,
@@ -115,20 +120,35 @@ impl Comm for SimComm {
         check_peer(self.rank, to, self.world)?;
         let len = payload.len() as u64;
         if len > self.max_message_bytes {
-            return Err(NetError::MessageTooLong { peer: peer_name(to), len, max: self.max_message_bytes });
+            return Err(NetError::MessageTooLong {
+                peer: peer_name(to),
+                len,
+                max: self.max_message_bytes,
+            });
         }
         let framing = frame::message_framing_bytes(len, self.max_frame_bytes);
         let clock = self.clock;
-        let out = self.out[to].as_mut().ok_or(NetError::BadPeer { site: self.rank, peer: to, world: self.world })?;
+        let out = self.out[to].as_mut().ok_or(NetError::BadPeer {
+            site: self.rank,
+            peer: to,
+            world: self.world,
+        })?;
         let start = clock.max(out.busy_until);
         let finish = start + out.link.serialisation_time(len + framing);
         out.busy_until = finish;
-        let base = (finish + out.link.delay).as_nanos() as i128 + jitter_ns(&mut out.rng, out.link.jitter);
+        let base =
+            (finish + out.link.delay).as_nanos() as i128 + jitter_ns(&mut out.rng, out.link.jitter);
         let arrival = Duration::from_nanos(base.max(0) as u64).max(out.last_arrival);
         out.last_arrival = arrival;
         out.tx
-            .send(SimMsg { payload, framing, arrival })
-            .map_err(|_| NetError::Closed { peer: peer_name(to) })?;
+            .send(SimMsg {
+                payload,
+                framing,
+                arrival,
+            })
+            .map_err(|_| NetError::Closed {
+                peer: peer_name(to),
+            })?;
         let c = &mut self.counters[to];
         c.payload_bytes_sent += len;
         c.framing_bytes_sent += framing;
@@ -138,13 +158,24 @@ impl Comm for SimComm {
 
     fn recv(&mut self, from: usize) -> Result<Vec<u8>, NetError> {
         check_peer(self.rank, from, self.world)?;
-        let rx = self.inbox[from].as_ref().ok_or(NetError::BadPeer { site: self.rank, peer: from, world: self.world })?;
+        let rx = self.inbox[from].as_ref().ok_or(NetError::BadPeer {
+            site: self.rank,
+            peer: from,
+            world: self.world,
+        })?;
         let msg = match rx.recv_timeout(self.idle_timeout) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) => {
-                return Err(NetError::RecvTimeout { peer: peer_name(from), timeout: self.idle_timeout })
+                return Err(NetError::RecvTimeout {
+                    peer: peer_name(from),
+                    timeout: self.idle_timeout,
+                })
             }
-            Err(RecvTimeoutError::Disconnected) => return Err(NetError::Closed { peer: peer_name(from) }),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(NetError::Closed {
+                    peer: peer_name(from),
+                })
+            }
         };
         self.clock = self.clock.max(msg.arrival);
         let c = &mut self.counters[from];

@@ -37,7 +37,11 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect: Duration::from_secs(30), read: Duration::from_secs(30), idle: Duration::from_secs(600) }
+        Timeouts {
+            connect: Duration::from_secs(30),
+            read: Duration::from_secs(30),
+            idle: Duration::from_secs(600),
+        }
     }
 }
 
@@ -77,29 +81,51 @@ impl SiteNetConfig {
     pub fn validate(&self) -> Result<(), NetError> {
         let bad = |m: String| NetError::Config(format!("site {}: {m}", self.site));
         if self.site >= self.world {
-            return Err(bad(format!("site id {} is not below world {}", self.site, self.world)));
+            return Err(bad(format!(
+                "site id {} is not below world {}",
+                self.site, self.world
+            )));
         }
         if self.peers.len() != self.world {
-            return Err(bad(format!("{} peer routes for a world of {}", self.peers.len(), self.world)));
+            return Err(bad(format!(
+                "{} peer routes for a world of {}",
+                self.peers.len(),
+                self.world
+            )));
         }
         for (j, r) in self.peers.iter().enumerate() {
             match (j == self.site, r) {
-                (true, PeerRoute::Myself) | (false, PeerRoute::Dial(_)) | (false, PeerRoute::Accept) => {}
+                (true, PeerRoute::Myself)
+                | (false, PeerRoute::Dial(_))
+                | (false, PeerRoute::Accept) => {}
                 (true, _) => return Err(bad(format!("route {j} must be `myself`"))),
-                (false, PeerRoute::Myself) => return Err(bad(format!("route {j} is `myself` but this is site {}", self.site))),
+                (false, PeerRoute::Myself) => {
+                    return Err(bad(format!(
+                        "route {j} is `myself` but this is site {}",
+                        self.site
+                    )))
+                }
             }
         }
-        if self.peers.iter().any(|r| *r == PeerRoute::Accept) && self.listen.is_none() {
-            return Err(bad("routes say `accept` but there is no `listen` address".into()));
+        if self.peers.contains(&PeerRoute::Accept) && self.listen.is_none() {
+            return Err(bad(
+                "routes say `accept` but there is no `listen` address".into()
+            ));
         }
         if self.run_id.len() > frame::MAX_RUN_ID_BYTES {
-            return Err(bad(format!("run id longer than {} bytes", frame::MAX_RUN_ID_BYTES)));
+            return Err(bad(format!(
+                "run id longer than {} bytes",
+                frame::MAX_RUN_ID_BYTES
+            )));
         }
         self.limits().validate()
     }
 
     pub fn limits(&self) -> FrameLimits {
-        FrameLimits { max_frame_bytes: self.max_frame_bytes, max_message_bytes: self.max_message_bytes }
+        FrameLimits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_message_bytes: self.max_message_bytes,
+        }
     }
 }
 
@@ -147,7 +173,11 @@ impl TcpComm {
 
     /// Connects with an already bound listener (for `accept` routes) and a given epoch, so
     /// several sites of one process share one clock.
-    pub fn connect_with(cfg: &SiteNetConfig, listener: Option<TcpListener>, epoch: Instant) -> Result<TcpComm, NetError> {
+    pub fn connect_with(
+        cfg: &SiteNetConfig,
+        listener: Option<TcpListener>,
+        epoch: Instant,
+    ) -> Result<TcpComm, NetError> {
         cfg.validate()?;
         let deadline = Instant::now() + cfg.timeouts.connect;
         let params = HandshakeParams {
@@ -157,8 +187,13 @@ impl TcpComm {
             token: &cfg.token,
             max_frame_bytes: cfg.max_frame_bytes,
         };
-        let accept_sites: Vec<usize> =
-            cfg.peers.iter().enumerate().filter(|(_, r)| **r == PeerRoute::Accept).map(|(j, _)| j).collect();
+        let accept_sites: Vec<usize> = cfg
+            .peers
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r == PeerRoute::Accept)
+            .map(|(j, _)| j)
+            .collect();
         let mut streams: Vec<Option<(TcpStream, String)>> = (0..cfg.world).map(|_| None).collect();
         std::thread::scope(|scope| -> Result<(), NetError> {
             let dials: Vec<_> = cfg
@@ -171,13 +206,23 @@ impl TcpComm {
                 })
                 .map(|(j, addr)| {
                     let params = params.clone();
-                    (j, scope.spawn(move || dial_one(&params, j, addr, deadline, cfg.timeouts.connect)))
+                    (
+                        j,
+                        scope.spawn(move || {
+                            dial_one(&params, j, addr, deadline, cfg.timeouts.connect)
+                        }),
+                    )
                 })
                 .collect();
             let accepted = match (&listener, accept_sites.is_empty()) {
                 (_, true) => Ok(Vec::new()),
-                (Some(l), false) => accept_all(l, &params, &accept_sites, deadline, cfg.timeouts.connect),
-                (None, false) => Err(NetError::Config(format!("site {}: `accept` routes need a listener", cfg.site))),
+                (Some(l), false) => {
+                    accept_all(l, &params, &accept_sites, deadline, cfg.timeouts.connect)
+                }
+                (None, false) => Err(NetError::Config(format!(
+                    "site {}: `accept` routes need a listener",
+                    cfg.site
+                ))),
             };
             let mut first_err = accepted.as_ref().err().cloned();
             for (j, h) in dials {
@@ -187,7 +232,10 @@ impl TcpComm {
                         first_err.get_or_insert(e);
                     }
                     Err(_) => {
-                        first_err.get_or_insert(NetError::Config(format!("site {}: dial thread for site {j} panicked", cfg.site)));
+                        first_err.get_or_insert(NetError::Config(format!(
+                            "site {}: dial thread for site {j} panicked",
+                            cfg.site
+                        )));
                     }
                 }
             }
@@ -226,7 +274,11 @@ impl TcpComm {
 
     fn link(&mut self, peer: usize) -> Result<&mut PeerLink, NetError> {
         check_peer(self.rank, peer, self.world)?;
-        self.links[peer].as_mut().ok_or(NetError::BadPeer { site: self.rank, peer, world: self.world })
+        self.links[peer].as_mut().ok_or(NetError::BadPeer {
+            site: self.rank,
+            peer,
+            world: self.world,
+        })
     }
 }
 
@@ -240,27 +292,48 @@ fn dial_one(
     let name = PeerName::site(site, addr.to_string());
     let mut stream = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let attempt = TcpStream::connect_timeout(&addr, left.clamp(Duration::from_millis(1), Duration::from_secs(1)));
+        let attempt = TcpStream::connect_timeout(
+            &addr,
+            left.clamp(Duration::from_millis(1), Duration::from_secs(1)),
+        );
         match attempt {
             Ok(s) => break s,
             Err(e) => {
                 if Instant::now() >= deadline {
-                    return Err(NetError::Connect { peer: name, timeout: total, reason: e.to_string() });
+                    return Err(NetError::Connect {
+                        peer: name,
+                        timeout: total,
+                        reason: e.to_string(),
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(10).min(left));
             }
         }
     };
     prepare_handshake_socket(&stream, &name)?;
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-    frame::handshake(&mut stream, params, Expect::Dialed(site), &addr.to_string(), left)?;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
+    frame::handshake(
+        &mut stream,
+        params,
+        Expect::Dialed(site),
+        &addr.to_string(),
+        left,
+    )?;
     Ok((stream, addr.to_string()))
 }
 
 fn prepare_handshake_socket(stream: &TcpStream, name: &PeerName) -> Result<(), NetError> {
-    stream.set_nodelay(true).map_err(|e| NetError::io(name, "set_nodelay", &e))?;
-    stream.set_read_timeout(Some(Duration::from_millis(20))).map_err(|e| NetError::io(name, "set_read_timeout", &e))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5))).map_err(|e| NetError::io(name, "set_write_timeout", &e))
+    stream
+        .set_nodelay(true)
+        .map_err(|e| NetError::io(name, "set_nodelay", &e))?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .map_err(|e| NetError::io(name, "set_read_timeout", &e))?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| NetError::io(name, "set_write_timeout", &e))
 }
 
 /// Accepts until every site in `expected` has connected and passed the handshake. Strangers
@@ -295,8 +368,16 @@ fn accept_all(
                             .map_err(|e| NetError::io(&name, "set_nonblocking", &e))
                             .and_then(|_| prepare_handshake_socket(&stream, &name))
                             .and_then(|_| {
-                                let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-                                frame::handshake(&mut stream, &params, Expect::Accepted(expected), &addr, left)
+                                let left = deadline
+                                    .saturating_duration_since(Instant::now())
+                                    .max(Duration::from_millis(1));
+                                frame::handshake(
+                                    &mut stream,
+                                    &params,
+                                    Expect::Accepted(expected),
+                                    &addr,
+                                    left,
+                                )
                             })
                             .map(|site| (site, stream, addr));
                         let _ = tx.send(r);
@@ -321,7 +402,9 @@ fn accept_all(
     // Handshakes still running when the deadline passed have finished now (scope joined).
     while let Ok(r) = rx.try_recv() {
         match r {
-            Ok(ok) if done.len() < expected.len() && !done.iter().any(|(s, _, _)| *s == ok.0) => done.push(ok),
+            Ok(ok) if done.len() < expected.len() && !done.iter().any(|(s, _, _)| *s == ok.0) => {
+                done.push(ok)
+            }
             Ok((_, stream, _)) => {
                 let _ = stream.shutdown(Shutdown::Both);
             }
@@ -329,22 +412,43 @@ fn accept_all(
         }
     }
     if done.len() < expected.len() {
-        let missing: Vec<usize> = expected.iter().copied().filter(|s| !done.iter().any(|(d, _, _)| d == s)).collect();
+        let missing: Vec<usize> = expected
+            .iter()
+            .copied()
+            .filter(|s| !done.iter().any(|(d, _, _)| d == s))
+            .collect();
         let rejected = if rejected.is_empty() {
             String::new()
         } else {
-            format!("; turned away {} connection(s): {}", rejected.len(), rejected.join("; "))
+            format!(
+                "; turned away {} connection(s): {}",
+                rejected.len(),
+                rejected.join("; ")
+            )
         };
-        return Err(NetError::AcceptTimeout { site: me, timeout: total, missing, rejected });
+        return Err(NetError::AcceptTimeout {
+            site: me,
+            timeout: total,
+            missing,
+            rejected,
+        });
     }
     let _ = listener.set_nonblocking(false);
     Ok(done)
 }
 
-fn start_link(stream: TcpStream, name: PeerName, cfg: &SiteNetConfig) -> Result<PeerLink, NetError> {
+fn start_link(
+    stream: TcpStream,
+    name: PeerName,
+    cfg: &SiteNetConfig,
+) -> Result<PeerLink, NetError> {
     let io = |op: &'static str, e: std::io::Error| NetError::io(&name, op, &e);
-    stream.set_read_timeout(Some(cfg.timeouts.read.max(Duration::from_millis(1)))).map_err(|e| io("set_read_timeout", e))?;
-    stream.set_write_timeout(Some(cfg.timeouts.read.max(Duration::from_millis(1)))).map_err(|e| io("set_write_timeout", e))?;
+    stream
+        .set_read_timeout(Some(cfg.timeouts.read.max(Duration::from_millis(1))))
+        .map_err(|e| io("set_read_timeout", e))?;
+    stream
+        .set_write_timeout(Some(cfg.timeouts.read.max(Duration::from_millis(1))))
+        .map_err(|e| io("set_write_timeout", e))?;
     let read_half = stream.try_clone().map_err(|e| io("clone", e))?;
     let write_half = stream.try_clone().map_err(|e| io("clone", e))?;
     let (to_writer, writer_rx) = mpsc::channel::<Vec<u8>>();
@@ -355,7 +459,11 @@ fn start_link(stream: TcpStream, name: PeerName, cfg: &SiteNetConfig) -> Result<
         let slot = Arc::clone(&writer_error);
         let max_frame = cfg.max_frame_bytes;
         std::thread::Builder::new()
-            .name(format!("fomoe-tx{}-{}", cfg.site, name.site.unwrap_or(usize::MAX)))
+            .name(format!(
+                "fomoe-tx{}-{}",
+                cfg.site,
+                name.site.unwrap_or(usize::MAX)
+            ))
             .spawn(move || writer_loop(write_half, writer_rx, max_frame, name, slot))
             .map_err(|e| io("spawn writer", e))?
     };
@@ -364,7 +472,11 @@ fn start_link(stream: TcpStream, name: PeerName, cfg: &SiteNetConfig) -> Result<
         let limits = cfg.limits();
         let read_timeout = cfg.timeouts.read;
         std::thread::Builder::new()
-            .name(format!("fomoe-rx{}-{}", cfg.site, name.site.unwrap_or(usize::MAX)))
+            .name(format!(
+                "fomoe-rx{}-{}",
+                cfg.site,
+                name.site.unwrap_or(usize::MAX)
+            ))
             .spawn(move || reader_loop(read_half, reader_tx, limits, read_timeout, name))
             .map_err(|e| io("spawn reader", e))?
     };
@@ -380,7 +492,13 @@ fn start_link(stream: TcpStream, name: PeerName, cfg: &SiteNetConfig) -> Result<
     })
 }
 
-fn writer_loop(stream: TcpStream, rx: Receiver<Vec<u8>>, max_frame: u32, name: PeerName, slot: Arc<Mutex<Option<NetError>>>) {
+fn writer_loop(
+    stream: TcpStream,
+    rx: Receiver<Vec<u8>>,
+    max_frame: u32,
+    name: PeerName,
+    slot: Arc<Mutex<Option<NetError>>>,
+) {
     let mut w = BufWriter::with_capacity(64 << 10, &stream);
     let fail = |e: std::io::Error| {
         if let Ok(mut s) = slot.lock() {
@@ -407,7 +525,13 @@ fn writer_loop(stream: TcpStream, rx: Receiver<Vec<u8>>, max_frame: u32, name: P
     let _ = stream.shutdown(Shutdown::Write);
 }
 
-fn reader_loop(stream: TcpStream, tx: Sender<Incoming>, limits: FrameLimits, read_timeout: Duration, name: PeerName) {
+fn reader_loop(
+    stream: TcpStream,
+    tx: Sender<Incoming>,
+    limits: FrameLimits,
+    read_timeout: Duration,
+    name: PeerName,
+) {
     let mut r = BufReader::with_capacity(256 << 10, stream);
     loop {
         match frame::read_message(&mut r, limits, &name, read_timeout) {
@@ -446,12 +570,20 @@ impl Comm for TcpComm {
         }
         let len = payload.len() as u64;
         if len > max_message {
-            return Err(NetError::MessageTooLong { peer: link.name.clone(), len, max: max_message });
+            return Err(NetError::MessageTooLong {
+                peer: link.name.clone(),
+                len,
+                max: max_message,
+            });
         }
-        let sender = link.to_writer.as_ref().ok_or_else(|| NetError::Closed { peer: link.name.clone() })?;
+        let sender = link.to_writer.as_ref().ok_or_else(|| NetError::Closed {
+            peer: link.name.clone(),
+        })?;
         if sender.send(payload).is_err() {
             let e = link.writer_error.lock().ok().and_then(|s| s.clone());
-            return Err(e.unwrap_or_else(|| NetError::Closed { peer: link.name.clone() }));
+            return Err(e.unwrap_or_else(|| NetError::Closed {
+                peer: link.name.clone(),
+            }));
         }
         let c = &mut self.counters[to];
         c.payload_bytes_sent += len;
@@ -468,8 +600,15 @@ impl Comm for TcpComm {
         }
         let got = match link.from_reader.recv_timeout(idle) {
             Ok(item) => item,
-            Err(RecvTimeoutError::Timeout) => return Err(NetError::RecvTimeout { peer: link.name.clone(), timeout: idle }),
-            Err(RecvTimeoutError::Disconnected) => Err(NetError::Closed { peer: link.name.clone() }),
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(NetError::RecvTimeout {
+                    peer: link.name.clone(),
+                    timeout: idle,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(NetError::Closed {
+                peer: link.name.clone(),
+            }),
         };
         match got {
             Ok((payload, framing)) => {
@@ -547,7 +686,10 @@ impl Default for NetOptions {
 
 /// Connects sites of this process in parallel (one thread per site), sharing one epoch.
 /// `listeners[i]` serves site i's `accept` routes.
-pub fn connect_all(configs: &[SiteNetConfig], listeners: Vec<Option<TcpListener>>) -> Result<Vec<TcpComm>, NetError> {
+pub fn connect_all(
+    configs: &[SiteNetConfig],
+    listeners: Vec<Option<TcpListener>>,
+) -> Result<Vec<TcpComm>, NetError> {
     let epoch = Instant::now();
     let results: Vec<Result<TcpComm, NetError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = configs
@@ -557,7 +699,10 @@ pub fn connect_all(configs: &[SiteNetConfig], listeners: Vec<Option<TcpListener>
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(NetError::Config("connect thread panicked".into()))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(NetError::Config("connect thread panicked".into())))
+            })
             .collect()
     });
     results.into_iter().collect()
@@ -569,8 +714,12 @@ pub fn local_direct(world: usize, opts: &NetOptions) -> Result<Vec<TcpComm>, Net
     let mut listeners = Vec::with_capacity(world);
     let mut addrs = Vec::with_capacity(world);
     for i in 0..world {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| NetError::Config(format!("site {i}: bind: {e}")))?;
-        addrs.push(l.local_addr().map_err(|e| NetError::Config(format!("site {i}: {e}")))?);
+        let l = TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| NetError::Config(format!("site {i}: bind: {e}")))?;
+        addrs.push(
+            l.local_addr()
+                .map_err(|e| NetError::Config(format!("site {i}: {e}")))?,
+        );
         listeners.push(Some(l));
     }
     let configs: Vec<SiteNetConfig> = (0..world)
