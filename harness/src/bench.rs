@@ -29,11 +29,17 @@ pub struct StepBench {
     pub mfu: f64,
     /// Share of the step's model FLOPs in expert matmuls (what skip-token can save).
     pub expert_flop_share: f64,
+    /// Share of experts the benchmarked model holds (1 = full replica).
+    pub resident_fraction: f64,
+    /// Share of routed slots that hit non-resident experts (skipped work).
+    pub skip_rate: f64,
     pub n_params: usize,
     pub n_active_matmul: usize,
 }
 
-/// Median fp32 matmul rate (GFLOP/s) of n×n products on the current thread setting.
+/// Best fp32 matmul rate (GFLOP/s) of n×n products on the current thread setting: the
+/// fastest of `reps` products, i.e. the rate this machine reaches when nothing else runs
+/// (on a shared machine the median would undercount the peak and flatter the MFU).
 pub fn matmul_gflops(n: i64, reps: usize) -> f64 {
     let opts = (Kind::Float, tch::Device::Cpu);
     let a = Tensor::randn([n, n], opts);
@@ -46,7 +52,7 @@ pub fn matmul_gflops(n: i64, reps: usize) -> f64 {
         let _ = c.double_value(&[0, 0]);
         rates.push(2.0 * (n as f64).powi(3) / t.elapsed().as_secs_f64() / 1e9);
     }
-    median(&mut rates)
+    rates.iter().cloned().fold(0.0, f64::max)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -54,20 +60,31 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-/// Time `steps` training steps after `warmup` untimed ones.
-pub fn bench_step(cfg: &ModelConfig, preset: &str, threads: usize, warmup: usize, steps: usize) -> StepBench {
+/// Time `steps` training steps after `warmup` untimed ones. `resident_fraction` < 1 gives
+/// the model of a FoMoE site holding that share of the experts (round-robin site 0, skip
+/// policy `drop`), so its step can be compared with a full replica's.
+pub fn bench_step(cfg: &ModelConfig, preset: &str, threads: usize, warmup: usize, steps: usize, resident_fraction: f64) -> StepBench {
     tch::set_num_threads(threads as i32);
-    let matmul = matmul_gflops(1024, 5);
-    let model = MoeModel::new(cfg, Residency::full(cfg), 0);
+    let mut matmul = matmul_gflops(1024, 10);
+    let held = ((cfg.n_experts as f64 * resident_fraction).round() as usize).clamp(1, cfg.n_experts);
+    let residency = Residency::uniform(cfg, &(0..held).collect::<Vec<_>>());
+    let mut model = MoeModel::new(cfg, residency, 0);
+    if held < cfg.n_experts {
+        model.skip_policy = Some(crate::model::SkipPolicy::Drop);
+    }
     let mut opt = AdamW::new(AdamWConfig::default(), model.store.numel(), model.store.layout.decayed.clone());
     let (b, s) = (cfg.batch_size as i64, cfg.seq_len as i64);
     tch::manual_seed(1);
     let inputs = Tensor::randint(cfg.vocab_size as i64, [b, s], (Kind::Int64, tch::Device::Cpu));
     let targets = Tensor::randint(cfg.vocab_size as i64, [b, s], (Kind::Int64, tch::Device::Cpu));
     let mut times = Vec::with_capacity(steps);
+    let mut skipped = 0i64;
+    let mut slots = 0i64;
     for i in 0..warmup + steps {
         let t = Instant::now();
         let out = model.forward(&inputs, &targets);
+        skipped += out.routing.iter().map(|r| r.skipped_slots).sum::<i64>();
+        slots += out.routing.iter().map(|r| r.tokens * cfg.top_k as i64).sum::<i64>();
         let mut g = model.flat_grad(&out.loss);
         clip_grad_norm(&mut g, 1.0);
         opt.step(&model.store.flat, &g, 1e-4);
@@ -75,6 +92,7 @@ pub fn bench_step(cfg: &ModelConfig, preset: &str, threads: usize, warmup: usize
             times.push(t.elapsed().as_secs_f64());
         }
     }
+    matmul = matmul.max(matmul_gflops(1024, 10));
     let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
     let med = median(&mut times);
     let tokens = cfg.tokens_per_step();
@@ -95,6 +113,8 @@ pub fn bench_step(cfg: &ModelConfig, preset: &str, threads: usize, warmup: usize
         matmul_gflops: matmul,
         mfu: gflops / matmul,
         expert_flop_share: expert_flops / fpt,
+        resident_fraction: held as f64 / cfg.n_experts as f64,
+        skip_rate: if slots > 0 { skipped as f64 / slots as f64 } else { 0.0 },
         n_params: cfg.total_params(),
         n_active_matmul: cfg.active_matmul_params(),
     }

@@ -12,6 +12,10 @@ pub struct Args {
     /// Timed steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Share of experts held, as a FoMoE site with rho/M = this value (skip policy drop);
+    /// 1 = full replica. Tokens/s then counts the tokens the site processes.
+    #[arg(long, default_value_t = 1.0)]
+    resident_fraction: f64,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -27,7 +31,10 @@ pub fn run(a: Args) -> Result<()> {
     if threads == 0 {
         anyhow::bail!("invalid threads = 0: must be at least 1");
     }
-    let r = harness::bench::bench_step(&cfg, &a.preset, threads, 2, a.steps);
+    if !(a.resident_fraction > 0.0 && a.resident_fraction <= 1.0) {
+        anyhow::bail!("invalid resident-fraction = {}: must be in (0, 1]", a.resident_fraction);
+    }
+    let r = harness::bench::bench_step(&cfg, &a.preset, threads, 2, a.steps, a.resident_fraction);
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -37,7 +44,10 @@ pub fn run(a: Args) -> Result<()> {
         println!("  achieved       {:>10.1} GFLOP/s ({:.1} MFLOP/token, PaLM convention)", r.gflops, r.flops_per_token / 1e6);
         println!("  fp32 matmul    {:>10.1} GFLOP/s (measured now)", r.matmul_gflops);
         println!("  MFU            {:>10.1} %", 100.0 * r.mfu);
-        println!("  expert share   {:>10.1} % of model FLOPs", 100.0 * r.expert_flop_share);
+        println!("  expert share   {:>10.1} % of model FLOPs (full replica)", 100.0 * r.expert_flop_share);
+        if r.resident_fraction < 1.0 {
+            println!("  resident       {:>10.1} % of experts, skip rate {:.1} % of routed slots", 100.0 * r.resident_fraction, 100.0 * r.skip_rate);
+        }
     }
     Ok(())
 }

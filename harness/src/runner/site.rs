@@ -165,20 +165,16 @@ fn compute<T>(gate: Option<&Mutex<()>>, comm: &mut dyn Comm, f: impl FnOnce() ->
 }
 
 impl Timer {
-    /// Duration of a communication section: virtual on sim, wall otherwise.
-    fn comm<T>(&self, comm: &mut dyn Comm, f: impl FnOnce(&mut dyn Comm) -> T) -> (T, Duration) {
+    /// Duration of a communication section (virtual on sim, wall otherwise) and the host
+    /// wall time it took.
+    fn comm<T>(&self, comm: &mut dyn Comm, f: impl FnOnce(&mut dyn Comm) -> T) -> (T, Duration, Duration) {
+        let a = comm.now();
+        let t = Instant::now();
+        let out = f(comm);
+        let host = t.elapsed();
         match self.kind {
-            ClockKind::Virtual => {
-                let a = comm.now();
-                let out = f(comm);
-                let b = comm.now();
-                (out, b.saturating_sub(a))
-            }
-            _ => {
-                let t = Instant::now();
-                let out = f(comm);
-                (out, t.elapsed())
-            }
+            ClockKind::Virtual => (out, comm.now().saturating_sub(a), host),
+            _ => (out, host, host),
         }
     }
 }
@@ -248,9 +244,9 @@ pub fn run_site(
                 (out, g)
             });
             let c0 = sent(&comm.link_counters());
-            let (sync, comm_dt) = timer.comm(comm, |c| strategy.on_gradient(&mut st, &mut grad, c));
+            let (sync, comm_dt, host_dt) = timer.comm(comm, |c| strategy.on_gradient(&mut st, &mut grad, c));
             let sync = sync?;
-            let mut comm_dt = comm_dt;
+            let (mut comm_dt, mut host_dt) = (comm_dt, host_dt);
             let (norm, opt_dt) = compute(ctx.compute_gate, comm, || {
                 let n = clip_grad_norm(&mut grad, cfg.optim.grad_clip);
                 st.inner.step(&st.model.store.flat, &grad, lr);
@@ -272,9 +268,10 @@ pub fn run_site(
                     });
                     eval_rows = Some((local?, probe?));
                 }
-                let (r, dt) = timer.comm(comm, |c| strategy.end_round(&mut st, c));
+                let (r, dt, host) = timer.comm(comm, |c| strategy.end_round(&mut st, c));
                 expected += r?.expected_payload_sent;
                 comm_dt += dt;
+                host_dt += host;
                 if let Some((dir, every)) = &ctx.checkpoint {
                     if (round + 1) % every.max(&1) == 0 || round + 1 == rounds {
                         let path = dir.join(format!("ckpt-site{site}.safetensors"));
@@ -304,6 +301,7 @@ pub fn run_site(
                 data_ms: data_dt.as_secs_f64() * 1e3,
                 compute_ms: compute_dt.as_secs_f64() * 1e3,
                 comm_ms: comm_dt.as_secs_f64() * 1e3,
+                comm_host_ms: host_dt.as_secs_f64() * 1e3,
                 opt_ms: opt_dt.as_secs_f64() * 1e3,
                 wall_ms: wall * 1e3,
                 clock_s: comm.now().as_secs_f64(),
