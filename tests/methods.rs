@@ -288,3 +288,39 @@ fn a_worker_that_cannot_start_fails_the_run() {
     let err = run_one(&c, d.path(), &baselines::registry(), &o).unwrap_err();
     assert!(format!("{err:#}").contains("starting worker for site 0"), "{err:#}");
 }
+
+#[test]
+fn load_aware_placement_moves_experts_keeps_the_budget_and_holders_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let mut c = base(Method::Fomoe, 4);
+    c.fomoe.rho = 2;
+    c.fomoe.placement = harness::config::Placement::LoadAware;
+    c.checkpoint_every_rounds = Some(1);
+    let dir = d.path().join("la");
+    let o = run(&c, &dir);
+    let mcfg = c.model_config().unwrap();
+    for s in &o.sites {
+        assert_eq!(s.payload_sent, s.expected_payload_sent, "site {}", s.site);
+        assert_eq!(s.memory.params_held, mcfg.dense_params() + mcfg.expert_params() / 2, "same memory budget");
+        assert!(s.final_loss.is_finite());
+    }
+    let cks: Vec<_> =
+        (0..4).map(|s| harness::checkpoint::Checkpoint::open(&dir.join(format!("ckpt-site{s}.safetensors"))).unwrap()).collect();
+    let names: Vec<Vec<String>> = cks.iter().map(|c| c.names().unwrap()).collect();
+    let n = mcfg.params_per_expert() / 2;
+    let rr = harness::strategy::fomoe::ExpertPlacement::round_robin(mcfg.n_experts, 4, 2).unwrap();
+    let mut moved = false;
+    for l in 0..mcfg.n_layers {
+        for e in 0..mcfg.n_experts {
+            let name = format!("blocks.{l}.moe.experts.{e}.fc1.weight");
+            let holders: Vec<usize> = (0..4).filter(|&s| names[s].contains(&name)).collect();
+            assert!(!holders.is_empty(), "expert ({l},{e}) lost");
+            moved |= holders != rr.holders_of(e);
+            let first = cks[holders[0]].values(&name, n).unwrap();
+            for &h in &holders[1..] {
+                assert_eq!(cks[h].values(&name, n).unwrap(), first, "holders of ({l},{e}) differ");
+            }
+        }
+    }
+    assert!(moved, "routing at init is not uniform, so some expert must have moved");
+}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tch::Tensor;
 
-use crate::config::{Method, RunConfig};
+use crate::config::RunConfig;
 use crate::data::{Batch, Dataset};
 use crate::model::params::ParamStore;
 use crate::model::{ModelConfig, MoeModel, Residency};
@@ -243,6 +243,7 @@ pub fn run_site(
                 let g = st.model.flat_grad(&out.loss);
                 (out, g)
             });
+            strategy.observe_routing(&out.routing);
             let c0 = sent(&comm.link_counters());
             let (sync, comm_dt, host_dt) = timer.comm(comm, |c| strategy.on_gradient(&mut st, &mut grad, c));
             let sync = sync?;
@@ -378,8 +379,8 @@ fn evaluate_global(
     let site = ctx.site;
     // Who holds what (every site can compute every site's residency from the config).
     let residencies: Vec<Residency> = (0..sites)
-        .map(|s| cfg_strategy_residency(ctx, strategy, s))
-        .collect::<Result<_>>()?;
+        .map(|s| strategy.residency_of(mcfg, s))
+        .collect();
     let mine = &residencies[0];
     let lacking: Vec<(usize, usize, usize)> = (0..mcfg.n_layers)
         .flat_map(|l| (0..mcfg.n_experts).map(move |e| (l, e)))
@@ -448,17 +449,6 @@ fn evaluate_global(
         })
         .collect();
     Ok(Some((rows, probe)))
-}
-
-fn cfg_strategy_residency(ctx: &SiteContext<'_>, strategy: &dyn Strategy, s: usize) -> Result<Residency> {
-    if s == ctx.site {
-        return Ok(strategy.residency(&ctx.model_cfg));
-    }
-    if ctx.cfg.method != Method::Fomoe {
-        return Ok(Residency::full(&ctx.model_cfg));
-    }
-    let p = crate::strategy::fomoe::ExpertPlacement::round_robin(ctx.model_cfg.n_experts, ctx.cfg.sites, ctx.cfg.fomoe.rho)?;
-    Ok(Residency::uniform(&ctx.model_cfg, &p.held[s]))
 }
 
 /// Load the shared initial model (full) from a checkpoint.

@@ -4,6 +4,15 @@
 //!
 //! Placement `round_robin`: site s holds experts {(⌊s·E/M⌋ + j) mod E : 0 ≤ j < E·ρ/M} in
 //! every layer, so every expert has exactly ρ holders (checked at construction).
+//! Placement `load_aware` (beyond the paper): the same memory budget (E·ρ/M experts per
+//! site and layer, E·ρ holder slots per layer), but after every round the slots are
+//! re-dealt per layer by the previous round's routing load (summed over sites with one
+//! all-reduce of the L·E slot counts): every expert keeps at least one holder and each
+//! further slot goes to the expert with the largest load per holder (D'Hondt), at most M
+//! holders each; experts are then dealt, most holders first, to the sites with the most
+//! free slots (ties: lower id). A site that gains an expert receives its global weights and
+//! outer momentum from the expert's lowest-numbered previous holder (counted as training
+//! traffic); its inner AdamW moments for that expert start at zero.
 //! Memory per site: dense + (ρ/M)·experts, with their AdamW moments and outer state.
 //! Payload per site per round (divisible sizes): 2(M−1)/M·N_dense·b + Σ over its expert
 //! groups of 2(ρ−1)/ρ·n_G·b, which summed over sites gives METHODS.md's
@@ -13,16 +22,20 @@
 //! in one all-reduce over all sites, exactly as DiLoCo; M = 1 is single-site training with
 //! an outer step.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use tch::Tensor;
 
 use super::group_sync::{groups_for_site, outer_sync, SyncGroup};
 use super::outer::OuterOptimizerState;
 use super::{SiteState, Strategy, SyncReport};
 use crate::config::{FomoeConfig, Placement, RunConfig};
-use crate::model::{ModelConfig, Residency};
+use crate::collective::{ring_allreduce, WireDtype};
+use crate::model::params::{tensor_to_vec, ParamStore};
+use crate::model::{ModelConfig, MoeModel, Residency};
+use crate::optim::AdamW;
 use crate::net::Comm;
 
-/// Which sites hold which experts (the same in every layer for `round_robin`).
+/// Which sites hold which experts in one layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExpertPlacement {
     /// holders[e] = sites holding expert e, ascending.
@@ -38,23 +51,62 @@ impl ExpertPlacement {
         }
         let per_site = n_experts * rho / sites;
         let mut held = vec![Vec::new(); sites];
-        let mut holders = vec![Vec::new(); n_experts];
         for (s, h) in held.iter_mut().enumerate() {
             let start = s * n_experts / sites;
             for j in 0..per_site {
-                let e = (start + j) % n_experts;
-                h.push(e);
-                holders[e].push(s);
+                h.push((start + j) % n_experts);
             }
-            h.sort_unstable();
-            h.dedup();
         }
-        for (e, h) in holders.iter().enumerate() {
+        let p = Self::from_held(n_experts, held);
+        for (e, h) in p.holders.iter().enumerate() {
             if h.len() != rho {
                 bail!("round_robin placement gives expert {e} {} holders, expected rho = {rho}", h.len());
             }
         }
-        Ok(Self { holders, held })
+        Ok(p)
+    }
+
+    fn from_held(n_experts: usize, mut held: Vec<Vec<usize>>) -> Self {
+        let mut holders = vec![Vec::new(); n_experts];
+        for (s, h) in held.iter_mut().enumerate() {
+            h.sort_unstable();
+            h.dedup();
+            for &e in h.iter() {
+                holders[e].push(s);
+            }
+        }
+        Self { holders, held }
+    }
+
+    /// Load-aware placement with the same budget as round-robin (see the module doc).
+    pub fn load_aware(loads: &[f64], sites: usize, rho: usize) -> Self {
+        let e = loads.len();
+        let cap = e * rho / sites;
+        let mut count = vec![1usize; e];
+        for _ in 0..e * (rho - 1) {
+            let best = (0..e)
+                .filter(|&i| count[i] < sites)
+                .max_by(|&a, &b| {
+                    let (x, y) = (loads[a] / count[a] as f64, loads[b] / count[b] as f64);
+                    x.total_cmp(&y).then(b.cmp(&a))
+                })
+                .expect("free holder slots remain while the budget is not spent");
+            count[best] += 1;
+        }
+        let mut order: Vec<usize> = (0..e).collect();
+        order.sort_by(|&a, &b| count[b].cmp(&count[a]).then(a.cmp(&b)));
+        let mut free = vec![cap; sites];
+        let mut held = vec![Vec::new(); sites];
+        for x in order {
+            let mut by_free: Vec<usize> = (0..sites).collect();
+            by_free.sort_by(|&a, &b| free[b].cmp(&free[a]).then(a.cmp(&b)));
+            for &s in by_free.iter().take(count[x]) {
+                assert!(free[s] > 0, "load-aware dealing ran out of slots");
+                free[s] -= 1;
+                held[s].push(x);
+            }
+        }
+        Self::from_held(e, held)
     }
 
     pub fn holders_of(&self, expert: usize) -> &[usize] {
@@ -66,9 +118,12 @@ pub struct Fomoe {
     site: usize,
     sites: usize,
     knobs: FomoeConfig,
-    placement: ExpertPlacement,
+    /// Placement per layer.
+    placement: Vec<ExpertPlacement>,
+    /// Routed slots per (layer, expert) this round (load-aware placement).
+    load: Vec<Vec<f64>>,
     keep_inner_state: bool,
-    wire: crate::collective::WireDtype,
+    wire: WireDtype,
     outer_kind: crate::config::OuterOptimizer,
     outer: Option<OuterOptimizerState>,
     groups: Vec<SyncGroup>,
@@ -77,15 +132,13 @@ pub struct Fomoe {
 impl Fomoe {
     pub fn new(cfg: &RunConfig, site: usize) -> Result<Self> {
         let m = cfg.model_config()?;
-        if cfg.fomoe.placement == Placement::LoadAware {
-            bail!("invalid fomoe.placement = load_aware: not implemented in this version; allowed: round_robin");
-        }
-        let placement = ExpertPlacement::round_robin(m.n_experts, cfg.sites, cfg.fomoe.rho)?;
+        let placement = vec![ExpertPlacement::round_robin(m.n_experts, cfg.sites, cfg.fomoe.rho)?; m.n_layers];
         Ok(Self {
             site,
             sites: cfg.sites,
             knobs: cfg.fomoe.clone(),
             placement,
+            load: vec![vec![0.0; m.n_experts]; m.n_layers],
             keep_inner_state: cfg.keep_inner_state,
             wire: cfg.wire_dtype,
             outer_kind: cfg.outer_optimizer(),
@@ -94,8 +147,111 @@ impl Fomoe {
         })
     }
 
-    pub fn placement(&self) -> &ExpertPlacement {
+    pub fn placement(&self) -> &[ExpertPlacement] {
         &self.placement
+    }
+
+    fn residency_for(&self, cfg: &ModelConfig, site: usize) -> Residency {
+        Residency { per_layer: self.placement.iter().map(|p| p.held[site].clone()).collect(), n_experts: cfg.n_experts }
+    }
+
+    fn make_groups(&mut self, st: &SiteState) {
+        let p = &self.placement;
+        self.groups = groups_for_site(&st.model.store.layout, self.sites, |l, e| p[l].holders_of(e).to_vec());
+    }
+
+    /// Load-aware re-placement after the sync; returns the payload bytes this site sent.
+    fn replace_experts(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<u64> {
+        let all: Vec<usize> = (0..self.sites).collect();
+        let mut counts: Vec<f32> = self.load.iter().flatten().map(|&c| c as f32).collect();
+        ring_allreduce(comm, &all, WireDtype::F32, &mut counts).context("load-aware: summing routing counts")?;
+        let mut sent = crate::bytes::ring_allreduce_traffic(counts.len(), &all, WireDtype::F32).payload_sent_by(self.site);
+        let e = st.model.cfg.n_experts;
+        let new: Vec<ExpertPlacement> = counts
+            .chunks(e)
+            .map(|l| ExpertPlacement::load_aware(&l.iter().map(|&c| c as f64).collect::<Vec<_>>(), self.sites, self.knobs.rho))
+            .collect();
+        for l in &mut self.load {
+            l.iter_mut().for_each(|c| *c = 0.0);
+        }
+        if new == self.placement {
+            return Ok(sent);
+        }
+        let outer = self.outer.as_ref().expect("init ran");
+        let old_layout = st.model.store.layout.clone();
+        let momentum = outer.momentum.as_ref();
+        // Moves, in one canonical order on every site: (layer, expert, new holder).
+        let mut received: std::collections::HashMap<(usize, usize), Vec<f32>> = Default::default();
+        for (l, (old_p, new_p)) in self.placement.iter().zip(&new).enumerate() {
+            for x in 0..e {
+                let src = old_p.holders[x][0];
+                for &dst in new_p.holders[x].iter().filter(|d| !old_p.holders[x].contains(d)) {
+                    if self.site == src {
+                        let r = old_layout.experts[&(l, x)].clone();
+                        let mut v = tensor_to_vec(&outer.global.narrow(0, r.start as i64, r.len() as i64));
+                        if let Some(m) = momentum {
+                            v.extend(tensor_to_vec(&m.narrow(0, r.start as i64, r.len() as i64)));
+                        }
+                        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                        sent += bytes.len() as u64;
+                        comm.send(dst, bytes)?;
+                    } else if self.site == dst {
+                        let msg = comm.recv(src)?;
+                        received.insert((l, x), msg.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+                    }
+                }
+            }
+        }
+        self.placement = new;
+        let cfg = st.model.cfg.clone();
+        let residency = self.residency_for(&cfg, self.site);
+        let store = ParamStore::zeros(&cfg, residency);
+        let new_layout = store.layout.clone();
+        let n = new_layout.total;
+        let (mut model_v, mut m_v, mut v_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+        let mut mom_v = vec![0f32; n];
+        let (old_model, old_m, old_v) = (tensor_to_vec(&st.model.store.flat), tensor_to_vec(&st.inner.exp_avg), tensor_to_vec(&st.inner.exp_avg_sq));
+        let old_mom = momentum.map(tensor_to_vec);
+        for spec in &new_layout.specs {
+            let dst = spec.offset..spec.offset + spec.numel;
+            if let Some(o) = old_layout.spec(&spec.name) {
+                let src = o.offset..o.offset + o.numel;
+                model_v[dst.clone()].copy_from_slice(&old_model[src.clone()]);
+                m_v[dst.clone()].copy_from_slice(&old_m[src.clone()]);
+                v_v[dst.clone()].copy_from_slice(&old_v[src.clone()]);
+                if let Some(om) = &old_mom {
+                    mom_v[dst].copy_from_slice(&om[src]);
+                }
+            }
+        }
+        for ((l, x), vals) in &received {
+            let r = new_layout.experts[&(*l, *x)].clone();
+            let k = r.len();
+            model_v[r.clone()].copy_from_slice(&vals[..k]);
+            if momentum.is_some() {
+                mom_v[r].copy_from_slice(&vals[k..2 * k]);
+            }
+        }
+        let mut store = store;
+        store.load_flat(&model_v);
+        let mut model = MoeModel::from_store(&cfg, store);
+        model.skip_policy = Some(self.knobs.skip_policy);
+        model.aux_scope = self.knobs.aux_scope;
+        let mut inner = AdamW::new(st.inner.cfg.clone(), n, new_layout.decayed.clone());
+        inner.step = st.inner.step;
+        tch::no_grad(|| {
+            inner.exp_avg.copy_(&Tensor::from_slice(&m_v));
+            inner.exp_avg_sq.copy_(&Tensor::from_slice(&v_v));
+        });
+        let mut outer = OuterOptimizerState::new(self.outer_kind, &model.store.flat);
+        if let Some(m) = outer.momentum.as_mut() {
+            tch::no_grad(|| m.copy_(&Tensor::from_slice(&mom_v)));
+        }
+        st.model = model;
+        st.inner = inner;
+        self.outer = Some(outer);
+        self.make_groups(st);
+        Ok(sent)
     }
 
     pub fn groups(&self) -> &[SyncGroup] {
@@ -109,21 +265,37 @@ impl Strategy for Fomoe {
     }
 
     fn residency(&self, cfg: &ModelConfig) -> Residency {
-        Residency::uniform(cfg, &self.placement.held[self.site])
+        self.residency_for(cfg, self.site)
+    }
+
+    fn residency_of(&self, cfg: &ModelConfig, site: usize) -> Residency {
+        self.residency_for(cfg, site)
+    }
+
+    fn observe_routing(&mut self, routing: &[crate::model::moe::LayerRouting]) {
+        if self.knobs.placement == Placement::LoadAware {
+            for (l, r) in routing.iter().enumerate() {
+                for (c, &n) in self.load[l].iter_mut().zip(&r.counts) {
+                    *c += n as f64;
+                }
+            }
+        }
     }
 
     fn init(&mut self, st: &mut SiteState) -> Result<()> {
         st.model.skip_policy = Some(self.knobs.skip_policy);
         st.model.aux_scope = self.knobs.aux_scope;
         self.outer = Some(OuterOptimizerState::new(self.outer_kind, &st.model.store.flat));
-        let p = &self.placement;
-        self.groups = groups_for_site(&st.model.store.layout, self.sites, |_, e| p.holders_of(e).to_vec());
+        self.make_groups(st);
         Ok(())
     }
 
     fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<SyncReport> {
         let outer = self.outer.as_mut().expect("init ran");
-        let expected = outer_sync(st, outer, &self.groups, comm, self.wire)?;
+        let mut expected = outer_sync(st, outer, &self.groups, comm, self.wire)?;
+        if self.knobs.placement == Placement::LoadAware {
+            expected += self.replace_experts(st, comm)?;
+        }
         if !self.keep_inner_state {
             st.inner.reset();
         }
@@ -156,6 +328,7 @@ mod tests {
     fn round_robin_gives_every_expert_rho_holders() {
         for (e, m, rho) in [(8, 4, 1), (8, 4, 2), (8, 4, 4), (6, 4, 2), (16, 8, 3), (8, 3, 3)] {
             let p = ExpertPlacement::round_robin(e, m, rho).unwrap();
+            assert!(p.held.iter().flatten().count() == e * rho);
             assert!(p.holders.iter().all(|h| h.len() == rho), "{e} {m} {rho}");
             assert!(p.held.iter().all(|h| h.len() == e * rho / m));
         }
@@ -165,5 +338,19 @@ mod tests {
         assert_eq!(p.held[3], vec![0, 1, 6, 7]);
         assert_eq!(p.holders_of(0), &[0, 3]);
         assert!(ExpertPlacement::round_robin(8, 3, 2).is_err());
+    }
+
+    #[test]
+    fn load_aware_keeps_the_budget_and_replicates_loaded_experts_more() {
+        let loads = [100.0, 1.0, 1.0, 1.0, 50.0, 1.0, 1.0, 1.0];
+        let p = ExpertPlacement::load_aware(&loads, 4, 2);
+        assert!(p.held.iter().all(|h| h.len() == 4), "{:?}", p.held);
+        assert!(p.holders.iter().all(|h| !h.is_empty() && h.len() <= 4));
+        assert_eq!(p.holders.iter().map(Vec::len).sum::<usize>(), 16);
+        assert_eq!(p.holders[0].len(), 4, "the hottest expert is on every site");
+        assert!(p.holders[4].len() >= 3);
+        // Equal loads give every expert rho holders.
+        let q = ExpertPlacement::load_aware(&[1.0; 8], 4, 2);
+        assert!(q.holders.iter().all(|h| h.len() == 2), "{:?}", q.holders);
     }
 }

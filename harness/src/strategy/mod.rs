@@ -51,6 +51,14 @@ pub trait Strategy: Send {
         crate::model::Residency::full(cfg)
     }
 
+    /// Which experts site `site` holds now (every site can compute every site's placement).
+    fn residency_of(&self, cfg: &ModelConfig, _site: usize) -> crate::model::Residency {
+        crate::model::Residency::full(cfg)
+    }
+
+    /// Sees the routing of every training forward pass (load-aware placement counts it).
+    fn observe_routing(&mut self, _routing: &[crate::model::moe::LayerRouting]) {}
+
     /// Called once, after the site's model is built from the shared initial weights.
     fn init(&mut self, _st: &mut SiteState) -> Result<()> {
         Ok(())
