@@ -7,18 +7,19 @@
 //! `site<i>.json`, site 0's `rounds.csv`, and after a successful or failed run the merged
 //! `steps.csv` (rows of all sites sorted by step, then site).
 //!
-//! Backends: `sim` runs every endpoint as a thread of this process with a compute gate so
-//! sites compute one after another (exclusive cores) on a virtual clock; `relay` starts the
+//! Backends: `sim` runs every endpoint as a thread of this process with a compute gate
+//! (at most cores / threads-per-site sites compute at once, each on its own cores) on a
+//! virtual clock; `relay` starts the
 //! relay here and spawns `fomoe worker --run-dir D --site i` per endpoint. A worker that
 //! fails writes `error-site<i>.txt` and exits non-zero; the orchestrator then kills the
 //! other workers, waits for them (no orphans) and reports the first error.
 
+pub mod gate;
 pub mod sink;
 pub mod site;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -92,7 +93,7 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, reg: &MethodRegistry, opts: &RunOpti
 }
 
 /// Body of one site (or Photon's aggregator) given its endpoint; used by threads and workers.
-pub fn run_endpoint(cfg: &RunConfig, dir: &Path, endpoint: usize, comm: &mut dyn Comm, reg: &MethodRegistry, gate: Option<&Mutex<()>>) -> Result<Option<SiteReport>> {
+pub fn run_endpoint(cfg: &RunConfig, dir: &Path, endpoint: usize, comm: &mut dyn Comm, reg: &MethodRegistry, gate: Option<&gate::ComputeGate>) -> Result<Option<SiteReport>> {
     let mcfg = cfg.model_config()?;
     let all: Vec<usize> = (0..cfg.endpoints()).collect();
     if endpoint >= cfg.sites {
@@ -125,7 +126,8 @@ fn run_sim(cfg: &RunConfig, _mcfg: &ModelConfig, dir: &Path, reg: &MethodRegistr
     tch::set_num_threads(threads as i32);
     let links = cfg.link_matrix()?;
     let net = crate::net::build_local(Backend::Sim, &links, &net_options(cfg, dir))?;
-    let gate = Mutex::new(());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let gate = gate::ComputeGate::new(cores / threads);
     let results: Vec<Result<Option<SiteReport>>> = std::thread::scope(|s| {
         let handles: Vec<_> = net
             .comms

@@ -15,7 +15,6 @@
 //! local losses) is counted apart.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -134,7 +133,7 @@ pub struct SiteContext<'a> {
     pub data: &'a Dataset,
     pub init: &'a ParamStore,
     /// Sim backend: serialises compute of the sites (threads of one process).
-    pub compute_gate: Option<&'a Mutex<()>>,
+    pub compute_gate: Option<&'a super::gate::ComputeGate>,
     /// Save `ckpt-site<i>.safetensors` in this directory every this many rounds.
     pub checkpoint: Option<(std::path::PathBuf, usize)>,
     /// Continue from this checkpoint (written by the same site of the same run config).
@@ -154,8 +153,8 @@ struct Timer {
 }
 
 /// Runs `f` as compute: under the gate on sim (and advancing the virtual clock).
-fn compute<T>(gate: Option<&Mutex<()>>, comm: &mut dyn Comm, f: impl FnOnce() -> T) -> (T, Duration) {
-    let guard = gate.map(|g| g.lock().unwrap_or_else(|e| e.into_inner()));
+fn compute<T>(gate: Option<&super::gate::ComputeGate>, comm: &mut dyn Comm, f: impl FnOnce() -> T) -> (T, Duration) {
+    let guard = gate.map(|g| g.acquire());
     let t = Instant::now();
     let out = f();
     let dt = t.elapsed();
