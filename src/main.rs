@@ -13,6 +13,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a suite (TOML): every run of its grid, resumable, results under --out.
+    Run(cmd::run::Args),
+    /// Print the results of one suite directory, or of every suite under a directory.
+    Report(cmd::report::Args),
     /// Train one site (no communication) and print a summary.
     Train(cmd::train::Args),
     /// Throughput of one training step: tokens/s, GFLOP/s, and the measured fp32 matmul rate.
@@ -23,6 +27,8 @@ fn main() {
     let cli = Cli::parse();
     cmd::init_tracing();
     let result = match cli.command {
+        Command::Run(a) => cmd::run::run(a),
+        Command::Report(a) => cmd::report::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::BenchStep(a) => cmd::bench_step::run(a),
     };

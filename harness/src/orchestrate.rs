@@ -121,7 +121,7 @@ pub fn run_suite(
     obs: &dyn SuiteObserver,
 ) -> Result<SuiteResult, ResultsError> {
     let suite_dir = opts.out_dir.join(&suite.name);
-    std::fs::create_dir_all(&suite_dir).map_err(|source| ResultsError::Io { path: suite_dir.clone(), source })?;
+    std::fs::create_dir_all(&suite_dir).map_err(|error| ResultsError::Io { path: suite_dir.clone(), error })?;
     write_atomic(&suite_dir.join(SUITE_COPY_FILE), suite.source.as_bytes())?;
     let env = RunEnv::detect(&suite.name, &opts.backend);
 

@@ -47,7 +47,10 @@
 //! more than one value among the runs it applies to) that applies to the run, in the key
 //! order above, with short names (`rho2`, `h32`, `bw100m`, `d20ms`, `m4`, `skip_reroute`,
 //! `bf16`, …; other knobs `<last path segment><value>`), then `s<seed>`:
-//! `fomoe-rho2-h32-bw100m-s0`. Ids are unique within a suite (checked).
+//! `fomoe-rho2-h32-bw100m-s0`. A knob varied only by `[[include]]` grids (an ablation axis)
+//! is spelled only where it differs from the base, so the main grid's ids stay short:
+//! `fomoe-rho2-h32-s0` beside `fomoe-rho2-h32-skip_reroute-s0`. Ids are unique within a
+//! suite (checked).
 //!
 //! **Validation** happens before anything runs: unknown keys at any level (top level, base,
 //! grid keys that name no field, include/exclude keys) are errors, every grid value is
@@ -67,8 +70,8 @@ use crate::model::ConfigError;
 /// A suite file that cannot be used, on one line.
 #[derive(Debug, thiserror::Error)]
 pub enum SuiteError {
-    #[error("{file}: {source}")]
-    Io { file: String, source: std::io::Error },
+    #[error("{file}: {error}")]
+    Io { file: String, error: std::io::Error },
     #[error("{file}: line {line}, column {column}: {message}")]
     Syntax { file: String, line: usize, column: usize, message: String },
     /// The shape of the file: unknown top-level keys, grid/include/exclude/seeds/suite misuse.
@@ -78,8 +81,8 @@ pub enum SuiteError {
     Base { file: String, field: String, message: String },
     #[error("{file}: grid key {key} = {value}: {field}: {message}")]
     GridValue { file: String, key: String, value: String, field: String, message: String },
-    #[error("{file}: run {run_id}: {source}")]
-    Invalid { file: String, run_id: String, source: ConfigError },
+    #[error("{file}: run {run_id}: {error}")]
+    Invalid { file: String, run_id: String, error: ConfigError },
     #[error("{file}: run id {id} names two different configs (hashes {first} and {second}): give the knob values distinct short forms")]
     DuplicateId { file: String, id: String, first: String, second: String },
     #[error("{file}: exclude #{index} ({what}) matches no grid point")]
@@ -359,7 +362,7 @@ impl Suite {
     /// Read and validate a suite file.
     pub fn load(path: &Path) -> Result<Suite, SuiteError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| SuiteError::Io { file: path.display().to_string(), source })?;
+            .map_err(|error| SuiteError::Io { file: path.display().to_string(), error })?;
         Self::parse(&text, path)
     }
 
@@ -462,7 +465,13 @@ impl Suite {
             for &seed in &seeds {
                 let mut t = base.clone();
                 for (k, v) in point.iter().filter(|(k, _)| knob_applies(method, k)) {
-                    set_path(&mut t, k, v.clone()).expect("checked in check_values");
+                    set_path(&mut t, k, v.clone()).map_err(|message| SuiteError::GridValue {
+                        file: cx.file.clone(),
+                        key: describe_point(point, seed),
+                        value: "(combination)".into(),
+                        field: k.clone(),
+                        message,
+                    })?;
                 }
                 t.insert("seed".into(), Value::Integer(seed as i64));
                 let cfg = de_config(&t).map_err(|(field, message)| SuiteError::GridValue {
@@ -507,7 +516,10 @@ impl Suite {
         for (cfg, hash, t, seed) in built {
             let mut parts = vec![cfg.method.name().to_string()];
             for k in varied.iter().filter(|k| knob_applies(cfg.method, k)) {
-                if let Some(v) = get_path(&t, k) {
+                let v = get_path(&t, k);
+                // Knobs only varied by [[include]] grids are spelled where they differ from the base.
+                let main_key = grid.iter().any(|(g, _)| g == k);
+                if let Some(v) = v.filter(|&v| main_key || get_path(&base, k) != Some(v)) {
                     parts.push(token(k, v));
                 }
             }
@@ -516,7 +528,7 @@ impl Suite {
             if let Some(first) = ids.insert(id.clone(), hash.clone()) {
                 return Err(SuiteError::DuplicateId { file: cx.file.clone(), id, first, second: hash });
             }
-            cfg.validate().map_err(|source| SuiteError::Invalid { file: cx.file.clone(), run_id: id.clone(), source })?;
+            cfg.validate().map_err(|error| SuiteError::Invalid { file: cx.file.clone(), run_id: id.clone(), error })?;
             runs.push(SuiteRun { id, config: cfg, hash });
         }
         Ok(Suite {

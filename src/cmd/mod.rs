@@ -1,6 +1,8 @@
 //! Subcommands of the `fomoe` binary.
 
 pub mod bench_step;
+pub mod report;
+pub mod run;
 pub mod train;
 
 /// Log to stderr; `RUST_LOG` overrides the default level (warn).

@@ -48,16 +48,16 @@ const RECORD_FIXED_BYTES: usize = 4 * 5;
 /// Errors writing or reading a probe dump.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: not a probe dump ({reason})")]
     Format { path: PathBuf, reason: String },
     #[error("{path}: record {index} (round {round}, layer {layer}) has a bad checksum")]
     Checksum { path: PathBuf, index: usize, round: u32, layer: u32 },
     #[error("invalid probe record: {0}")]
     Record(String),
-    #[error("round {round}, layer {layer}: {source}")]
-    Metric { round: usize, layer: usize, source: MetricError },
+    #[error("round {round}, layer {layer}: {error}")]
+    Metric { round: usize, layer: usize, error: MetricError },
 }
 
 /// A probe domain: its name and its number of tokens in every record.
@@ -148,7 +148,7 @@ impl ProbeDumpWriter {
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&json);
-        let io = |source| ProbeError::Io { path: path.clone(), source };
+        let io = |error| ProbeError::Io { path: path.clone(), error };
         let mut file = File::create(&path).map_err(io)?;
         file.write_all(&bytes).map_err(io)?;
         Ok(Self { file, path, header, records: 0 })
@@ -197,14 +197,14 @@ impl ProbeDumpWriter {
         }
         let crc = crc32fast::hash(&rec);
         rec.extend_from_slice(&crc.to_le_bytes());
-        self.file.write_all(&rec).map_err(|source| ProbeError::Io { path: self.path.clone(), source })?;
+        self.file.write_all(&rec).map_err(|error| ProbeError::Io { path: self.path.clone(), error })?;
         self.records += 1;
         Ok(())
     }
 
     /// Flush to stable storage.
     pub fn sync(&mut self) -> Result<(), ProbeError> {
-        self.file.sync_all().map_err(|source| ProbeError::Io { path: self.path.clone(), source })
+        self.file.sync_all().map_err(|error| ProbeError::Io { path: self.path.clone(), error })
     }
 }
 
@@ -224,7 +224,7 @@ fn read_u32(b: &[u8], at: usize) -> u32 {
 impl ProbeDump {
     pub fn read(path: impl AsRef<Path>) -> Result<Self, ProbeError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| ProbeError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| ProbeError::Io { path: path.to_path_buf(), error })?;
         Self::parse(&bytes).map_err(|e| match e {
             ParseError::Format(reason) => ProbeError::Format { path: path.to_path_buf(), reason },
             ParseError::Checksum { index, round, layer } => {
@@ -323,7 +323,7 @@ pub fn routing_rows(dump: &ProbeDump, skip_rate: impl Fn(usize, usize) -> f64) -
             global.range((layer, 0)..=(layer, usize::MAX)).map(|(&(_, round), &ids)| (round, ids)).collect();
         let Some(&(_, final_ids)) = rounds.last() else { continue };
         for (i, &(round, ids)) in rounds.iter().enumerate() {
-            let metric = |source| ProbeError::Metric { round, layer, source };
+            let metric = |error| ProbeError::Metric { round, layer, error };
             let sat = overlap(ids, final_ids, k).map_err(metric)?;
             let prev = if i > 0 { Some(overlap(ids, rounds[i - 1].1, k).map_err(metric)?) } else { None };
             let agreement = match sites.get(&(layer, round)) {

@@ -16,7 +16,7 @@ use super::ResultsError;
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ResultsError + '_ {
-    move |source| ResultsError::Io { path: path.to_path_buf(), source }
+    move |error| ResultsError::Io { path: path.to_path_buf(), error }
 }
 
 /// Replace `path` with `bytes` atomically.

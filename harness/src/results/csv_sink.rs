@@ -42,7 +42,7 @@ impl<T: Serialize + Default> CsvSink<T> {
     /// Create (truncate) `path` and write the header.
     pub fn create(path: impl AsRef<Path>) -> Result<Self, ResultsError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| ResultsError::Io { path: path.clone(), source };
+        let io = |error| ResultsError::Io { path: path.clone(), error };
         let mut file = File::create(&path).map_err(io)?;
         file.write_all(&header_line::<T>()).map_err(io)?;
         Ok(Self { file, path, rows: 0, _row: PhantomData })
@@ -54,7 +54,7 @@ impl<T: Serialize + Default> CsvSink<T> {
         if !path.exists() {
             return Self::create(path);
         }
-        let io = |source| ResultsError::Io { path: path.clone(), source };
+        let io = |error| ResultsError::Io { path: path.clone(), error };
         let text = std::fs::read(&path).map_err(io)?;
         let header = header_line::<T>();
         if !text.starts_with(&header) {
@@ -71,7 +71,7 @@ impl<T: Serialize + Default> CsvSink<T> {
         let mut w = writer(false);
         w.serialize(row).map_err(|e| invalid(e.to_string()))?;
         let bytes = w.into_inner().map_err(|e| invalid(e.to_string()))?;
-        self.file.write_all(&bytes).map_err(|source| ResultsError::Io { path: self.path.clone(), source })?;
+        self.file.write_all(&bytes).map_err(|error| ResultsError::Io { path: self.path.clone(), error })?;
         self.rows += 1;
         Ok(())
     }
@@ -87,7 +87,7 @@ impl<T: Serialize + Default> CsvSink<T> {
 
     /// fsync the file.
     pub fn sync(&self) -> Result<(), ResultsError> {
-        self.file.sync_all().map_err(|source| ResultsError::Io { path: self.path.clone(), source })
+        self.file.sync_all().map_err(|error| ResultsError::Io { path: self.path.clone(), error })
     }
 
     /// fsync and close.
@@ -106,7 +106,7 @@ pub struct Rows<T> {
 
 /// Read every complete row of `path`. A malformed complete row is an error naming its line.
 pub fn read_rows<T: DeserializeOwned>(path: &Path) -> Result<Rows<T>, ResultsError> {
-    let bytes = std::fs::read(path).map_err(|source| ResultsError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|error| ResultsError::Io { path: path.to_path_buf(), error })?;
     parse_rows(path, &bytes)
 }
 

@@ -83,12 +83,12 @@ pub struct ManifestHead {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Manifest, ResultsError> {
-        let bytes = std::fs::read(path).map_err(|source| ResultsError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| ResultsError::Io { path: path.to_path_buf(), error })?;
         serde_json::from_slice(&bytes).map_err(|e| ResultsError::Invalid { path: path.to_path_buf(), reason: e.to_string() })
     }
 
     pub fn read_head(path: &Path) -> Result<ManifestHead, ResultsError> {
-        let bytes = std::fs::read(path).map_err(|source| ResultsError::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|error| ResultsError::Io { path: path.to_path_buf(), error })?;
         serde_json::from_slice(&bytes).map_err(|e| ResultsError::Invalid { path: path.to_path_buf(), reason: e.to_string() })
     }
 

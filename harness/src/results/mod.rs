@@ -45,8 +45,8 @@ pub const SUITE_COPY_FILE: &str = "suite.toml";
 /// Errors reading or writing results.
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("{path}: line {line}: {reason}")]
@@ -57,7 +57,7 @@ pub enum ResultsError {
 /// in summary.csv order when it exists, the rest by name; annotated with the suite columns.
 /// A run whose files cannot be read gets an `unreadable` row naming the reason.
 pub fn load_suite(suite_dir: &Path) -> Result<Vec<Summary>, ResultsError> {
-    let io = |source| ResultsError::Io { path: suite_dir.to_path_buf(), source };
+    let io = |error| ResultsError::Io { path: suite_dir.to_path_buf(), error };
     let mut dirs: Vec<String> = std::fs::read_dir(suite_dir)
         .map_err(io)?
         .filter_map(|e| e.ok())
@@ -94,7 +94,7 @@ pub fn load_suite(suite_dir: &Path) -> Result<Vec<Summary>, ResultsError> {
 /// Suite directories under `results_dir`: itself when it holds run directories, else each
 /// subdirectory that does, sorted by name.
 pub fn suite_dirs(results_dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
-    let io = |source| ResultsError::Io { path: results_dir.to_path_buf(), source };
+    let io = |error| ResultsError::Io { path: results_dir.to_path_buf(), error };
     let holds_runs = |d: &Path| -> bool {
         std::fs::read_dir(d)
             .map(|it| it.filter_map(|e| e.ok()).any(|e| e.path().join(MANIFEST_FILE).is_file()))

@@ -96,7 +96,7 @@ pub fn clear_run_dir(dir: &Path) -> Result<(), ResultsError> {
     if !dir.exists() {
         return Ok(());
     }
-    let io = |source| ResultsError::Io { path: dir.to_path_buf(), source };
+    let io = |error| ResultsError::Io { path: dir.to_path_buf(), error };
     let mut entries = std::fs::read_dir(dir).map_err(io)?.peekable();
     if entries.peek().is_some() && !dir.join(MANIFEST_FILE).exists() {
         return Err(ResultsError::Invalid {
@@ -125,7 +125,7 @@ impl RunDir {
     /// Create the run directory (absent or empty), write `manifest.json` with status
     /// `running`, and create the three CSV files with headers.
     pub fn create(path: &Path, run_id: &str, cfg: &RunConfig, env: &RunEnv) -> Result<RunDir, ResultsError> {
-        let io = |source| ResultsError::Io { path: path.to_path_buf(), source };
+        let io = |error| ResultsError::Io { path: path.to_path_buf(), error };
         std::fs::create_dir_all(path).map_err(io)?;
         if std::fs::read_dir(path).map_err(io)?.next().is_some() {
             return Err(ResultsError::Invalid { path: path.to_path_buf(), reason: "run directory is not empty".into() });
@@ -231,7 +231,7 @@ pub struct MergeReport {
 /// sorted by (step, site), written atomically; then remove the per-site files.
 /// Without per-site files it does nothing.
 pub fn merge_site_steps(dir: &Path) -> Result<MergeReport, ResultsError> {
-    let io = |source| ResultsError::Io { path: dir.to_path_buf(), source };
+    let io = |error| ResultsError::Io { path: dir.to_path_buf(), error };
     let mut site_files: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok())
@@ -266,7 +266,7 @@ pub fn merge_site_steps(dir: &Path) -> Result<MergeReport, ResultsError> {
     let bytes = w.into_inner().map_err(|e| ResultsError::Invalid { path: merged_path.clone(), reason: e.to_string() })?;
     write_atomic(&merged_path, &bytes)?;
     for (_, p) in &site_files {
-        std::fs::remove_file(p).map_err(|source| ResultsError::Io { path: p.clone(), source })?;
+        std::fs::remove_file(p).map_err(|error| ResultsError::Io { path: p.clone(), error })?;
     }
     report.rows = rows.len();
     Ok(report)

@@ -138,7 +138,7 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
     s.target_loss = cfg.target_loss;
 
     let mut steps: Vec<StepRow> = read_optional(&dir.join(STEPS_FILE))?;
-    let io = |source| ResultsError::Io { path: dir.to_path_buf(), source };
+    let io = |error| ResultsError::Io { path: dir.to_path_buf(), error };
     let mut site_files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok())
