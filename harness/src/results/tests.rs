@@ -109,6 +109,15 @@ fn atomic_child_writer() {
     }
 }
 
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn check_whole_version(path: &Path) -> u64 {
     let text = std::fs::read_to_string(path).unwrap();
     let first = text.lines().next().expect("not empty");
@@ -123,21 +132,23 @@ fn atomic_write_leaves_old_or_new_file_when_killed() {
     let path = dir.path().join("manifest.json");
     for delay_ms in [5u64, 20, 45] {
         write_atomic(&path, version_text(0, CHILD_LINES).as_bytes()).unwrap();
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "results::tests::atomic_child_writer", "--test-threads=1", "--nocapture"])
             .env(CHILD_ENV, &path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Killed on every exit path, also when an assertion below fails.
+        let mut child = KillOnDrop(child);
         // Wait until the child has replaced the file at least once (bounded), then kill it.
         let t0 = Instant::now();
         while check_whole_version(&path) == 0 && t0.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(delay_ms));
-        child.kill().unwrap();
-        child.wait().unwrap();
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
         let v = check_whole_version(&path);
         assert!(v >= 1, "the child never wrote");
         // Whatever it left behind is stale now and goes with the next write.

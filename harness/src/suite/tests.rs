@@ -296,3 +296,33 @@ fn every_experiment_file_validates() {
     let links: BTreeSet<String> = quick.runs.iter().map(|r| format!("{:?}", r.config.link_spec().unwrap())).collect();
     assert_eq!(links.len(), 1);
 }
+
+const HASH_CHILD_ENV: &str = "FOMOE_TEST_SUITE_HASH_CHILD";
+
+fn id_hash_lines() -> String {
+    parse(GRID).unwrap().runs.iter().map(|r| format!("{} {}\n", r.id, r.hash)).collect()
+}
+
+/// Not a test on its own: the child of `hashes_are_stable_across_processes`.
+#[test]
+fn suite_hash_child() {
+    if let Ok(out) = std::env::var(HASH_CHILD_ENV) {
+        std::fs::write(out, id_hash_lines()).unwrap();
+    }
+}
+
+/// Another process (another run of the binary, with its own hash-map seeds and allocation
+/// addresses) expands the suite to the same ids and hashes.
+#[test]
+fn hashes_are_stable_across_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hashes.txt");
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "suite::tests::suite_hash_child", "--test-threads=1"])
+        .env(HASH_CHILD_ENV, &out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), id_hash_lines());
+}
