@@ -15,6 +15,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a suite (TOML): every run of its grid, resumable, results under --out.
+    Run(cmd::run::Args),
+    /// Print the results of one suite directory, or of every suite under a directory.
+    Report(cmd::report::Args),
     /// Train one site (no communication) and print a summary.
     Train(cmd::train::Args),
     /// Execute one run configuration (TOML) and print its outcome.
@@ -33,6 +37,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     cmd::init_tracing();
     let result = match cli.command {
+        Command::Run(a) => cmd::run::run(a),
+        Command::Report(a) => cmd::report::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::RunOne(a) => cmd::run_one::run(a),
         Command::BenchStep(a) => cmd::bench_step::run(a),

@@ -44,6 +44,26 @@ impl Method {
     }
 }
 
+/// Whether a knob (a dotted path into [`RunConfig`], e.g. `fomoe.rho`) changes what a run
+/// of `method` computes. Suites use it to collapse grid points that differ only in knobs a
+/// method ignores (DDP is not run three times for three values of ρ), reports to leave such
+/// cells empty.
+/// - `fomoe.*`: FoMoE only; `photon_topology`: Photon only;
+/// - `inner_steps`, `outer`, `keep_inner_state`: methods with rounds (DiLoCo, Photon, FoMoE);
+///   DDP and single only use H as their eval period, which a suite takes from its base;
+/// - `network.*`, `wire_dtype`: every method but `single` (which never communicates);
+/// - everything else: every method.
+pub fn knob_applies(method: Method, path: &str) -> bool {
+    let head = path.split('.').next().unwrap_or(path);
+    match head {
+        "fomoe" => method == Method::Fomoe,
+        "photon_topology" => method == Method::Photon,
+        "inner_steps" | "outer" | "keep_inner_state" => method.has_rounds(),
+        "network" | "wire_dtype" => method != Method::Single,
+        _ => true,
+    }
+}
+
 /// Outer optimiser applied to the averaged pseudo-gradient Δ = mean(θ_global − θ_site).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
@@ -289,7 +309,7 @@ impl RunConfig {
     /// Cross-field validation; the first violated rule as a one-line error.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let m = self.model_config()?;
-        self.optim.validate()?;
+        self.optim.validate().map_err(|e| ConfigError { field: format!("optim.{}", e.field), ..e })?;
         if self.sites == 0 || self.sites > 64 {
             return Err(ConfigError::new("sites", self.sites, "must be in 1..=64"));
         }
@@ -370,9 +390,10 @@ impl RunConfig {
         Ok(())
     }
 
-    /// Links between the sites (plus Photon's aggregator, the last endpoint, in star mode).
-    pub fn link_matrix(&self) -> Result<crate::net::LinkMatrix, ConfigError> {
-        use crate::net::{LinkSpec, Topology};
+    /// The uniform link every pair of endpoints gets: the scenario (default `cross-region`)
+    /// with explicit `rate` / `delay` / `jitter` overriding its values.
+    pub fn link_spec(&self) -> Result<crate::net::LinkSpec, ConfigError> {
+        use crate::net::LinkSpec;
         let n = &self.network;
         let mut spec = match &n.scenario {
             Some(s) => LinkSpec::scenario(s).map_err(|e| ConfigError::new("network.scenario", s, e.to_string()))?,
@@ -388,6 +409,13 @@ impl RunConfig {
             spec.jitter = crate::units::parse_duration(j).map_err(|e| ConfigError::new("network.jitter", j, e.to_string()))?;
         }
         spec.validate().map_err(|e| ConfigError::new("network", format!("{spec:?}"), e.to_string()))?;
+        Ok(spec)
+    }
+
+    /// Links between the sites (plus Photon's aggregator, the last endpoint, in star mode).
+    pub fn link_matrix(&self) -> Result<crate::net::LinkMatrix, ConfigError> {
+        use crate::net::Topology;
+        let spec = self.link_spec()?;
         Topology::uniform(spec)
             .resolve(self.endpoints())
             .map_err(|e| ConfigError::new("network", "topology", e.to_string()))

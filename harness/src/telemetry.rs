@@ -65,7 +65,10 @@ pub struct RoundRow {
     pub sync_ms: f64,
 }
 
-/// Routing and load metrics of one layer at one round (routing.csv).
+/// Routing and load metrics of one layer at one round (routing.csv), all on the fixed probe
+/// set; built from `probe_topk.bin` by [`crate::metrics::probe::routing_rows`]. Load metrics
+/// (cv … kl_uniform) are of the global router's probe routing; `skip_rate` is the training
+/// skip rate of the round (share of routed slots on non-resident experts, mean over sites).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoutingRow {
     pub round: usize,
@@ -73,10 +76,13 @@ pub struct RoutingRow {
     /// Global router on the probe set vs its final-round routing (top-k overlap and top-1).
     pub saturation_topk: Option<f64>,
     pub saturation_top1: Option<f64>,
-    /// Global router vs the previous round's.
+    /// Global router vs the previous round's (none at the first dumped round).
     pub overlap_prev_topk: Option<f64>,
-    /// Mean over sites: each site's local router before sync vs the global router after.
+    pub overlap_prev_top1: Option<f64>,
+    /// Mean over sites: each site's local router before sync vs the global router after
+    /// (none when no site routing was dumped for the round, e.g. DDP).
     pub cross_site_agreement_topk: Option<f64>,
+    pub cross_site_agreement_top1: Option<f64>,
     pub cv: f64,
     pub max_vio: f64,
     pub norm_entropy: f64,

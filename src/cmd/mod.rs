@@ -2,6 +2,8 @@
 
 pub mod bench_step;
 pub mod netcheck;
+pub mod report;
+pub mod run;
 pub mod run_one;
 pub mod train;
 pub mod worker;

@@ -1,0 +1,217 @@
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Mutex;
+
+use super::*;
+use crate::config::Method;
+use crate::results::{read_rows, site_steps_path, CsvSink, MANIFEST_FILE};
+use crate::telemetry::StepRow;
+
+/// Writes plausible telemetry without training: every site's steps (site 0 through the run
+/// directory, the others as worker files), one eval per round on two domains, and a payload
+/// of 1000 bytes per site per synchronisation (every step for DDP, every H steps otherwise),
+/// so DDP sends exactly H times the bytes of a round-based method.
+#[derive(Default)]
+struct FakeExecutor {
+    calls: Mutex<Vec<String>>,
+    fail: BTreeSet<String>,
+    panic_on: BTreeSet<String>,
+}
+
+impl RunExecutor for FakeExecutor {
+    fn execute(&self, run_id: &str, cfg: &RunConfig, dir: &mut RunDir) -> anyhow::Result<()> {
+        self.calls.lock().unwrap().push(run_id.to_string());
+        if self.panic_on.contains(run_id) {
+            panic!("boom");
+        }
+        let h = cfg.inner_steps;
+        let mut workers: Vec<CsvSink<StepRow>> =
+            (1..cfg.sites).map(|s| CsvSink::create(site_steps_path(dir.path(), s)).unwrap()).collect();
+        let mut total = 0u64;
+        for step in 0..cfg.steps {
+            let sync = cfg.method == Method::Ddp || (step + 1) % h == 0;
+            for site in 0..cfg.sites {
+                let row = StepRow {
+                    site,
+                    step,
+                    round: step / h,
+                    loss: 5.0 - 0.1 * step as f64,
+                    tokens: 512,
+                    clock_s: 0.01 * (step + 1) as f64,
+                    payload_sent: if sync { 1000 } else { 0 },
+                    ..Default::default()
+                };
+                if site == 0 {
+                    dir.steps.push(&row)?;
+                } else {
+                    workers[site - 1].push(&row)?;
+                }
+            }
+            if sync {
+                total += 1000 * cfg.sites as u64;
+            }
+            if (step + 1) % h == 0 {
+                let round = (step + 1) / h;
+                for d in 0..2 {
+                    dir.rounds.push(&RoundRow {
+                        round,
+                        step: step + 1,
+                        domain: format!("d{d}"),
+                        eval_loss: 5.0 - 0.5 * round as f64 + 0.1 * d as f64,
+                        payload_bytes_total: total,
+                        clock_s: 0.01 * (step + 1) as f64,
+                        ..Default::default()
+                    })?;
+                }
+                if self.fail.contains(run_id) {
+                    anyhow::bail!("site 1 lost its link at round {round}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const SUITE: &str = r#"
+[base]
+preset = "tiny"
+sites = 2
+steps = 8
+inner_steps = 4
+[grid]
+method = ["ddp", "diloco", "fomoe"]
+fomoe.rho = [1, 2]
+"#;
+
+fn suite(text: &str) -> Suite {
+    Suite::parse(text, Path::new("resume.toml")).unwrap()
+}
+
+fn calls(e: &FakeExecutor) -> Vec<String> {
+    std::mem::take(&mut *e.calls.lock().unwrap())
+}
+
+#[derive(Default)]
+struct Counting {
+    progress: AtomicUsize,
+    finished: AtomicUsize,
+}
+
+impl SuiteObserver for Counting {
+    fn run_progress(&self, _run: &SuiteRun, _row: &RoundRow) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+    fn run_finished(&self, _o: &RunOutcome) {
+        self.finished.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn set_status(dir: &Path, status: &str) {
+    let p = dir.join(MANIFEST_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    v["status"] = serde_json::json!(status);
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn runs_resumes_and_skips_complete_runs() {
+    let out = tempfile::tempdir().unwrap();
+    let s = suite(SUITE);
+    let ids: Vec<&str> = s.runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec!["ddp-s0", "diloco-s0", "fomoe-rho1-s0", "fomoe-rho2-s0"]);
+    let mut opts = SuiteOptions::new(out.path());
+    opts.poll_interval = Duration::from_millis(1);
+    let exec = FakeExecutor::default();
+    let obs = Counting::default();
+
+    // First time: everything runs.
+    let r = run_suite(&s, &opts, &exec, &obs).unwrap();
+    assert_eq!(calls(&exec), ids);
+    assert!(r.failed().is_empty());
+    assert!(r.outcomes.iter().all(|o| o.action == "ran" && o.previous == "new"));
+    // Progress saw every rounds.csv row: 2 rounds × 2 domains per run.
+    assert_eq!(obs.progress.load(Ordering::Relaxed), 4 * 4);
+    assert_eq!(obs.finished.load(Ordering::Relaxed), 4);
+    let sd = out.path().join("resume");
+    assert_eq!(r.suite_dir, sd);
+    assert_eq!(std::fs::read_to_string(sd.join("suite.toml")).unwrap(), SUITE);
+    // Steps of the worker files are merged into steps.csv.
+    let steps = read_rows::<StepRow>(&sd.join("fomoe-rho1-s0").join("steps.csv")).unwrap().rows;
+    assert_eq!(steps.len(), 2 * 8);
+    assert!(!site_steps_path(&sd.join("fomoe-rho1-s0"), 1).exists());
+    // summary.csv: one row per run; DDP synchronises every step, the others every H = 4.
+    let csv = std::fs::read_to_string(sd.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 4);
+    let d = r.summaries.iter().find(|x| x.run_id == "diloco-s0").unwrap();
+    assert_eq!((d.payload_bytes, d.bytes_reduction_vs_ddp, d.ddp_ref_exact), (4000, Some(4.0), Some(true)));
+    assert!((d.final_eval_loss.unwrap() - 4.05).abs() < 1e-12);
+
+    // Second time: nothing runs.
+    let r = run_suite(&s, &opts, &exec, &Silent).unwrap();
+    assert!(calls(&exec).is_empty());
+    assert!(r.outcomes.iter().all(|o| o.action == "skipped" && o.status == "complete"));
+    assert_eq!(r.summaries.len(), 4);
+
+    // A run left partial (killed: manifest `running`, a worker file cut mid-row) and a
+    // failed run are re-done from a clean directory; the complete ones are skipped.
+    let partial = sd.join("diloco-s0");
+    set_status(&partial, "running");
+    std::fs::write(site_steps_path(&partial, 1), b"site,step\n1,0,0,4.").unwrap();
+    set_status(&sd.join("fomoe-rho2-s0"), "failed");
+    let r = run_suite(&s, &opts, &exec, &Silent).unwrap();
+    assert_eq!(calls(&exec), vec!["diloco-s0", "fomoe-rho2-s0"]);
+    let prev: Vec<&str> = r.outcomes.iter().map(|o| o.previous.as_str()).collect();
+    assert_eq!(prev, vec!["complete", "partial (manifest says running)", "complete", "failed before"]);
+    assert!(r.outcomes.iter().all(|o| o.status == "complete"));
+    assert_eq!(read_rows::<StepRow>(&partial.join("steps.csv")).unwrap().rows.len(), 16, "no stale rows");
+
+    // --only, then --force.
+    opts.only = Some("fomoe".into());
+    opts.force = true;
+    run_suite(&s, &opts, &exec, &Silent).unwrap();
+    assert_eq!(calls(&exec), vec!["fomoe-rho1-s0", "fomoe-rho2-s0"]);
+    opts.only = None;
+    run_suite(&s, &opts, &exec, &Silent).unwrap();
+    assert_eq!(calls(&exec), ids);
+
+    // A changed config (another hash) is re-run; summary.csv drops results of old configs.
+    opts.force = false;
+    let changed = suite(&SUITE.replace("steps = 8", "steps = 12"));
+    let r = run_suite(&changed, &opts, &exec, &Silent).unwrap();
+    assert_eq!(calls(&exec), ids);
+    assert!(r.outcomes.iter().all(|o| o.previous.starts_with("config changed")));
+}
+
+#[test]
+fn failures_and_panics_are_recorded_and_re_run() {
+    let out = tempfile::tempdir().unwrap();
+    let s = suite(SUITE);
+    let mut opts = SuiteOptions::new(out.path());
+    opts.poll_interval = Duration::from_millis(1);
+    let exec = FakeExecutor {
+        fail: ["diloco-s0".to_string()].into(),
+        panic_on: ["fomoe-rho1-s0".to_string()].into(),
+        ..Default::default()
+    };
+    let r = run_suite(&s, &opts, &exec, &Silent).unwrap();
+    let failed: Vec<(&str, Option<&str>)> = r.failed().iter().map(|o| (o.run_id.as_str(), o.error.as_deref())).collect();
+    assert_eq!(
+        failed,
+        vec![
+            ("diloco-s0", Some("site 1 lost its link at round 1")),
+            ("fomoe-rho1-s0", Some("executor panicked: boom")),
+        ]
+    );
+    // The failed run keeps the telemetry written before the failure, and says so in the summary.
+    let d = r.summaries.iter().find(|x| x.run_id == "diloco-s0").unwrap();
+    assert_eq!((d.status.as_str(), d.final_round, d.bytes_reduction_vs_ddp), ("failed", Some(1), None));
+    let m = Manifest::read(&r.suite_dir.join("diloco-s0").join(MANIFEST_FILE)).unwrap();
+    assert_eq!(m.status, RunStatus::Failed);
+
+    // Next time only the two failed runs run again.
+    let fixed = FakeExecutor::default();
+    let r = run_suite(&s, &opts, &fixed, &Silent).unwrap();
+    assert_eq!(calls(&fixed), vec!["diloco-s0", "fomoe-rho1-s0"]);
+    assert!(r.failed().is_empty());
+}

@@ -1,0 +1,405 @@
+//! One summary row per run (summary.csv, `fomoe report`), computed from the run's files
+//! alone, and the suite-level columns that compare runs (varying knobs, bytes vs DDP).
+//!
+//! Per run ([`summarize`]):
+//! - `tokens_total` = Σ steps.csv `tokens` (all sites); `clock_s` = the largest run clock in
+//!   steps.csv / rounds.csv (virtual on `sim`); `tokens_per_s` = tokens_total / clock_s;
+//! - `payload_bytes`, `framing_bytes`, `eval_bytes`: the last rounds.csv totals (cumulative
+//!   over all endpoints, Photon's aggregator included); without rounds rows, the sums of
+//!   steps.csv `payload_sent` / `framing_sent` (sites only);
+//! - `final_eval_loss_by_domain`: the rows of the last evaluated round; `final_eval_loss` their
+//!   mean; `best_eval_loss` the lowest per-round mean;
+//! - `time_to_target_s` / `step_to_target`: clock and step of the first eval whose mean over
+//!   domains is ≤ `target_loss`; null when there is no target or it was not reached (never
+//!   interpolated or extrapolated).
+//!
+//! Per suite ([`annotate_suite`]):
+//! - varying knobs: leaf paths of the resolved configs whose values differ between runs the
+//!   knob applies to ([`crate::config::knob_applies`]), seed and method aside;
+//! - `bytes_reduction_vs_ddp` = DDP payload / this run's payload, against the complete DDP run
+//!   with the same values of every varying knob that applies to both methods
+//!   (`ddp_ref_exact = true`); without one, against the DDP run matching the most of those
+//!   knobs (ties: same seed, then suite order; `ddp_ref_exact = false`); null without a
+//!   complete DDP run, for incomplete runs, and when this run sent no payload.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::csv_sink::read_rows;
+use super::manifest::{Manifest, RunStatus, MANIFEST_FILE};
+use super::run_dir::{ROUNDS_FILE, STEPS_FILE};
+use super::ResultsError;
+use crate::config::{knob_applies, Method, RunConfig};
+use crate::telemetry::{RoundRow, StepRow};
+
+/// Final eval loss of one domain.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DomainLoss {
+    pub domain: String,
+    pub eval_loss: f64,
+}
+
+/// One run, summarised.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub run_id: String,
+    /// `running`, `complete`, `failed`, or `unreadable` (no usable manifest).
+    pub status: String,
+    pub error: Option<String>,
+    pub config_hash: Option<String>,
+    #[serde(skip)]
+    pub config: Option<RunConfig>,
+    pub method: Option<String>,
+    pub seed: Option<u64>,
+    /// Values of the suite's varying knobs that apply to this run (filled by [`annotate_suite`]).
+    pub knobs: BTreeMap<String, Value>,
+    pub tokens_total: u64,
+    pub clock_s: Option<f64>,
+    pub tokens_per_s: Option<f64>,
+    pub payload_bytes: u64,
+    pub framing_bytes: u64,
+    pub eval_bytes: u64,
+    /// Where the byte totals came from: `rounds` or `steps`.
+    pub bytes_source: &'static str,
+    pub final_round: Option<usize>,
+    pub final_eval_loss: Option<f64>,
+    pub final_eval_loss_by_domain: Vec<DomainLoss>,
+    pub best_eval_loss: Option<f64>,
+    pub target_loss: Option<f64>,
+    pub time_to_target_s: Option<f64>,
+    pub step_to_target: Option<usize>,
+    pub ddp_ref: Option<String>,
+    pub ddp_ref_exact: Option<bool>,
+    pub bytes_reduction_vs_ddp: Option<f64>,
+}
+
+impl Summary {
+    fn empty(run_id: &str, status: &str) -> Summary {
+        Summary {
+            run_id: run_id.to_string(),
+            status: status.to_string(),
+            error: None,
+            config_hash: None,
+            config: None,
+            method: None,
+            seed: None,
+            knobs: BTreeMap::new(),
+            tokens_total: 0,
+            clock_s: None,
+            tokens_per_s: None,
+            payload_bytes: 0,
+            framing_bytes: 0,
+            eval_bytes: 0,
+            bytes_source: "steps",
+            final_round: None,
+            final_eval_loss: None,
+            final_eval_loss_by_domain: Vec::new(),
+            best_eval_loss: None,
+            target_loss: None,
+            time_to_target_s: None,
+            step_to_target: None,
+            ddp_ref: None,
+            ddp_ref_exact: None,
+            bytes_reduction_vs_ddp: None,
+        }
+    }
+
+    /// A row for a run directory whose files cannot be read.
+    pub fn unreadable(run_id: &str, reason: &str) -> Summary {
+        Summary { error: Some(reason.to_string()), ..Summary::empty(run_id, "unreadable") }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.status == RunStatus::Complete.name()
+    }
+}
+
+fn read_optional<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, ResultsError> {
+    if path.exists() {
+        Ok(read_rows(path)?.rows)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// Summarise the run in `dir` from its manifest, steps.csv (plus any unmerged
+/// `steps-site<i>.csv`) and rounds.csv.
+pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
+    let manifest = Manifest::read(&dir.join(MANIFEST_FILE))?;
+    let cfg = &manifest.config;
+    let mut s = Summary::empty(&manifest.run_id, manifest.status.name());
+    s.error = manifest.error.clone();
+    s.config_hash = Some(manifest.config_hash.clone());
+    s.method = Some(cfg.method.name().to_string());
+    s.seed = Some(cfg.seed);
+    s.target_loss = cfg.target_loss;
+
+    let mut steps: Vec<StepRow> = read_optional(&dir.join(STEPS_FILE))?;
+    let io = |error| ResultsError::Io { path: dir.to_path_buf(), error };
+    let mut site_files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("steps-site") && n.ends_with(".csv")))
+        .collect();
+    site_files.sort();
+    for p in site_files {
+        steps.extend(read_rows::<StepRow>(&p)?.rows);
+    }
+    let rounds: Vec<RoundRow> = read_optional(&dir.join(ROUNDS_FILE))?;
+
+    s.tokens_total = steps.iter().map(|r| r.tokens as u64).sum();
+    let clock = steps.iter().map(|r| r.clock_s).chain(rounds.iter().map(|r| r.clock_s)).fold(None, |m: Option<f64>, c| {
+        Some(m.map_or(c, |m| m.max(c)))
+    });
+    s.clock_s = clock;
+    s.tokens_per_s = clock.filter(|&c| c > 0.0).map(|c| s.tokens_total as f64 / c);
+
+    if rounds.is_empty() {
+        s.payload_bytes = steps.iter().map(|r| r.payload_sent).sum();
+        s.framing_bytes = steps.iter().map(|r| r.framing_sent).sum();
+        s.bytes_source = "steps";
+    } else {
+        s.payload_bytes = rounds.iter().map(|r| r.payload_bytes_total).max().unwrap_or(0);
+        s.framing_bytes = rounds.iter().map(|r| r.framing_bytes_total).max().unwrap_or(0);
+        s.eval_bytes = rounds.iter().map(|r| r.eval_bytes_total).max().unwrap_or(0);
+        s.bytes_source = "rounds";
+    }
+
+    // Per-round mean eval loss over domains, the clock and step of the eval.
+    let mut per_round: BTreeMap<usize, (f64, usize, f64, usize)> = BTreeMap::new();
+    for r in &rounds {
+        let e = per_round.entry(r.round).or_insert((0.0, 0, f64::NEG_INFINITY, 0));
+        e.0 += r.eval_loss;
+        e.1 += 1;
+        e.2 = e.2.max(r.clock_s);
+        e.3 = e.3.max(r.step);
+    }
+    if let Some((&last, _)) = per_round.last_key_value() {
+        s.final_round = Some(last);
+        s.final_eval_loss_by_domain = rounds
+            .iter()
+            .filter(|r| r.round == last)
+            .map(|r| DomainLoss { domain: r.domain.clone(), eval_loss: r.eval_loss })
+            .collect();
+        let n = s.final_eval_loss_by_domain.len() as f64;
+        s.final_eval_loss = Some(s.final_eval_loss_by_domain.iter().map(|d| d.eval_loss).sum::<f64>() / n);
+        s.best_eval_loss = per_round.values().map(|&(sum, n, _, _)| sum / n as f64).reduce(f64::min);
+    }
+    if let Some(target) = cfg.target_loss {
+        if let Some((_, &(_, _, clock, step))) = per_round.iter().find(|(_, &(sum, n, _, _))| sum / n as f64 <= target) {
+            s.time_to_target_s = Some(clock);
+            s.step_to_target = Some(step);
+        }
+    }
+    s.config = Some(manifest.config);
+    Ok(s)
+}
+
+/// The value at a dotted path of a JSON value (Null when absent).
+pub fn value_at<'a>(v: &'a Value, path: &str) -> &'a Value {
+    let mut cur = v;
+    for part in path.split('.') {
+        match cur.get(part) {
+            Some(next) => cur = next,
+            None => return &Value::Null,
+        }
+    }
+    cur
+}
+
+fn leaf_paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, child) in map {
+                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                out.push(p.clone());
+                leaf_paths(child, &p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Dotted paths of the knobs whose values differ between the configs (only counting the
+/// configs of methods a knob applies to), seed and method excluded, sorted. A table knob
+/// whose fields vary is reported by its fields (`outer.lr`, not `outer`).
+pub fn varying_knobs<'a>(configs: impl IntoIterator<Item = &'a RunConfig>) -> Vec<String> {
+    let values: Vec<(Method, Value)> =
+        configs.into_iter().map(|c| (c.method, serde_json::to_value(c).expect("config serialises"))).collect();
+    let mut paths = Vec::new();
+    for (_, v) in &values {
+        leaf_paths(v, "", &mut paths);
+    }
+    paths.sort();
+    paths.dedup();
+    let varying: Vec<String> = paths
+        .into_iter()
+        .filter(|p| p != "seed" && p != "method")
+        .filter(|p| {
+            let mut seen: Vec<&Value> = Vec::new();
+            for (m, v) in &values {
+                if !knob_applies(*m, p) {
+                    continue;
+                }
+                let x = value_at(v, p);
+                if !seen.contains(&x) {
+                    seen.push(x);
+                }
+            }
+            seen.len() > 1
+        })
+        .collect();
+    varying.iter().filter(|p| !varying.iter().any(|q| q.starts_with(&format!("{p}.")))).cloned().collect()
+}
+
+/// Fill the suite-level columns: varying knob values and bytes vs DDP (see module docs).
+pub fn annotate_suite(rows: &mut [Summary]) {
+    let knobs = varying_knobs(rows.iter().filter_map(|r| r.config.as_ref()));
+    let json: Vec<Option<Value>> =
+        rows.iter().map(|r| r.config.as_ref().map(|c| serde_json::to_value(c).expect("config serialises"))).collect();
+    for (row, v) in rows.iter_mut().zip(&json) {
+        row.knobs.clear();
+        if let (Some(cfg), Some(v)) = (&row.config, v) {
+            for k in &knobs {
+                if knob_applies(cfg.method, k) {
+                    row.knobs.insert(k.clone(), value_at(v, k).clone());
+                }
+            }
+        }
+    }
+    let ddp: Vec<usize> = (0..rows.len())
+        .filter(|&j| rows[j].is_complete() && rows[j].config.as_ref().is_some_and(|c| c.method == Method::Ddp))
+        .collect();
+    for i in 0..rows.len() {
+        rows[i].ddp_ref = None;
+        rows[i].ddp_ref_exact = None;
+        rows[i].bytes_reduction_vs_ddp = None;
+        let (Some(cfg), Some(v)) = (rows[i].config.as_ref(), json[i].as_ref()) else { continue };
+        if !rows[i].is_complete() {
+            continue;
+        }
+        let relevant: Vec<&String> =
+            knobs.iter().filter(|k| knob_applies(Method::Ddp, k) && knob_applies(cfg.method, k)).collect();
+        let mut best: Option<(usize, (usize, bool))> = None;
+        for &j in &ddp {
+            let dv = json[j].as_ref().expect("ddp rows have configs");
+            let matches = relevant.iter().filter(|k| value_at(v, k) == value_at(dv, k)).count();
+            let same_seed = rows[j].seed == rows[i].seed;
+            let score = (matches, same_seed);
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((j, score));
+            }
+        }
+        let Some((j, (matches, _))) = best else { continue };
+        rows[i].ddp_ref = Some(rows[j].run_id.clone());
+        rows[i].ddp_ref_exact = Some(matches == relevant.len());
+        let run_bytes = rows[i].payload_bytes;
+        rows[i].bytes_reduction_vs_ddp = (run_bytes > 0).then(|| rows[j].payload_bytes as f64 / run_bytes as f64);
+    }
+}
+
+/// summary.csv columns, in order.
+pub const SUMMARY_COLUMNS: &[&str] = &[
+    "run_id",
+    "status",
+    "method",
+    "preset",
+    "sites",
+    "steps",
+    "inner_steps",
+    "rho",
+    "skip_policy",
+    "wire_dtype",
+    "network_backend",
+    "rate_bps",
+    "delay_ms",
+    "seed",
+    "knobs",
+    "config_hash",
+    "tokens_total",
+    "clock_s",
+    "tokens_per_s",
+    "payload_bytes",
+    "framing_bytes",
+    "eval_bytes",
+    "final_round",
+    "final_eval_loss",
+    "final_eval_loss_by_domain",
+    "best_eval_loss",
+    "target_loss",
+    "time_to_target_s",
+    "step_to_target",
+    "ddp_ref",
+    "ddp_ref_exact",
+    "bytes_reduction_vs_ddp",
+    "error",
+];
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+/// A knob value as a table cell: strings bare, null as "-", others compact JSON.
+pub fn knob_cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The CSV record of a row, in [`SUMMARY_COLUMNS`] order.
+pub fn summary_record(s: &Summary) -> Vec<String> {
+    let c = s.config.as_ref();
+    let link = c.and_then(|c| c.link_spec().ok());
+    let fomoe = c.filter(|c| c.method == Method::Fomoe);
+    vec![
+        s.run_id.clone(),
+        s.status.clone(),
+        opt(s.method.clone()),
+        opt(c.map(|c| c.preset.clone())),
+        opt(c.map(|c| c.sites)),
+        opt(c.map(|c| c.steps)),
+        opt(c.map(|c| c.inner_steps)),
+        opt(fomoe.map(|c| c.fomoe.rho)),
+        opt(fomoe.map(|c| c.fomoe.skip_policy.name())),
+        opt(c.map(|c| c.wire_dtype.name())),
+        opt(c.map(|c| c.network.backend.to_string())),
+        opt(link.map(|l| l.rate_bps)),
+        opt(link.map(|l| l.delay.as_secs_f64() * 1e3)),
+        opt(s.seed),
+        s.knobs.iter().map(|(k, v)| format!("{k}={}", knob_cell(v))).collect::<Vec<_>>().join(" "),
+        opt(s.config_hash.clone()),
+        s.tokens_total.to_string(),
+        opt(s.clock_s),
+        opt(s.tokens_per_s),
+        s.payload_bytes.to_string(),
+        s.framing_bytes.to_string(),
+        s.eval_bytes.to_string(),
+        opt(s.final_round),
+        opt(s.final_eval_loss),
+        s.final_eval_loss_by_domain.iter().map(|d| format!("{}={}", d.domain, d.eval_loss)).collect::<Vec<_>>().join(";"),
+        opt(s.best_eval_loss),
+        opt(s.target_loss),
+        opt(s.time_to_target_s),
+        opt(s.step_to_target),
+        opt(s.ddp_ref.clone()),
+        opt(s.ddp_ref_exact),
+        opt(s.bytes_reduction_vs_ddp),
+        opt(s.error.clone()),
+    ]
+}
+
+/// summary.csv contents for `rows` (header + one record per row).
+pub fn summary_csv(rows: &[Summary]) -> Vec<u8> {
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    w.write_record(SUMMARY_COLUMNS).expect("in-memory csv");
+    for r in rows {
+        w.write_record(summary_record(r)).expect("in-memory csv");
+    }
+    w.into_inner().expect("in-memory csv")
+}
