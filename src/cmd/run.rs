@@ -44,13 +44,12 @@ pub struct Args {
     list: bool,
 }
 
-/// Trains one run. The binding to the training runner goes here:
-/// `harness::runner::run_one(cfg, dir).map(|_| ())`.
+/// Trains one run with the harness runner and every method of the baselines registry.
 struct TrainingExecutor;
 
 impl RunExecutor for TrainingExecutor {
-    fn execute(&self, _run_id: &str, _cfg: &RunConfig, _dir: &mut RunDir) -> Result<()> {
-        anyhow::bail!("the training runner is not wired in yet (harness::runner::run_one)")
+    fn execute(&self, _run_id: &str, cfg: &RunConfig, dir: &mut RunDir) -> Result<()> {
+        harness::runner::execute_in_run_dir(cfg, dir, &baselines::registry(), &Default::default())
     }
 }
 

@@ -15,6 +15,7 @@
 //! other workers, waits for them (no orphans) and reports the first error.
 
 pub mod gate;
+pub mod results;
 pub mod sink;
 pub mod site;
 
@@ -32,6 +33,8 @@ use crate::model::{ModelConfig, Residency};
 use crate::net::{Backend, Comm, NetOptions};
 use crate::strategy::MethodRegistry;
 use crate::telemetry::{RoundRow, StepRow};
+
+pub use results::execute_in_run_dir;
 
 pub use site::{run_site, SiteReport};
 
@@ -97,7 +100,16 @@ pub fn run_endpoint(cfg: &RunConfig, dir: &Path, endpoint: usize, comm: &mut dyn
     let mcfg = cfg.model_config()?;
     let all: Vec<usize> = (0..cfg.endpoints()).collect();
     if endpoint >= cfg.sites {
+        let c0 = comm.link_counters();
         (reg.aggregator)(cfg, comm, dir)?;
+        let c1 = comm.link_counters();
+        let sum = |c: &[crate::net::LinkCounters], f: fn(&crate::net::LinkCounters) -> u64| c.iter().map(f).sum::<u64>();
+        let report = serde_json::json!({
+            "payload_sent": sum(&c1, |l| l.payload_bytes_sent) - sum(&c0, |l| l.payload_bytes_sent),
+            "framing_sent": sum(&c1, |l| l.framing_bytes_sent) - sum(&c0, |l| l.framing_bytes_sent),
+            "rounds": cfg.rounds(),
+        });
+        sink::write_atomic(&dir.join("aggregator.json"), report.to_string().as_bytes())?;
         crate::collective::barrier(comm, &all)?;
         return Ok(None);
     }
@@ -252,29 +264,10 @@ pub fn worker_main(dir: &Path, endpoint: usize, reg: &MethodRegistry) -> Result<
     result
 }
 
-/// Merge `steps-site<i>.csv` into `steps.csv` sorted by (step, site). Runs after failures
-/// too, so partial results stay readable.
-pub fn merge_steps(dir: &Path, cfg: &RunConfig) -> Result<()> {
-    let mut rows: Vec<StepRow> = Vec::new();
-    for i in 0..cfg.sites {
-        let p = dir.join(format!("steps-site{i}.csv"));
-        if !p.exists() {
-            continue;
-        }
-        let mut r = csv::Reader::from_path(&p)?;
-        for row in r.deserialize::<StepRow>() {
-            match row {
-                Ok(row) => rows.push(row),
-                Err(_) => break, // a half-written last row of a crashed site
-            }
-        }
-    }
-    rows.sort_by_key(|r| (r.step, r.site));
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in &rows {
-        w.serialize(r)?;
-    }
-    sink::write_atomic(&dir.join("steps.csv"), &w.into_inner()?)?;
+/// Merge `steps-site<i>.csv` into `steps.csv` sorted by (step, site) (runs after failures
+/// too, so partial results stay readable; a half-written last row is dropped).
+pub fn merge_steps(dir: &Path, _cfg: &RunConfig) -> Result<()> {
+    crate::results::merge_site_steps(dir)?;
     Ok(())
 }
 
@@ -287,10 +280,21 @@ fn fill_round_totals(dir: &Path) -> Result<()> {
     }
     let steps: Vec<StepRow> = csv::Reader::from_path(dir.join("steps.csv"))?.deserialize().collect::<Result<_, _>>()?;
     let mut rounds: Vec<RoundRow> = csv::Reader::from_path(&p)?.deserialize().collect::<Result<_, _>>()?;
+    // Photon's aggregator: every round moves the same bytes, so its share up to round r
+    // is (r + 1) / rounds of its total.
+    let agg: Option<(u64, u64, usize)> = std::fs::read_to_string(dir.join("aggregator.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| Some((v["payload_sent"].as_u64()?, v["framing_sent"].as_u64()?, v["rounds"].as_u64()? as usize)));
     for r in &mut rounds {
         let upto = steps.iter().filter(|s| s.step <= r.step);
         r.payload_bytes_total = upto.clone().map(|s| s.payload_sent).sum();
         r.framing_bytes_total = upto.map(|s| s.framing_sent).sum();
+        if let Some((p, f, n)) = agg {
+            let share = |x: u64| x * (r.round as u64 + 1) / n.max(1) as u64;
+            r.payload_bytes_total += share(p);
+            r.framing_bytes_total += share(f);
+        }
     }
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in &rounds {

@@ -1,0 +1,97 @@
+//! Binding of the runner to a suite's run directory ([`crate::results::RunDir`]): execute
+//! the run, then turn the per-site probe dumps into `probe_topk.bin` and `routing.csv`.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use super::sink::ProbeRecord;
+use super::{run_one, threads_per_site, RunOptions};
+use crate::config::RunConfig;
+use crate::metrics::probe::{routing_rows, ProbeDomain, ProbeDump, ProbeHeader, Router};
+use crate::results::RunDir;
+use crate::strategy::MethodRegistry;
+use crate::telemetry::StepRow;
+
+/// Execute `cfg` in a suite run directory (what `fomoe run` calls for every run).
+pub fn execute_in_run_dir(cfg: &RunConfig, dir: &mut RunDir, reg: &MethodRegistry, opts: &RunOptions) -> Result<()> {
+    dir.set_runtime("cpu", threads_per_site(cfg))?;
+    let path = dir.path().to_path_buf();
+    let outcome = run_one(cfg, &path, reg, opts);
+    if let Ok(o) = &outcome {
+        super::sink::write_atomic(&path.join("sites.json"), serde_json::to_string_pretty(o)?.as_bytes())?;
+    }
+    // Routing metrics from whatever probe records exist (also after a failure).
+    let routing = routing_from_probes(cfg, &path, dir);
+    match (&outcome, routing) {
+        (Ok(_), Err(e)) => Err(e.context("computing routing metrics")),
+        _ => outcome.map(|_| ()),
+    }
+}
+
+fn routing_from_probes(cfg: &RunConfig, path: &Path, dir: &mut RunDir) -> Result<()> {
+    let mcfg = cfg.model_config()?;
+    let mut records: Vec<ProbeRecord> = Vec::new();
+    for s in 0..cfg.sites {
+        let p = path.join(format!("probe-site{s}.jsonl"));
+        let Ok(f) = std::fs::File::open(&p) else { continue };
+        for line in std::io::BufReader::new(f).lines() {
+            let line = line?;
+            match serde_json::from_str::<ProbeRecord>(&line) {
+                Ok(r) => records.push(r),
+                Err(_) => break, // a half-written last line of a crashed site
+            }
+        }
+    }
+    if records.is_empty() {
+        return Ok(());
+    }
+    let data = crate::data::Dataset::open(&cfg.data, mcfg.seq_len)?;
+    let k = mcfg.top_k;
+    let mut tokens: BTreeMap<usize, usize> = BTreeMap::new();
+    for r in &records {
+        tokens.entry(r.domain).or_insert(r.ids.len() / k);
+    }
+    let header = ProbeHeader {
+        n_layers: mcfg.n_layers,
+        n_experts: mcfg.n_experts,
+        top_k: k,
+        sites: cfg.sites,
+        domains: tokens.iter().map(|(&d, &t)| ProbeDomain { name: data.domains()[d].name.clone(), tokens: t }).collect(),
+    };
+    // (round, layer, router) → ids concatenated over domains in domain order.
+    let mut grouped: BTreeMap<(usize, usize, Router), BTreeMap<usize, Vec<i64>>> = BTreeMap::new();
+    for r in records {
+        let router = if r.kind == "global" { Router::Global } else { Router::Site(r.site) };
+        grouped.entry((r.round, r.layer, router)).or_default().insert(r.domain, r.ids);
+    }
+    let mut w = dir.probe_dump(header.clone())?;
+    for ((round, layer, router), per_domain) in &grouped {
+        if per_domain.len() != header.domains.len() {
+            continue; // incomplete (crash mid-dump)
+        }
+        let ids: Vec<i64> = per_domain.values().flatten().copied().collect();
+        w.write(*round, *layer, *router, &ids)?;
+    }
+    w.sync()?;
+    drop(w);
+    // Skip rate of a round: mean over its steps and sites (the same for every layer).
+    let steps: Vec<StepRow> = match csv::Reader::from_path(path.join("steps.csv")) {
+        Ok(mut r) => r.deserialize().filter_map(|x| x.ok()).collect(),
+        Err(_) => Vec::new(),
+    };
+    let mut skip: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+    for s in &steps {
+        let e = skip.entry(s.round).or_default();
+        e.0 += s.skip_rate;
+        e.1 += 1;
+    }
+    let dump = ProbeDump::read(path.join("probe_topk.bin")).context("reading probe_topk.bin")?;
+    let rows = routing_rows(&dump, |round, _| skip.get(&round).map_or(0.0, |(s, n)| s / *n as f64))?;
+    for r in &rows {
+        dir.routing.push(r)?;
+    }
+    Ok(())
+}
