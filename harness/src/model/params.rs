@@ -182,24 +182,29 @@ impl ParamStore {
     }
 
     /// The seeded initial model: N(0, 0.02) weights, output projections (attention proj and
-    /// expert fc2) N(0, 0.02/√(2L)), norm gains 1. Values are drawn per parameter from a
-    /// generator seeded by (seed, parameter name), so a site holding a subset of the experts
-    /// gets bit-identical values for what it holds.
+    /// expert fc2) N(0, 0.02/√(2L)), norm gains 1. Values come from the project's portable
+    /// RNG ([`crate::rng::Rng`]) seeded per parameter by (seed, parameter name): a site
+    /// holding a subset of the experts gets bit-identical values for what it holds, the
+    /// result is the same on every machine, and no global generator is touched (libtorch's
+    /// is process-wide, so concurrent users would interleave draws).
     pub fn init(cfg: &ModelConfig, residency: Residency, seed: u64) -> Self {
         let store = Self::zeros(cfg, residency);
         let std_out = 0.02 / (2.0 * cfg.n_layers as f64).sqrt();
-        tch::no_grad(|| {
-            for (spec, p) in store.layout.specs.iter().zip(&store.params) {
-                let mut p = p.detach();
-                if spec.name.ends_with("ln1.weight") || spec.name.ends_with("ln2.weight") || spec.name == "ln_f.weight" {
-                    let _ = p.fill_(1.0);
-                } else {
-                    let std = if spec.name.ends_with("proj.weight") || spec.name.ends_with("fc2.weight") { std_out } else { 0.02 };
-                    tch::manual_seed(name_seed(seed, &spec.name) as i64);
-                    let _ = p.normal_(0.0, std);
+        let mut values = vec![0f32; store.layout.total];
+        for spec in &store.layout.specs {
+            let out = &mut values[spec.offset..spec.offset + spec.numel];
+            if spec.name.ends_with("ln1.weight") || spec.name.ends_with("ln2.weight") || spec.name == "ln_f.weight" {
+                out.fill(1.0);
+            } else {
+                let std = if spec.name.ends_with("proj.weight") || spec.name.ends_with("fc2.weight") { std_out } else { 0.02 };
+                let mut rng = crate::rng::Rng::new(name_seed(seed, &spec.name));
+                for v in out.iter_mut() {
+                    *v = (rng.normal() * std) as f32;
                 }
             }
-        });
+        }
+        let mut store = store;
+        store.load_flat(&values);
         store
     }
 
@@ -262,8 +267,7 @@ pub fn name_seed(seed: u64, name: &str) -> u64 {
         h ^= b as u64;
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    // libtorch's manual_seed takes a signed 64-bit value; keep it positive.
-    h >> 1
+    h
 }
 
 /// Copy a (contiguous or not) f32 tensor into a Vec.
