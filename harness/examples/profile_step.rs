@@ -27,19 +27,26 @@ fn main() {
     let x = Tensor::randint(256, [b, s], (Kind::Int64, tch::Device::Cpu));
     let y = Tensor::randint(256, [b, s], (Kind::Int64, tch::Device::Cpu));
     let mut acc = [0f64; 4];
+    let mut wall = [0f64; 3];
     let n = 6;
     for i in 0..n + 1 {
-        let t0 = cpu_s();
+        let (w0, t0) = (std::time::Instant::now(), cpu_s());
         let out = model.forward(&x, &y);
-        let t1 = cpu_s();
+        let (w1, t1) = (std::time::Instant::now(), cpu_s());
         let mut g = model.flat_grad(&out.loss);
-        let t2 = cpu_s();
+        let (w2, t2) = (std::time::Instant::now(), cpu_s());
         clip_grad_norm(&mut g, 1.0);
         opt.step(&model.store.flat, &g, 1e-4);
-        let t3 = cpu_s();
-        if i > 0 { acc[0] += t1 - t0; acc[1] += t2 - t1; acc[2] += t3 - t2; }
+        let (w3, t3) = (std::time::Instant::now(), cpu_s());
+        if i > 0 {
+            acc[0] += t1 - t0; acc[1] += t2 - t1; acc[2] += t3 - t2;
+            wall[0] += (w1 - w0).as_secs_f64(); wall[1] += (w2 - w1).as_secs_f64(); wall[2] += (w3 - w2).as_secs_f64();
+        }
     }
     let tot: f64 = acc.iter().sum();
     println!("CPU-s per step: fwd {:.3} bwd {:.3} opt {:.3} total {:.3}; est. tokens/s at {} uncontended threads: {:.0}",
         acc[0] / n as f64, acc[1] / n as f64, acc[2] / n as f64, tot / n as f64, threads, (b * s) as f64 * threads as f64 / (tot / n as f64));
+    let wt: f64 = wall.iter().sum::<f64>() / n as f64;
+    println!("wall s per step: fwd {:.3} bwd {:.3} opt {:.3} total {:.3} -> {:.0} tokens/s",
+        wall[0] / n as f64, wall[1] / n as f64, wall[2] / n as f64, wt, (b * s) as f64 / wt);
 }

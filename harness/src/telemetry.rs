@@ -24,9 +24,10 @@ pub struct StepRow {
     pub compute_ms: f64,
     /// Blocked on communication during this step (DDP every step; others at round ends).
     pub comm_ms: f64,
-    /// Host (wall) time spent inside the synchronisation code; equals `comm_ms` on real
-    /// backends, and is the harness's own encode/reduce cost on `sim`.
-    pub comm_host_ms: f64,
+    /// CPU time of the site's own thread inside the synchronisation code (encoding,
+    /// reducing, copying), without time blocked waiting for peers: the harness's host cost
+    /// of communication.
+    pub comm_cpu_ms: f64,
     pub opt_ms: f64,
     pub wall_ms: f64,
     /// Run clock at the end of the step, seconds (virtual on sim).
