@@ -377,6 +377,13 @@ impl RunConfig {
                 return Err(ConfigError::new("target_loss", t, "must be a finite number > 0"));
             }
         }
+        if self.resume_from.is_some() && self.endpoints() > self.sites {
+            return Err(ConfigError::new(
+                "resume_from",
+                "photon (star)",
+                "Photon's aggregator keeps no checkpoint yet: resume is available for single, ddp, diloco, fomoe and photon_topology = ring",
+            ));
+        }
         for f in &self.faults {
             if f.site >= self.sites {
                 return Err(ConfigError::new("faults.site", f.site, format!("must be below sites = {}", self.sites)));
