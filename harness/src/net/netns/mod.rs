@@ -53,6 +53,7 @@
 
 mod error;
 mod measure;
+pub mod network;
 mod nl;
 mod ns;
 mod tc;
@@ -71,6 +72,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 
 pub use error::{NetnsError, Result};
 pub use measure::{measure_tcp_transfer, tcp_payload_fraction, TransferSample};
+pub use network::{DelaySource, NetnsNetwork, NetnsOptions, NetnsPlan, RateSource};
 pub use nl::LinkCounters;
 pub use ns::{
     cleanup_live_labs, cleanup_stale, enter_netns, install_signal_cleanup, list_namespaces,
@@ -94,6 +96,12 @@ pub const ETH_HEADER_BYTES: u32 = 14;
 /// The address of site `site` (0-based): `10.213.0.(site + 1)`. Valid for `site < MAX_SITES`.
 pub fn site_ipv4(site: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 213, 0, (site + 1) as u8)
+}
+
+/// The hub's address on the bridge, `10.213.0.254`, once [`NetnsLab::add_hub_address`] has
+/// put it there (outside the site range `.1..=.250`). Only sites of the lab reach it.
+pub fn hub_ipv4() -> Ipv4Addr {
+    Ipv4Addr::new(10, 213, 0, 254)
 }
 
 /// Name of the site end of site `site`'s veth (inside the site namespace).
@@ -192,6 +200,8 @@ pub struct NetnsLab {
     sites: Vec<Site>,
     /// Whether a root tbf is installed: [site][0 = up, 1 = down].
     shaped: Mutex<Vec<[bool; 2]>>,
+    /// Whether [`hub_ipv4`] is on the bridge.
+    hub_addressed: Mutex<bool>,
     has_netem: bool,
 }
 
@@ -259,6 +269,7 @@ impl NetnsLab {
             bridge_index: 0,
             sites: Vec::with_capacity(sites),
             shaped: Mutex::new(vec![[false; 2]; sites]),
+            hub_addressed: Mutex::new(false),
             has_netem: false,
         };
         let hub = ns::create(&format!("{}hub", lab.prefix))?;
@@ -405,6 +416,26 @@ impl NetnsLab {
     pub fn in_site<T: Send, F: FnOnce() -> T + Send>(&self, site: usize, f: F) -> Result<T> {
         let s = self.site(site)?;
         ns::run_in(&s.ns.file, &s.ns.name, f)
+    }
+
+    /// Runs `f` on a fresh thread inside the hub namespace (see [`NetnsLab::in_site`]). A
+    /// socket bound there on [`hub_ipv4`] is reachable from every site, through the site's
+    /// up `tbf` on the way in and its down `tbf` on the way out.
+    pub fn in_hub<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
+        let hub = self.hub();
+        ns::run_in(&hub.file, &hub.name, f)
+    }
+
+    /// Puts [`hub_ipv4`]`/24` on the bridge (once; later calls do nothing) and returns it, so
+    /// that a process listening in the hub namespace ([`NetnsLab::in_hub`]) is reachable from
+    /// the sites. The address exists only inside the hub namespace.
+    pub fn add_hub_address(&self) -> Result<Ipv4Addr> {
+        let mut done = self.hub_addressed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*done {
+            lock(&self.hub().nl).add_ipv4(self.bridge_index, hub_ipv4(), SITE_PREFIX_LEN)?;
+            *done = true;
+        }
+        Ok(hub_ipv4())
     }
 
     /// Runs `f` on a new detached thread inside `site`'s namespace. The thread keeps the
@@ -605,6 +636,23 @@ pub fn probe_netem() -> Result<bool> {
             }
         })
         .map_err(|e| NetnsError::io("spawn netem probe thread", e))?
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// `Ok` where this process can build labs: effective root, and the kernel lets a thread
+/// unshare its network namespace (tried on a throwaway thread; the namespace dies with it).
+/// [`NetnsError::Unavailable`] otherwise, for [`should_skip`].
+pub fn check_available() -> Result<()> {
+    ns::check_root()?;
+    std::thread::Builder::new()
+        .name("netns-probe".into())
+        .spawn(|| -> Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
+                NetnsError::Unavailable(format!("unshare(CLONE_NEWNET) failed: {e}"))
+            })
+        })
+        .map_err(|e| NetnsError::io("spawn namespace probe thread", e))?
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
