@@ -147,7 +147,8 @@ pub struct SiteShape {
     pub down_rate_bps: Option<u64>,
     /// Token bucket size; default `max(4 · (mtu + 14), rate/8 · 4 ms)`.
     pub burst_bytes: Option<u32>,
-    /// Queue (byte FIFO) in front of the bucket; default `burst + rate/8 · 50 ms`.
+    /// Queue (byte FIFO) in front of the bucket; default
+    /// `burst + max(rate/8 · 50 ms, 32 frames)` ([`default_queue_bytes`]).
     pub queue_bytes: Option<u32>,
 }
 
@@ -174,10 +175,18 @@ pub fn default_burst_bytes(rate_bps: u64, mtu_bytes: u32) -> u32 {
     u32::try_from(frames.max(four_ms)).unwrap_or(u32::MAX)
 }
 
-/// Default queue: the burst plus 50 ms of rate.
-pub fn default_queue_bytes(rate_bps: u64, burst_bytes: u32) -> u32 {
+/// Least queue (beyond the burst) in full frames; see [`default_queue_bytes`].
+pub const MIN_QUEUE_FRAMES: u32 = 32;
+
+/// Default queue: the burst plus 50 ms of rate, or plus [`MIN_QUEUE_FRAMES`] full frames
+/// where that is more. TCP keeps about a congestion window of packets queued at the
+/// bottleneck (at least ~10 with the kernel's BBR and the sub-millisecond base RTT between
+/// namespaces): at MTU 9000 and 10 Mbit/s, 50 ms is only 7 frames, and a queue that short
+/// drops a quarter of the segments and now and then stalls on a retransmission timeout.
+pub fn default_queue_bytes(rate_bps: u64, burst_bytes: u32, mtu_bytes: u32) -> u32 {
     let fifty_ms = rate_bps / 8 / 20;
-    u32::try_from(burst_bytes as u64 + fifty_ms).unwrap_or(u32::MAX)
+    let frames = MIN_QUEUE_FRAMES as u64 * (mtu_bytes + ETH_HEADER_BYTES) as u64;
+    u32::try_from(burst_bytes as u64 + fifty_ms.max(frames)).unwrap_or(u32::MAX)
 }
 
 struct Site {
@@ -552,7 +561,7 @@ impl NetnsLab {
         }
         let queue = shape
             .queue_bytes
-            .unwrap_or_else(|| default_queue_bytes(rate_bps, burst));
+            .unwrap_or_else(|| default_queue_bytes(rate_bps, burst, self.mtu_bytes));
         if queue < frame {
             return Err(NetnsError::Config {
                 field: "queue_bytes",
