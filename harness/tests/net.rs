@@ -669,11 +669,16 @@ fn netns_allreduce_is_exact_and_sends_the_bytes_of_sim() {
     use harness::net::netns::{list_namespaces, DelaySource, RateSource};
     let dtypes = [WireDtype::F32, WireDtype::Int8];
     let m = 4;
-    for (delay, delay_by) in [(Duration::ZERO, DelaySource::None), (Duration::from_millis(1), DelaySource::Relay)] {
+    for (delay, delay_by) in [
+        (Duration::ZERO, DelaySource::None),
+        (Duration::from_millis(1), DelaySource::Relay),
+    ] {
         let link = LinkSpec::new(1_000_000_000, delay, Duration::ZERO).unwrap();
         let links = Topology::uniform(link).resolve(m).unwrap();
         let run_id = "ar-netns";
-        let Some(net) = netns_local(&links, run_id) else { return };
+        let Some(net) = netns_local(&links, run_id) else {
+            return;
+        };
         let netns = net.netns.as_ref().expect("netns backend keeps its lab");
         assert_eq!(netns.plan().rate_by, RateSource::KernelTbf);
         assert_eq!(netns.plan().delay_by, delay_by);

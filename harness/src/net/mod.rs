@@ -97,17 +97,39 @@ pub fn build_local(
     match backend {
         Backend::Relay => {
             let (relay, comms) = relay::local_relay(links, net, &relay::RelayOptions::default())?;
-            Ok(LocalNet { comms: comms.into_iter().map(|c| Box::new(c) as Box<dyn Comm>).collect(), relay: Some(relay), netns: None })
+            Ok(LocalNet {
+                comms: comms
+                    .into_iter()
+                    .map(|c| Box::new(c) as Box<dyn Comm>)
+                    .collect(),
+                relay: Some(relay),
+                netns: None,
+            })
         }
         Backend::Sim => {
             let comms = sim::sim_comms(links, net)?;
-            Ok(LocalNet { comms: comms.into_iter().map(|c| Box::new(c) as Box<dyn Comm>).collect(), relay: None, netns: None })
+            Ok(LocalNet {
+                comms: comms
+                    .into_iter()
+                    .map(|c| Box::new(c) as Box<dyn Comm>)
+                    .collect(),
+                relay: None,
+                netns: None,
+            })
         }
         Backend::Netns => {
-            let mut network = netns::NetnsNetwork::start(links, net, &netns::NetnsOptions::default())?;
+            let mut network =
+                netns::NetnsNetwork::start(links, net, &netns::NetnsOptions::default())?;
             let comms = network.connect_local()?;
             let relay = network.take_relay();
-            Ok(LocalNet { comms: comms.into_iter().map(|c| Box::new(c) as Box<dyn Comm>).collect(), relay, netns: Some(network) })
+            Ok(LocalNet {
+                comms: comms
+                    .into_iter()
+                    .map(|c| Box::new(c) as Box<dyn Comm>)
+                    .collect(),
+                relay,
+                netns: Some(network),
+            })
         }
     }
 }

@@ -657,9 +657,8 @@ pub fn check_available() -> Result<()> {
     std::thread::Builder::new()
         .name("netns-probe".into())
         .spawn(|| -> Result<()> {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| {
-                NetnsError::Unavailable(format!("unshare(CLONE_NEWNET) failed: {e}"))
-            })
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetnsError::Unavailable(format!("unshare(CLONE_NEWNET) failed: {e}")))
         })
         .map_err(|e| NetnsError::io("spawn namespace probe thread", e))?
         .join()

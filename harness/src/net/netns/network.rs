@@ -186,7 +186,11 @@ impl NetnsPlan {
             sites.push(SiteRates {
                 up_rate_bps: up[i],
                 down_rate_bps: down[i],
-                up_tbf_l2_bps: if kernel { Some(tbf(up[i], i, "up")?) } else { None },
+                up_tbf_l2_bps: if kernel {
+                    Some(tbf(up[i], i, "up")?)
+                } else {
+                    None
+                },
                 down_tbf_l2_bps: if kernel {
                     Some(tbf(down[i], i, "down")?)
                 } else {
@@ -207,10 +211,7 @@ impl NetnsPlan {
                     pairs.push(PairLink {
                         from: i,
                         to: j,
-                        link: LinkSpec {
-                            rate_bps,
-                            ..l
-                        },
+                        link: LinkSpec { rate_bps, ..l },
                         directed: true,
                     });
                 }
@@ -264,10 +265,9 @@ impl NetnsPlan {
                     .into()
             }
             RateSource::KernelTbf => {
-                let uniform = self
-                    .sites
-                    .windows(2)
-                    .all(|w| (w[0].up_rate_bps, w[0].down_rate_bps) == (w[1].up_rate_bps, w[1].down_rate_bps));
+                let uniform = self.sites.windows(2).all(|w| {
+                    (w[0].up_rate_bps, w[0].down_rate_bps) == (w[1].up_rate_bps, w[1].down_rate_bps)
+                });
                 let s = &self.sites[0];
                 let what = if uniform && s.up_rate_bps == s.down_rate_bps {
                     format!(
@@ -290,7 +290,9 @@ impl NetnsPlan {
     /// One line: what supplies delay and jitter.
     pub fn delay_text(&self) -> String {
         match (self.delay_by, self.rate_by) {
-            (DelaySource::None, _) => "none (zero delay and jitter: sites dial each other directly)".into(),
+            (DelaySource::None, _) => {
+                "none (zero delay and jitter: sites dial each other directly)".into()
+            }
             (DelaySource::Relay, RateSource::KernelTbf) => format!(
                 "relay in the hub namespace on {} (per pair, rate unlimited there; no netem used)",
                 hub_ipv4()
@@ -430,7 +432,9 @@ impl NetnsNetwork {
             .enumerate()
             .map(|(i, h)| match h.join() {
                 Ok(r) => r.map_err(NetError::from).and_then(|r| r),
-                Err(_) => Err(NetError::Config(format!("site {i}: connect thread panicked"))),
+                Err(_) => Err(NetError::Config(format!(
+                    "site {i}: connect thread panicked"
+                ))),
             })
             .collect();
         results.into_iter().collect()
@@ -521,24 +525,47 @@ mod tests {
                 }
             );
         }
-        assert!(p.rate_text().contains("up = down = 100mbit"), "{}", p.rate_text());
+        assert!(
+            p.rate_text().contains("up = down = 100mbit"),
+            "{}",
+            p.rate_text()
+        );
     }
 
     #[test]
     fn delay_puts_the_relay_in_between_with_the_kernel_rate() {
         let l = LinkSpec::new(100_000_000, ms(25), ms(1)).unwrap();
         let p = NetnsPlan::new(&Topology::uniform(l).resolve(3).unwrap(), 9000).unwrap();
-        assert_eq!((p.rate_by, p.delay_by), (RateSource::KernelTbf, DelaySource::Relay));
+        assert_eq!(
+            (p.rate_by, p.delay_by),
+            (RateSource::KernelTbf, DelaySource::Relay)
+        );
         let r = p.relay_links.as_ref().unwrap();
         let got = r.get(2, 0).unwrap();
-        assert_eq!(got, LinkSpec { rate_bps: MAX_RATE_BPS, delay: ms(25), jitter: ms(1) });
+        assert_eq!(
+            got,
+            LinkSpec {
+                rate_bps: MAX_RATE_BPS,
+                delay: ms(25),
+                jitter: ms(1)
+            }
+        );
     }
 
     #[test]
     fn per_site_topology_maps_onto_tbfs_exactly() {
-        let site = |up: u64, down: u64| SiteAccess { up, down, delay: ms(0), jitter: ms(0) };
+        let site = |up: u64, down: u64| SiteAccess {
+            up,
+            down,
+            delay: ms(0),
+            jitter: ms(0),
+        };
         let t = Topology::PerSite {
-            sites: vec![site(10_000_000, 50_000_000), site(20_000_000, 20_000_000), site(100_000_000, 5_000_000)],
+            sites: vec![
+                site(10_000_000, 50_000_000),
+                site(20_000_000, 20_000_000),
+                site(100_000_000, 5_000_000),
+            ],
         };
         let p = NetnsPlan::new(&t.resolve(3).unwrap(), 9000).unwrap();
         assert_eq!(p.rate_by, RateSource::KernelTbf);
@@ -557,10 +584,18 @@ mod tests {
         // 0 → 1 slow, everything else fast: up_0 = fast (0 → 2), down_1 = fast (2 → 1).
         let t = Topology::PerPair {
             default: Some(fast),
-            pairs: vec![PairLink { from: 0, to: 1, link: slow, directed: true }],
+            pairs: vec![PairLink {
+                from: 0,
+                to: 1,
+                link: slow,
+                directed: true,
+            }],
         };
         let p = NetnsPlan::new(&t.resolve(3).unwrap(), 9000).unwrap();
-        assert_eq!((p.rate_by, p.delay_by), (RateSource::Relay, DelaySource::None));
+        assert_eq!(
+            (p.rate_by, p.delay_by),
+            (RateSource::Relay, DelaySource::None)
+        );
         assert_eq!(p.site_shape(0), SiteShape::default());
         assert_eq!(p.relay_links.as_ref().unwrap().get(0, 1), Some(slow));
         assert_eq!(p.relay_links.as_ref().unwrap().get(1, 0), Some(fast));
@@ -571,14 +606,20 @@ mod tests {
         let l = LinkSpec::new(500_000_000_000, Duration::ZERO, Duration::ZERO).unwrap();
         let e = NetnsPlan::new(&Topology::uniform(l).resolve(2).unwrap(), 9000).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("site 0 up rate 500gbit") && msg.contains("tbf") && !msg.contains('\n'), "{msg}");
+        assert!(
+            msg.contains("site 0 up rate 500gbit") && msg.contains("tbf") && !msg.contains('\n'),
+            "{msg}"
+        );
     }
 
     #[test]
     fn one_site_needs_nothing() {
         let l = LinkSpec::new(1_000_000, ms(5), Duration::ZERO).unwrap();
         let p = NetnsPlan::new(&Topology::uniform(l).resolve(1).unwrap(), 9000).unwrap();
-        assert_eq!((p.rate_by, p.delay_by), (RateSource::None, DelaySource::None));
+        assert_eq!(
+            (p.rate_by, p.delay_by),
+            (RateSource::None, DelaySource::None)
+        );
         assert!(!p.uses_relay());
     }
 }
