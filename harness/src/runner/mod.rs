@@ -156,7 +156,7 @@ fn run_sim(cfg: &RunConfig, _mcfg: &ModelConfig, dir: &Path, reg: &MethodRegistr
 /// The network of a run whose sites are processes; it must outlive every worker.
 enum ProcessNet {
     Relay(crate::net::relay::RelayNetwork),
-    Netns(crate::net::netns::NetnsNetwork),
+    Netns(Box<crate::net::netns::NetnsNetwork>),
 }
 
 impl ProcessNet {
@@ -184,9 +184,9 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     let net = net_options(cfg, dir);
     // Declared before the workers, so dropped after them on every path.
     let network = match cfg.network.backend {
-        Backend::Netns => ProcessNet::Netns(
+        Backend::Netns => ProcessNet::Netns(Box::new(
             crate::net::netns::NetnsNetwork::start(&links, &net, &Default::default()).context("network.backend = netns")?,
-        ),
+        )),
         _ => ProcessNet::Relay(crate::net::relay::RelayNetwork::start(&links, &net, &Default::default())?),
     };
     for (i, sc) in network.site_configs().iter().enumerate() {

@@ -25,13 +25,18 @@
 //! the rate. Rates count L2 frames (Ethernet header included), so TCP payload arrives at
 //! `rate · tcp_payload_fraction(mtu)` with `tcp_payload_fraction(mtu) = (mtu − 52)/(mtu + 14)`
 //! (IPv4 20 + TCP 20 + timestamps 12 bytes of headers per segment, Ethernet 14): 0.956 at
-//! MTU 1500, 0.993 at the default MTU 9000.
+//! MTU 1500, 0.993 at the default MTU 9000. The queue in front of the bucket holds 50 ms of
+//! rate but at least 32 full frames ([`default_queue_bytes`]): with fewer, TCP overflows it
+//! (measured at 10 Mbit/s, MTU 9000, 7-frame queue: ~200 drops in 2 s, a quarter of the bytes
+//! retransmitted, and retransmission timeouts that cost up to 20% of the rate; with 32: none).
 //!
 //! ## Delay
 //! Delay and jitter would come from `netem`. [`probe_netem`] tries to create one (in a
 //! throwaway namespace) and reports whether the kernel has it; where it does not (this
 //! project's machines: `CONFIG_NET_SCH_NETEM` unset), delay must come from the relay backend
-//! on top of these namespaces. [`NetnsLab::has_netem`] carries the answer.
+//! on top of these namespaces. [`NetnsLab::has_netem`] carries the answer. [`network`] wires
+//! the lab into the transport and puts the relay in the hub namespace
+//! ([`NetnsLab::add_hub_address`], [`NetnsLab::in_hub`]) for delay and jitter.
 //!
 //! ## Running code in a site
 //! [`NetnsLab::in_site`] runs a closure on a fresh thread that entered the site's namespace;

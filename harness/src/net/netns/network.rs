@@ -139,23 +139,22 @@ impl NetnsPlan {
                 .get(i, j)
                 .ok_or_else(|| NetError::Config(format!("no link for pair {i} → {j}")))
         };
+        let pairs: Vec<(usize, usize, LinkSpec)> = (0..m)
+            .flat_map(|i| (0..m).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| pair(i, j).map(|l| (i, j, l)))
+            .collect::<Result<_, _>>()?;
         let mut up = vec![0u64; m];
         let mut down = vec![0u64; m];
-        let mut delayed = false;
-        for i in 0..m {
-            for j in (0..m).filter(|&j| j != i) {
-                let l = pair(i, j)?;
-                up[i] = up[i].max(l.rate_bps);
-                down[j] = down[j].max(l.rate_bps);
-                delayed |= !l.delay.is_zero() || !l.jitter.is_zero();
-            }
+        for &(i, j, l) in &pairs {
+            up[i] = up[i].max(l.rate_bps);
+            down[j] = down[j].max(l.rate_bps);
         }
-        let mut per_site = true;
-        for i in 0..m {
-            for j in (0..m).filter(|&j| j != i) {
-                per_site &= up[i].min(down[j]) == pair(i, j)?.rate_bps;
-            }
-        }
+        let delayed = pairs
+            .iter()
+            .any(|(_, _, l)| !l.delay.is_zero() || !l.jitter.is_zero());
+        let per_site = pairs
+            .iter()
+            .all(|&(i, j, l)| up[i].min(down[j]) == l.rate_bps);
         let rate_by = match (m, per_site) {
             (0 | 1, _) => RateSource::None,
             (_, true) => RateSource::KernelTbf,
@@ -180,42 +179,44 @@ impl NetnsPlan {
             }
             Ok(l2)
         };
-        let mut sites = Vec::with_capacity(m);
-        for i in 0..m {
-            let kernel = rate_by == RateSource::KernelTbf;
-            sites.push(SiteRates {
-                up_rate_bps: up[i],
-                down_rate_bps: down[i],
-                up_tbf_l2_bps: if kernel {
-                    Some(tbf(up[i], i, "up")?)
-                } else {
-                    None
+        let kernel = rate_by == RateSource::KernelTbf;
+        let sites = up
+            .iter()
+            .zip(&down)
+            .enumerate()
+            .map(
+                |(i, (&up_rate_bps, &down_rate_bps))| -> Result<SiteRates, NetError> {
+                    Ok(SiteRates {
+                        up_rate_bps,
+                        down_rate_bps,
+                        up_tbf_l2_bps: if kernel {
+                            Some(tbf(up_rate_bps, i, "up")?)
+                        } else {
+                            None
+                        },
+                        down_tbf_l2_bps: if kernel {
+                            Some(tbf(down_rate_bps, i, "down")?)
+                        } else {
+                            None
+                        },
+                    })
                 },
-                down_tbf_l2_bps: if kernel {
-                    Some(tbf(down[i], i, "down")?)
-                } else {
-                    None
-                },
-            });
-        }
+            )
+            .collect::<Result<Vec<_>, _>>()?;
         let relay_links = if rate_by == RateSource::Relay || delayed {
-            let mut pairs = Vec::with_capacity(m * m.saturating_sub(1));
-            for i in 0..m {
-                for j in (0..m).filter(|&j| j != i) {
-                    let l = pair(i, j)?;
-                    let rate_bps = if rate_by == RateSource::KernelTbf {
-                        MAX_RATE_BPS
-                    } else {
-                        l.rate_bps
-                    };
-                    pairs.push(PairLink {
-                        from: i,
-                        to: j,
-                        link: LinkSpec { rate_bps, ..l },
-                        directed: true,
-                    });
-                }
-            }
+            // Kernel rate: the relay only delays (its rate is 1 Tbit/s, no pacing).
+            let pairs = pairs
+                .iter()
+                .map(|&(from, to, l)| PairLink {
+                    from,
+                    to,
+                    link: LinkSpec {
+                        rate_bps: if kernel { MAX_RATE_BPS } else { l.rate_bps },
+                        ..l
+                    },
+                    directed: true,
+                })
+                .collect();
             Some(
                 Topology::PerPair {
                     default: None,
