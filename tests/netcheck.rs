@@ -224,3 +224,44 @@ fn netcheck_netns_labels_its_parts_and_meets_the_tbf_rate() {
     assert!(text.contains("rate by        kernel tbf"), "{text}");
     assert!(text.contains("delay by       none"), "{text}");
 }
+
+/// Without the privilege to create namespaces (here: root with every capability dropped by
+/// `setpriv`), `--backend netns` fails in one line that says why. Skipped where `setpriv`
+/// is missing or its capability drop is refused.
+#[test]
+fn netcheck_netns_without_privileges_is_one_line() {
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_fomoe"))
+        .args([
+            "netcheck",
+            "--backend",
+            "netns",
+            "--rate",
+            "10mbit",
+            "--delay",
+            "1ms",
+        ])
+        .output();
+    let Ok(out) = out else {
+        eprintln!("skipped: setpriv not found");
+        return;
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.starts_with("setpriv:") {
+        eprintln!("skipped: {}", err.trim());
+        return;
+    }
+    assert!(!out.status.success(), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: backend netns: the `netns` backend is not available:"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
