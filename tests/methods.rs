@@ -192,7 +192,13 @@ fn every_method_runs_as_processes_over_the_relay() {
 #[test]
 fn a_crashing_site_fails_the_run_and_leaves_no_processes() {
     let d = tempfile::tempdir().unwrap();
-    for backend in [Backend::Sim, Backend::Relay] {
+    let mut backends = vec![Backend::Sim, Backend::Relay];
+    match harness::net::netns::check_available() {
+        Ok(()) => backends.push(Backend::Netns),
+        Err(e) if harness::net::netns::should_skip(&e) => eprintln!("netns part skipped: {e}"),
+        Err(e) => panic!("{e}"),
+    }
+    for backend in backends {
         let mut c = base(Method::Diloco, 3);
         c.network.backend = backend;
         c.faults = vec![harness::config::Fault { site: 1, at_step: 6, kind: harness::config::FaultKind::Crash }];
@@ -209,6 +215,14 @@ fn a_crashing_site_fails_the_run_and_leaves_no_processes() {
             if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
                 let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
                 assert!(!(cmd.contains("worker") && cmd.contains(&needle)), "orphan: {cmd}");
+            }
+        }
+        if backend == Backend::Netns {
+            // The failed run's namespaces are gone too.
+            let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("netns.json")).unwrap()).unwrap();
+            let left = harness::net::netns::list_namespaces("").unwrap();
+            for n in record["namespaces"].as_array().unwrap() {
+                assert!(!left.iter().any(|l| l == n.as_str().unwrap()), "namespace {n} left after a failed run");
             }
         }
     }
@@ -329,4 +343,46 @@ fn load_aware_placement_moves_experts_keeps_the_budget_and_holders_identical() {
         }
     }
     assert!(moved, "routing at init is not uniform, so some expert must have moved");
+}
+
+/// A DiLoCo run with every site a worker process in its own network namespace (kernel tbf
+/// for the rate, the relay in the hub namespace for the delay) gives bit-identical losses
+/// and the same bytes as on `sim`, records who supplied rate and delay, and leaves no
+/// namespace behind. Skipped (reason printed) without root or namespaces, unless `CI=true`.
+#[test]
+fn diloco_over_netns_equals_sim_bit_for_bit_and_leaves_no_namespace() {
+    use harness::net::netns;
+    if let Err(e) = netns::check_available() {
+        if netns::should_skip(&e) {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        panic!("{e}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut sim = base(Method::Diloco, 4);
+    sim.steps = 8;
+    sim.network.scenario = None;
+    sim.network.rate = Some("1gbit".into());
+    sim.network.delay = Some("2ms".into());
+    let mut ns = sim.clone();
+    ns.network.backend = Backend::Netns;
+    let a = run(&sim, &d.path().join("sim"));
+    let b = run(&ns, &d.path().join("netns"));
+    assert_eq!(losses(&steps(&d.path().join("sim"))), losses(&steps(&d.path().join("netns"))), "loss trajectories differ");
+    assert_eq!(payload(&a), payload(&b), "bytes differ");
+    for s in &b.sites {
+        assert_eq!(s.payload_sent, s.expected_payload_sent, "site {}", s.site);
+    }
+    let record: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.path().join("netns/netns.json")).unwrap()).unwrap();
+    assert_eq!(record["rate_by"], "kernel-tbf");
+    assert_eq!(record["delay_by"], "relay");
+    let names: Vec<String> = record["namespaces"].as_array().unwrap().iter().map(|n| n.as_str().unwrap().to_string()).collect();
+    assert_eq!(names.len(), 5, "hub + 4 sites: {names:?}");
+    let left = netns::list_namespaces("").unwrap();
+    for n in &names {
+        assert!(!left.contains(n), "namespace {n} left behind");
+    }
+    let root_links = netns::current_link_names().unwrap();
+    assert!(root_links.iter().all(|l| !l.starts_with("fmoe-")), "{root_links:?}");
 }

@@ -147,8 +147,20 @@ fn allreduce_exact(backend: Backend, m: usize, dtypes: &[WireDtype]) {
     let run_id = format!("ar-{backend}-{m}");
     let links = Topology::uniform(fast_link()).resolve(m).unwrap();
     let net = build_local(backend, &links, &opts(&run_id)).unwrap();
+    allreduce_exact_on(net.comms, dtypes, &run_id, &backend.to_string());
+}
+
+/// [`allreduce_exact`] on given endpoints (all sites of one network); returns every site's
+/// counters and outputs (bits).
+fn allreduce_exact_on(
+    comms: Vec<Box<dyn Comm>>,
+    dtypes: &[WireDtype],
+    run_id: &str,
+    backend: &str,
+) -> (Vec<Vec<LinkCounters>>, Vec<Vec<Vec<u32>>>) {
+    let m = comms.len();
     let group: Vec<usize> = (0..m).collect();
-    let results = on_sites(net.comms, |c| {
+    let results = on_sites(comms, |c| {
         let mut outs = Vec::new();
         for &wire_dtype in dtypes {
             for (k, &n) in SIZES.iter().enumerate() {
@@ -202,7 +214,17 @@ fn allreduce_exact(backend: Backend, m: usize, dtypes: &[WireDtype]) {
         }
     }
     let counters: Vec<Vec<LinkCounters>> = results.iter().map(|(_, c)| c.link_counters()).collect();
-    assert_counters(&counters, &expected, &run_id);
+    assert_counters(&counters, &expected, run_id);
+    let bits = results
+        .iter()
+        .map(|(outs, _)| {
+            outs.iter()
+                .flat_map(|(a, b)| [a, b])
+                .map(|x| x.iter().map(|f| f.to_bits()).collect())
+                .collect()
+        })
+        .collect();
+    (counters, bits)
 }
 
 #[test]
@@ -625,17 +647,54 @@ fn site_configs_survive_json_and_connect_like_worker_processes() {
     assert!(stats.bytes_forwarded > 0);
 }
 
+/// A `netns` network, or `None` (test skipped, reason printed) where this machine cannot
+/// create namespaces, except under `CI=true`.
+fn netns_local(links: &harness::net::LinkMatrix, run_id: &str) -> Option<harness::net::LocalNet> {
+    match build_local(Backend::Netns, links, &opts(run_id)) {
+        Ok(n) => Some(n),
+        Err(e) if e.is_backend_unavailable() && std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("skipped: {e}");
+            None
+        }
+        Err(e) => panic!("netns backend: {e}"),
+    }
+}
+
+/// All-reduce over namespaces, with the kernel alone (no delay: sites dial each other) and
+/// with the relay in the hub namespace (delay): exact sums, exactly the bytes of
+/// `bytes::ring_allreduce_traffic` per link, identical counters and bits to `sim`, and no
+/// namespace left once the network is dropped.
 #[test]
-fn netns_backend_says_it_is_not_wired_yet() {
-    let links = Topology::uniform(fast_link()).resolve(2).unwrap();
-    let e = build_local(Backend::Netns, &links, &opts("x"))
-        .err()
-        .expect("netns must fail for now");
-    let msg = e.to_string();
-    assert!(
-        msg.contains("netns") && msg.contains("not wired") && !msg.contains('\n'),
-        "{msg}"
-    );
+fn netns_allreduce_is_exact_and_sends_the_bytes_of_sim() {
+    use harness::net::netns::{list_namespaces, DelaySource, RateSource};
+    let dtypes = [WireDtype::F32, WireDtype::Int8];
+    let m = 4;
+    for (delay, delay_by) in [
+        (Duration::ZERO, DelaySource::None),
+        (Duration::from_millis(1), DelaySource::Relay),
+    ] {
+        let link = LinkSpec::new(1_000_000_000, delay, Duration::ZERO).unwrap();
+        let links = Topology::uniform(link).resolve(m).unwrap();
+        let run_id = "ar-netns";
+        let Some(net) = netns_local(&links, run_id) else {
+            return;
+        };
+        let netns = net.netns.as_ref().expect("netns backend keeps its lab");
+        assert_eq!(netns.plan().rate_by, RateSource::KernelTbf);
+        assert_eq!(netns.plan().delay_by, delay_by);
+        assert_eq!(net.relay.is_some(), delay_by == DelaySource::Relay);
+        let prefix = netns.lab().prefix().to_string();
+        assert_eq!(list_namespaces(&prefix).unwrap().len(), m + 1);
+        let (netns_counters, netns_bits) = allreduce_exact_on(net.comms, &dtypes, run_id, "netns");
+        drop(net.relay);
+        drop(net.netns);
+        assert_eq!(list_namespaces(&prefix).unwrap(), Vec::<String>::new());
+
+        let sim = build_local(Backend::Sim, &links, &opts(run_id)).unwrap();
+        let (sim_counters, sim_bits) = allreduce_exact_on(sim.comms, &dtypes, run_id, "sim");
+        assert_eq!(netns_counters, sim_counters, "delay {delay:?}");
+        assert_eq!(netns_bits, sim_bits, "delay {delay:?}");
+    }
 }
 
 #[test]

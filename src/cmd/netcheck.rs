@@ -13,7 +13,11 @@
 //!
 //! On `sim` the clocks are virtual, so the figures show the model itself; on `relay` they
 //! are wall-clock, and the relay's CPU seconds per GB forwarded (getrusage per relay thread)
-//! are reported too.
+//! are reported too. On `netns` (root) every site is a network namespace; the report says
+//! which component supplied the rate (kernel `tbf` per site, set to the rate ÷ the TCP
+//! payload fraction so the TCP stream carries the configured rate) and which the delay (the
+//! relay in the hub namespace, rate unlimited there; no netem), see
+//! `harness::net::netns::network`. Without root or namespaces it fails in one line.
 
 use anyhow::{bail, Context, Result};
 use harness::bytes;
@@ -72,6 +76,8 @@ pub struct Args {
 struct Report {
     backend: String,
     link: LinkReport,
+    /// Which component supplied rate and delay (`netns` only).
+    netns: Option<NetnsReport>,
     delay: Option<DelayReport>,
     rate: Option<RateReport>,
     allreduce: Option<AllreduceReport>,
@@ -84,6 +90,19 @@ struct LinkReport {
     delay_ms: f64,
     jitter_ms: f64,
     text: String,
+}
+
+#[derive(Serialize, Debug)]
+struct NetnsReport {
+    rate_by: harness::net::netns::RateSource,
+    rate: String,
+    delay_by: harness::net::netns::DelaySource,
+    delay: String,
+    /// `tbf` rate of each site direction, L2 bit/s (None where the kernel does not shape).
+    tbf_l2_rate_bps: Option<u64>,
+    mtu_bytes: u32,
+    tcp_payload_fraction: f64,
+    has_netem: bool,
 }
 
 #[derive(Serialize, Debug)]
@@ -238,6 +257,19 @@ pub fn run(args: Args) -> Result<()> {
     let pair = Topology::uniform(link).resolve(2)?;
     let first = build_local(args.backend, &pair, &net)
         .with_context(|| format!("backend {}", args.backend))?;
+    let netns = first.netns.as_ref().map(|n| {
+        let p = n.plan();
+        NetnsReport {
+            rate_by: p.rate_by,
+            rate: p.rate_text(),
+            delay_by: p.delay_by,
+            delay: p.delay_text(),
+            tbf_l2_rate_bps: p.sites.first().and_then(|s| s.up_tbf_l2_bps),
+            mtu_bytes: p.mtu_bytes,
+            tcp_payload_fraction: p.tcp_payload_fraction,
+            has_netem: n.lab().has_netem(),
+        }
+    });
 
     let (delay, rate) = link_phase(&args, link, first)?;
     let allreduce = if args.size > 0 {
@@ -253,6 +285,7 @@ pub fn run(args: Args) -> Result<()> {
             jitter_ms: ms(link.jitter),
             text: link.to_string(),
         },
+        netns,
         delay,
         rate,
         allreduce,
@@ -291,7 +324,11 @@ fn link_phase(
     link: LinkSpec,
     net: harness::net::LocalNet,
 ) -> Result<(Option<DelayReport>, Option<RateReport>)> {
-    let harness::net::LocalNet { comms, relay } = net;
+    let harness::net::LocalNet {
+        comms,
+        relay,
+        netns,
+    } = net;
     let probe_bytes = 64usize;
     let probe_wire = probe_bytes as u64
         + frame::message_framing_bytes(probe_bytes as u64, frame::DEFAULT_MAX_FRAME_BYTES);
@@ -306,9 +343,15 @@ fn link_phase(
         0
     };
     // In-process flow control: keep at most `window` bytes outstanding (≥ 2 bandwidth-delay
-    // products), so a fast sender does not queue the whole test in memory.
-    let bdp = link.rate_bps as f64 / 8.0
-        * (link.delay + link.jitter + Duration::from_millis(50)).as_secs_f64();
+    // products), so a fast sender does not queue the whole test in memory. On netns the
+    // kernel's queues hold bytes too (up and down tbf, up to burst + 50 ms each): a window
+    // smaller than what the path holds would starve the link.
+    let queues = if netns.is_some() {
+        Duration::from_millis(250)
+    } else {
+        Duration::from_millis(50)
+    };
+    let bdp = link.rate_bps as f64 / 8.0 * (link.delay + link.jitter + queues).as_secs_f64();
     let window = (2.0 * bdp).max(8.0 * message as f64) as u64;
     let received = Window::default();
 
@@ -354,6 +397,7 @@ fn link_phase(
     let (delays, arrivals) = std::mem::take(&mut out[1].0);
     drop(out); // endpoints close before the relay stops
     let relay = relay_report(relay);
+    drop(netns); // then the namespaces go
 
     let delay = if probes > 0 {
         let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000_000, 4)?;
@@ -405,7 +449,11 @@ fn allreduce_phase(args: &Args, link: LinkSpec, net: &NetOptions) -> Result<Allr
     let m = args.sites;
     let n = (args.size / 4) as usize;
     let links = Topology::uniform(link).resolve(m)?;
-    let harness::net::LocalNet { comms, relay } = build_local(args.backend, &links, net)?;
+    let harness::net::LocalNet {
+        comms,
+        relay,
+        netns,
+    } = build_local(args.backend, &links, net)?;
     let group: Vec<usize> = (0..m).collect();
     let start = std::sync::Barrier::new(m);
     let wire = args.wire;
@@ -445,6 +493,7 @@ fn allreduce_phase(args: &Args, link: LinkSpec, net: &NetOptions) -> Result<Allr
     }
     drop(out);
     let relay = relay_report(relay);
+    drop(netns);
     let b = wire.bytes_per_value() as f64;
     let bound = bytes::ring_allreduce_bytes_closed_form(m, n as f64, b) * 8.0
         / link.rate_bps as f64
@@ -466,6 +515,18 @@ fn allreduce_phase(args: &Args, link: LinkSpec, net: &NetOptions) -> Result<Allr
 
 fn print_text(r: &Report) {
     println!("netcheck: backend {}, link {}", r.backend, r.link.text);
+    if let Some(n) = &r.netns {
+        println!("  rate by        {}", n.rate);
+        println!(
+            "  delay by       {}{}",
+            n.delay,
+            if n.has_netem {
+                ""
+            } else {
+                " (kernel has no netem)"
+            }
+        );
+    }
     if let Some(d) = &r.delay {
         println!(
             "  one-way delay  configured {:.3} ms   p50 {:.3} ms   p99 {:.3} ms   (min {:.3}, max {:.3}; {} probes of {} wire bytes, {:.3} ms serialisation each)   p50 − configured {:+.3} ms",

@@ -107,9 +107,21 @@ pub enum NetError {
         backend: &'static str,
         reason: String,
     },
+    /// The backend's own machinery (namespaces, qdiscs) failed.
+    #[error("`{backend}` backend: {reason}")]
+    Backend {
+        backend: &'static str,
+        reason: String,
+    },
 }
 
 impl NetError {
+    /// True when the error means "this backend cannot run on this machine" (e.g. `netns`
+    /// without root), as opposed to a failure while running.
+    pub fn is_backend_unavailable(&self) -> bool {
+        matches!(self, NetError::BackendUnavailable { .. })
+    }
+
     pub(crate) fn io(peer: &PeerName, op: &'static str, e: &std::io::Error) -> Self {
         NetError::Io {
             peer: peer.clone(),

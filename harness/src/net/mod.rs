@@ -3,9 +3,9 @@
 //! - [`link`]: the link model (rate, delay, jitter), scenarios and topologies;
 //! - [`comm`]: the [`Comm`] endpoint trait every backend implements;
 //! - [`frame`]: framing, checksums, handshake; [`tcp`]: the real-socket endpoint;
-//! - backends: [`relay`] (default, no root), [`sim`] (virtual time), `netns` (root; built
-//!   separately, plugs in as another way to produce [`tcp::SiteNetConfig`]s: sites dial
-//!   peers by plain TCP, with or without a relay in between).
+//! - backends: [`relay`] (default, no root), [`sim`] (virtual time), [`netns`] (root: one
+//!   namespace per site, kernel `tbf` for the rate, the relay in the hub namespace for delay;
+//!   another way to produce [`tcp::SiteNetConfig`]s, see [`netns::network`]).
 //!
 //! Real backends, in separate processes: the orchestrator starts the network (e.g.
 //! [`relay::RelayNetwork::start`]), serialises each site's [`tcp::SiteNetConfig`] to the
@@ -76,13 +76,19 @@ impl FromStr for Backend {
 }
 
 /// Endpoints for sites that are threads of this process, and what keeps them connected.
-/// Fields drop in order: endpoints first, then the relay.
+/// Fields drop in order: endpoints first, then the relay, then the namespaces.
 pub struct LocalNet {
     pub comms: Vec<Box<dyn Comm>>,
+    /// The relay (`relay` backend, or `netns` with delay or per-pair rates).
     pub relay: Option<relay::RelayNetwork>,
+    /// The namespaces and `tbf`s of the `netns` backend (its relay is in `relay`).
+    pub netns: Option<netns::NetnsNetwork>,
 }
 
 /// Builds `links.world()` connected endpoints on `backend`, sites as threads of this process.
+/// On `netns` every site's sockets live in its own namespace (see [`netns::network`] for which
+/// component supplies rate and delay); without root it fails with
+/// [`NetError::BackendUnavailable`], one line.
 pub fn build_local(
     backend: Backend,
     links: &LinkMatrix,
@@ -91,15 +97,39 @@ pub fn build_local(
     match backend {
         Backend::Relay => {
             let (relay, comms) = relay::local_relay(links, net, &relay::RelayOptions::default())?;
-            Ok(LocalNet { comms: comms.into_iter().map(|c| Box::new(c) as Box<dyn Comm>).collect(), relay: Some(relay) })
+            Ok(LocalNet {
+                comms: comms
+                    .into_iter()
+                    .map(|c| Box::new(c) as Box<dyn Comm>)
+                    .collect(),
+                relay: Some(relay),
+                netns: None,
+            })
         }
         Backend::Sim => {
             let comms = sim::sim_comms(links, net)?;
-            Ok(LocalNet { comms: comms.into_iter().map(|c| Box::new(c) as Box<dyn Comm>).collect(), relay: None })
+            Ok(LocalNet {
+                comms: comms
+                    .into_iter()
+                    .map(|c| Box::new(c) as Box<dyn Comm>)
+                    .collect(),
+                relay: None,
+                netns: None,
+            })
         }
-        Backend::Netns => Err(NetError::BackendUnavailable {
-            backend: "netns",
-            reason: "not wired in yet (its namespace/qdisc layer is being built in harness/src/net/netns); use --backend relay or sim".into(),
-        }),
+        Backend::Netns => {
+            let mut network =
+                netns::NetnsNetwork::start(links, net, &netns::NetnsOptions::default())?;
+            let comms = network.connect_local()?;
+            let relay = network.take_relay();
+            Ok(LocalNet {
+                comms: comms
+                    .into_iter()
+                    .map(|c| Box::new(c) as Box<dyn Comm>)
+                    .collect(),
+                relay,
+                netns: Some(network),
+            })
+        }
     }
 }

@@ -10,9 +10,16 @@
 //! Backends: `sim` runs every endpoint as a thread of this process with a compute gate
 //! (at most cores / threads-per-site sites compute at once, each on its own cores) on a
 //! virtual clock; `relay` starts the
-//! relay here and spawns `fomoe worker --run-dir D --site i` per endpoint. A worker that
-//! fails writes `error-site<i>.txt` and exits non-zero; the orchestrator then kills the
-//! other workers, waits for them (no orphans) and reports the first error.
+//! relay here and spawns `fomoe worker --run-dir D --site i` per endpoint; `netns` (root)
+//! builds one network namespace per endpoint with kernel `tbf` rates (and the relay in the
+//! hub namespace when links have delay, see [`crate::net::netns::network`]), writes
+//! `netns.json` (which component supplies rate and delay, the namespaces), and starts each
+//! worker inside its endpoint's namespace (`setns` between fork and exec), where it listens
+//! on and dials namespace addresses. A worker that fails writes `error-site<i>.txt` and exits
+//! non-zero; the orchestrator then kills the other workers, waits for them (no orphans) and
+//! reports the first error. Workers are killed and waited for, then the relay stopped, then
+//! the namespaces removed, on every exit path (an error, a panic; SIGINT/SIGTERM remove the
+//! namespaces through the lab's signal handler).
 
 pub mod gate;
 pub mod results;
@@ -83,10 +90,7 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, reg: &MethodRegistry, opts: &RunOpti
     let start = Instant::now();
     let result = match cfg.network.backend {
         Backend::Sim => run_sim(cfg, &mcfg, dir, reg, threads),
-        Backend::Relay => run_processes(cfg, dir, opts),
-        Backend::Netns => Err(anyhow!(
-            "network.backend = netns: training runs over namespaces are not wired yet (the namespace layer and `fomoe netcheck --backend netns` exist); use relay or sim"
-        )),
+        Backend::Relay | Backend::Netns => run_processes(cfg, dir, opts),
     };
     let merged = merge_steps(dir, cfg);
     let sites = result?;
@@ -163,43 +167,71 @@ fn run_sim(cfg: &RunConfig, _mcfg: &ModelConfig, dir: &Path, reg: &MethodRegistr
     Ok(results.into_iter().filter_map(|r| r.ok().flatten()).collect())
 }
 
+/// The network of a run whose sites are processes; it must outlive every worker.
+enum ProcessNet {
+    Relay(crate::net::relay::RelayNetwork),
+    Netns(Box<crate::net::netns::NetnsNetwork>),
+}
+
+impl ProcessNet {
+    fn site_configs(&self) -> &[crate::net::tcp::SiteNetConfig] {
+        match self {
+            ProcessNet::Relay(r) => r.site_configs(),
+            ProcessNet::Netns(n) => n.site_configs(),
+        }
+    }
+}
+
+/// Worker processes; dropping kills and waits for those still running (no orphans on any
+/// exit path).
+#[derive(Default)]
+struct Workers(Vec<(usize, Child)>);
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        kill_all(&mut self.0);
+    }
+}
+
 fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<SiteReport>> {
     let links = cfg.link_matrix()?;
     let net = net_options(cfg, dir);
-    let relay = crate::net::relay::RelayNetwork::start(&links, &net, &Default::default())?;
-    for (i, sc) in relay.site_configs().iter().enumerate() {
+    // Declared before the workers, so dropped after them on every path.
+    let network = match cfg.network.backend {
+        Backend::Netns => ProcessNet::Netns(Box::new(
+            crate::net::netns::NetnsNetwork::start(&links, &net, &Default::default()).context("network.backend = netns")?,
+        )),
+        _ => ProcessNet::Relay(crate::net::relay::RelayNetwork::start(&links, &net, &Default::default())?),
+    };
+    for (i, sc) in network.site_configs().iter().enumerate() {
         sink::write_atomic(&dir.join(format!("net-site{i}.json")), serde_json::to_string(sc)?.as_bytes())?;
+    }
+    if let ProcessNet::Netns(n) = &network {
+        sink::write_atomic(&dir.join("netns.json"), serde_json::to_string_pretty(&n.record())?.as_bytes())?;
     }
     let exe = match &opts.worker_exe {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locating the fomoe executable")?,
     };
-    let mut children: Vec<(usize, Child)> = Vec::new();
+    let mut workers = Workers::default();
     for i in 0..cfg.endpoints() {
         let _ = std::fs::remove_file(dir.join(format!("error-site{i}.txt")));
-        let child = Command::new(&exe)
-            .arg("worker")
-            .arg("--run-dir")
-            .arg(dir)
-            .arg("--site")
-            .arg(i.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join(format!("worker-site{i}.log")))?))
-            .spawn();
-        match child {
-            Ok(c) => children.push((i, c)),
-            Err(e) => {
-                kill_all(&mut children);
-                bail!("starting worker for site {i} ({}): {e}", exe.display());
-            }
+        let log_path = dir.join(format!("worker-site{i}.log"));
+        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("worker").arg("--run-dir").arg(dir).arg("--site").arg(i.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+        if let ProcessNet::Netns(n) = &network {
+            n.lab().command_in_site(i, &mut cmd).with_context(|| format!("site {i}: entering its namespace"))?;
+        }
+        match cmd.spawn() {
+            Ok(c) => workers.0.push((i, c)),
+            Err(e) => bail!("starting worker for site {i} ({}): {e}", exe.display()),
         }
     }
     let mut failure: Option<String> = None;
-    let mut running: Vec<(usize, Child)> = children;
-    while !running.is_empty() {
+    while !workers.0.is_empty() {
         let mut still = Vec::new();
-        for (i, mut c) in running {
+        for (i, mut c) in std::mem::take(&mut workers.0) {
             match c.try_wait() {
                 Ok(Some(status)) if status.success() => {}
                 Ok(Some(status)) => {
@@ -217,14 +249,22 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
                 }
             }
         }
-        running = still;
+        workers.0 = still;
         if failure.is_some() {
-            kill_all(&mut running);
+            kill_all(&mut workers.0);
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    drop(relay);
+    drop(workers);
+    match network {
+        ProcessNet::Relay(r) => drop(r),
+        ProcessNet::Netns(n) => {
+            if let Err(e) = n.close() {
+                failure.get_or_insert(format!("removing the run's network namespaces: {e}"));
+            }
+        }
+    }
     if let Some(f) = failure {
         bail!(f);
     }

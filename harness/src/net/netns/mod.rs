@@ -25,13 +25,18 @@
 //! the rate. Rates count L2 frames (Ethernet header included), so TCP payload arrives at
 //! `rate · tcp_payload_fraction(mtu)` with `tcp_payload_fraction(mtu) = (mtu − 52)/(mtu + 14)`
 //! (IPv4 20 + TCP 20 + timestamps 12 bytes of headers per segment, Ethernet 14): 0.956 at
-//! MTU 1500, 0.993 at the default MTU 9000.
+//! MTU 1500, 0.993 at the default MTU 9000. The queue in front of the bucket holds 50 ms of
+//! rate but at least 32 full frames ([`default_queue_bytes`]): with fewer, TCP overflows it
+//! (measured at 10 Mbit/s, MTU 9000, 7-frame queue: ~200 drops in 2 s, a quarter of the bytes
+//! retransmitted, and retransmission timeouts that cost up to 20% of the rate; with 32: none).
 //!
 //! ## Delay
 //! Delay and jitter would come from `netem`. [`probe_netem`] tries to create one (in a
 //! throwaway namespace) and reports whether the kernel has it; where it does not (this
 //! project's machines: `CONFIG_NET_SCH_NETEM` unset), delay must come from the relay backend
-//! on top of these namespaces. [`NetnsLab::has_netem`] carries the answer.
+//! on top of these namespaces. [`NetnsLab::has_netem`] carries the answer. [`network`] wires
+//! the lab into the transport and puts the relay in the hub namespace
+//! ([`NetnsLab::add_hub_address`], [`NetnsLab::in_hub`]) for delay and jitter.
 //!
 //! ## Running code in a site
 //! [`NetnsLab::in_site`] runs a closure on a fresh thread that entered the site's namespace;
@@ -53,6 +58,7 @@
 
 mod error;
 mod measure;
+pub mod network;
 mod nl;
 mod ns;
 mod tc;
@@ -71,6 +77,7 @@ use nix::sched::{setns, unshare, CloneFlags};
 
 pub use error::{NetnsError, Result};
 pub use measure::{measure_tcp_transfer, tcp_payload_fraction, TransferSample};
+pub use network::{DelaySource, NetnsNetwork, NetnsOptions, NetnsPlan, RateSource};
 pub use nl::LinkCounters;
 pub use ns::{
     cleanup_live_labs, cleanup_stale, enter_netns, install_signal_cleanup, list_namespaces,
@@ -94,6 +101,12 @@ pub const ETH_HEADER_BYTES: u32 = 14;
 /// The address of site `site` (0-based): `10.213.0.(site + 1)`. Valid for `site < MAX_SITES`.
 pub fn site_ipv4(site: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 213, 0, (site + 1) as u8)
+}
+
+/// The hub's address on the bridge, `10.213.0.254`, once [`NetnsLab::add_hub_address`] has
+/// put it there (outside the site range `.1..=.250`). Only sites of the lab reach it.
+pub fn hub_ipv4() -> Ipv4Addr {
+    Ipv4Addr::new(10, 213, 0, 254)
 }
 
 /// Name of the site end of site `site`'s veth (inside the site namespace).
@@ -139,7 +152,8 @@ pub struct SiteShape {
     pub down_rate_bps: Option<u64>,
     /// Token bucket size; default `max(4 · (mtu + 14), rate/8 · 4 ms)`.
     pub burst_bytes: Option<u32>,
-    /// Queue (byte FIFO) in front of the bucket; default `burst + rate/8 · 50 ms`.
+    /// Queue (byte FIFO) in front of the bucket; default
+    /// `burst + max(rate/8 · 50 ms, 32 frames)` ([`default_queue_bytes`]).
     pub queue_bytes: Option<u32>,
 }
 
@@ -166,10 +180,18 @@ pub fn default_burst_bytes(rate_bps: u64, mtu_bytes: u32) -> u32 {
     u32::try_from(frames.max(four_ms)).unwrap_or(u32::MAX)
 }
 
-/// Default queue: the burst plus 50 ms of rate.
-pub fn default_queue_bytes(rate_bps: u64, burst_bytes: u32) -> u32 {
+/// Least queue (beyond the burst) in full frames; see [`default_queue_bytes`].
+pub const MIN_QUEUE_FRAMES: u32 = 32;
+
+/// Default queue: the burst plus 50 ms of rate, or plus [`MIN_QUEUE_FRAMES`] full frames
+/// where that is more. TCP keeps about a congestion window of packets queued at the
+/// bottleneck (at least ~10 with the kernel's BBR and the sub-millisecond base RTT between
+/// namespaces): at MTU 9000 and 10 Mbit/s, 50 ms is only 7 frames, and a queue that short
+/// drops a quarter of the segments and now and then stalls on a retransmission timeout.
+pub fn default_queue_bytes(rate_bps: u64, burst_bytes: u32, mtu_bytes: u32) -> u32 {
     let fifty_ms = rate_bps / 8 / 20;
-    u32::try_from(burst_bytes as u64 + fifty_ms).unwrap_or(u32::MAX)
+    let frames = MIN_QUEUE_FRAMES as u64 * (mtu_bytes + ETH_HEADER_BYTES) as u64;
+    u32::try_from(burst_bytes as u64 + fifty_ms.max(frames)).unwrap_or(u32::MAX)
 }
 
 struct Site {
@@ -192,6 +214,8 @@ pub struct NetnsLab {
     sites: Vec<Site>,
     /// Whether a root tbf is installed: [site][0 = up, 1 = down].
     shaped: Mutex<Vec<[bool; 2]>>,
+    /// Whether [`hub_ipv4`] is on the bridge.
+    hub_addressed: Mutex<bool>,
     has_netem: bool,
 }
 
@@ -259,6 +283,7 @@ impl NetnsLab {
             bridge_index: 0,
             sites: Vec::with_capacity(sites),
             shaped: Mutex::new(vec![[false; 2]; sites]),
+            hub_addressed: Mutex::new(false),
             has_netem: false,
         };
         let hub = ns::create(&format!("{}hub", lab.prefix))?;
@@ -407,6 +432,26 @@ impl NetnsLab {
         ns::run_in(&s.ns.file, &s.ns.name, f)
     }
 
+    /// Runs `f` on a fresh thread inside the hub namespace (see [`NetnsLab::in_site`]). A
+    /// socket bound there on [`hub_ipv4`] is reachable from every site, through the site's
+    /// up `tbf` on the way in and its down `tbf` on the way out.
+    pub fn in_hub<T: Send, F: FnOnce() -> T + Send>(&self, f: F) -> Result<T> {
+        let hub = self.hub();
+        ns::run_in(&hub.file, &hub.name, f)
+    }
+
+    /// Puts [`hub_ipv4`]`/24` on the bridge (once; later calls do nothing) and returns it, so
+    /// that a process listening in the hub namespace ([`NetnsLab::in_hub`]) is reachable from
+    /// the sites. The address exists only inside the hub namespace.
+    pub fn add_hub_address(&self) -> Result<Ipv4Addr> {
+        let mut done = self.hub_addressed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*done {
+            lock(&self.hub().nl).add_ipv4(self.bridge_index, hub_ipv4(), SITE_PREFIX_LEN)?;
+            *done = true;
+        }
+        Ok(hub_ipv4())
+    }
+
     /// Runs `f` on a new detached thread inside `site`'s namespace. The thread keeps the
     /// namespace alive until it ends, even if the lab is dropped first.
     pub fn spawn_in_site<T, F>(&self, site: usize, f: F) -> Result<JoinHandle<Result<T>>>
@@ -521,7 +566,7 @@ impl NetnsLab {
         }
         let queue = shape
             .queue_bytes
-            .unwrap_or_else(|| default_queue_bytes(rate_bps, burst));
+            .unwrap_or_else(|| default_queue_bytes(rate_bps, burst, self.mtu_bytes));
         if queue < frame {
             return Err(NetnsError::Config {
                 field: "queue_bytes",
@@ -605,6 +650,22 @@ pub fn probe_netem() -> Result<bool> {
             }
         })
         .map_err(|e| NetnsError::io("spawn netem probe thread", e))?
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// `Ok` where this process can build labs: effective root, and the kernel lets a thread
+/// unshare its network namespace (tried on a throwaway thread; the namespace dies with it).
+/// [`NetnsError::Unavailable`] otherwise, for [`should_skip`].
+pub fn check_available() -> Result<()> {
+    ns::check_root()?;
+    std::thread::Builder::new()
+        .name("netns-probe".into())
+        .spawn(|| -> Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| NetnsError::Unavailable(format!("unshare(CLONE_NEWNET) failed: {e}")))
+        })
+        .map_err(|e| NetnsError::io("spawn namespace probe thread", e))?
         .join()
         .unwrap_or_else(|p| std::panic::resume_unwind(p))
 }

@@ -163,8 +163,16 @@ fn defaults_for_burst_and_queue() {
     assert_eq!(default_burst_bytes(50_000_000, 9000), 36_056);
     // 1 Gbit/s: 4 ms of rate, 500_000 B.
     assert_eq!(default_burst_bytes(1_000_000_000, 9000), 500_000);
-    // queue = burst + 50 ms of rate
-    assert_eq!(default_queue_bytes(50_000_000, 36_056), 36_056 + 312_500);
+    // queue = burst + 50 ms of rate, at least 32 frames of (mtu + 14) bytes
+    assert_eq!(
+        default_queue_bytes(50_000_000, 36_056, 9000),
+        36_056 + 312_500
+    );
+    assert_eq!(
+        default_queue_bytes(10_000_000, 36_056, 9000),
+        36_056 + 32 * 9014
+    );
+    assert_eq!(default_queue_bytes(10_000_000, 6_056, 1500), 6_056 + 62_500);
     assert!((tcp_payload_fraction(1500) - 1448.0 / 1514.0).abs() < 1e-12);
     assert!((tcp_payload_fraction(9000) - 8948.0 / 9014.0).abs() < 1e-12);
     assert_eq!(site_ipv4(0), Ipv4Addr::new(10, 213, 0, 1));
