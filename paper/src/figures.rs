@@ -1,6 +1,7 @@
 //! The SVG figures of a suite (plotters, SVG backend; text is emitted as `<text>` so no
 //! system font is read). Each figure has one colour per run, in suite order, and every run
-//! in its legend; a run with nothing to draw is labelled `(no data)`.
+//! in one legend column at the right; a run with nothing to draw is labelled `(no data)`, and
+//! a panel names the runs without values for its metric in its caption.
 //!
 //! - `payload_bytes.svg`: one bar per run, height = training payload bytes (log axis), the
 //!   bar labelled with the bytes and `×r vs DDP` where r = DDP payload / run payload.
@@ -47,15 +48,15 @@ pub fn render(name: &str, suite: &SuiteData) -> Result<String, String> {
                 payload(&root, suite).and_then(|_| root.present().map_err(Into::into))
             }
             "eval_loss_tokens.svg" | "eval_loss_clock.svg" => {
-                let root = SVGBackend::with_string(&mut svg, (900, 560)).into_drawing_area();
+                let root = SVGBackend::with_string(&mut svg, (1100, 560)).into_drawing_area();
                 loss(&root, suite, name == "eval_loss_tokens.svg").and_then(|_| root.present().map_err(Into::into))
             }
             "routing_stability.svg" => {
-                let root = SVGBackend::with_string(&mut svg, (900, 1100)).into_drawing_area();
+                let root = SVGBackend::with_string(&mut svg, (1100, 1100)).into_drawing_area();
                 routing(&root, suite).and_then(|_| root.present().map_err(Into::into))
             }
             "load_balance.svg" => {
-                let root = SVGBackend::with_string(&mut svg, (900, 760)).into_drawing_area();
+                let root = SVGBackend::with_string(&mut svg, (1100, 760)).into_drawing_area();
                 balance(&root, suite).and_then(|_| root.present().map_err(Into::into))
             }
             other => return Err(format!("unknown figure {other:?}")),
@@ -89,7 +90,7 @@ fn payload(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResu
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(80)
-        .build_cartesian_2d((0..n).into_segmented(), (lo..hi).log_scale())?;
+        .build_cartesian_2d((0..n.saturating_sub(1).max(1)).into_segmented(), (lo..hi).log_scale())?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -133,12 +134,59 @@ fn range_of(values: impl Iterator<Item = f64>, pad_frac: f64) -> (f64, f64) {
     (lo - span * pad_frac, hi + span * pad_frac)
 }
 
-fn legend_line(c: RGBColor) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
-    move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+/// One legend for the whole figure, drawn in its own column: (label, colour, dashed).
+fn legend(area: &DrawingArea<SVGBackend, Shift>, entries: &[(String, RGBColor, bool)]) -> DrawResult {
+    for (i, (label, c, dashed)) in entries.iter().enumerate() {
+        let y = 60 + 20 * i as i32;
+        if *dashed {
+            for x in [5, 17] {
+                area.draw(&PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(2)))?;
+            }
+        } else {
+            area.draw(&PathElement::new(vec![(5, y), (29, y)], c.stroke_width(2)))?;
+        }
+        area.draw(&Text::new(
+            label.clone(),
+            (36, y),
+            TextStyle::from((FONT, 13).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Left,
+                plotters::style::text_anchor::VPos::Center,
+            )),
+        ))?;
+    }
+    Ok(())
 }
+
+/// Axis labels: integers only (rounds), blank elsewhere.
+fn integer_label(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 && *v >= 0.0 {
+        format!("{}", v.round() as i64)
+    } else {
+        String::new()
+    }
+}
+
+/// Counts with k/M/G suffixes (token axes).
+fn count_label(v: &f64) -> String {
+    let a = v.abs();
+    for (unit, name) in [(1e9, "G"), (1e6, "M"), (1e3, "k")] {
+        if a >= unit {
+            return format!("{}{name}", trim_float(v / unit));
+        }
+    }
+    trim_float(*v)
+}
+
+fn trim_float(x: f64) -> String {
+    let s = format!("{x:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+const LEGEND_W: u32 = 260;
 
 fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: bool) -> DrawResult {
     root.fill(&WHITE)?;
+    let (plot, side) = root.split_horizontally(root.dim_in_pixel().0 - LEGEND_W);
     let x_of = |p: &crate::load::EvalPoint| if by_tokens { p.tokens as f64 } else { p.clock_s };
     let xs = suite.runs.iter().flat_map(|r| r.eval.iter().map(x_of));
     let (_, x_hi) = range_of(xs.chain(std::iter::once(0.0)), 0.0);
@@ -150,34 +198,33 @@ fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: boo
     } else {
         ("run clock", "run clock, s (virtual on the sim backend)")
     };
-    let mut chart = ChartBuilder::on(root)
-        .caption(format!("{}: eval loss (mean over domains) vs {what}", suite.name), (FONT, 20))
+    let mut chart = ChartBuilder::on(&plot)
+        .caption(format!("{}: eval loss (mean over domains) vs {what}", suite.name), (FONT, 18))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..x_hi, y_lo..y_hi)?;
-    chart.configure_mesh().x_desc(desc).y_desc("eval loss, nats/token").draw()?;
+    chart.configure_mesh().x_label_formatter(&|v| if by_tokens { count_label(v) } else { trim_float(*v) }).x_desc(desc).y_desc("eval loss, nats/token").draw()?;
+    let mut entries = Vec::new();
     for (i, run) in suite.runs.iter().enumerate() {
         let pts: Vec<(f64, f64)> = run.eval.iter().map(|p| (x_of(p), p.mean_loss)).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
         let label = if pts.is_empty() { format!("{} (no data)", run.id()) } else { run.id().to_string() };
-        chart
-            .draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))?
-            .label(label)
-            .legend(legend_line(color(i)));
+        entries.push((label, color(i), false));
+        chart.draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))?;
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color(i).filled())))?;
     }
     // Entropy floors, one dashed line per distinct value.
     let mut floors: Vec<f64> = suite.runs.iter().filter_map(|r| r.floor).filter(|f| f.is_finite()).collect();
     floors.sort_by(f64::total_cmp);
     floors.dedup();
-    for (k, f) in floors.iter().enumerate() {
-        let s = chart.draw_series(DashedLineSeries::new(vec![(0.0, *f), (x_hi, *f)], 8, 5, BLACK.stroke_width(1)))?;
-        if k == 0 {
-            s.label(format!("entropy floor (mean over domains) {f:.4}")).legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-        }
+    for f in &floors {
+        chart.draw_series(DashedLineSeries::new(vec![(0.0, *f), (x_hi, *f)], 8, 5, BLACK.stroke_width(1)))?;
+        entries.push((format!("entropy floor {f:.4}"), BLACK, true));
     }
-    chart.configure_series_labels().position(SeriesLabelPosition::UpperRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
-    Ok(())
+    if floors.is_empty() {
+        entries.push(("no entropy floor in the results".into(), WHITE, false));
+    }
+    legend(&side, &entries)
 }
 
 type Metric = fn(&RoutingPoint) -> Option<f64>;
@@ -193,8 +240,10 @@ fn round_panels(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, title:
             plotters::style::text_anchor::VPos::Top,
         )),
     ))?;
+    let (body, side) = body.split_horizontally(body.dim_in_pixel().0 - LEGEND_W);
     let areas = body.split_evenly((panels.len(), 1));
     let max_round = suite.runs.iter().flat_map(|r| r.routing.iter().map(|p| p.round)).max().unwrap_or(0);
+    let x_hi = (max_round as f64 + 0.2).max(1.0);
     for (area, (label, metric, fixed)) in areas.iter().zip(panels) {
         let (y_lo, y_hi) = match fixed {
             Some(r) => *r,
@@ -203,22 +252,32 @@ fn round_panels(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, title:
                 (lo.min(0.0), hi)
             }
         };
+        let missing: Vec<&str> = suite.runs.iter().filter(|r| !r.routing.iter().any(|p| metric(p).is_some())).map(|r| r.id()).collect();
+        let caption = match missing.len() {
+            0 => label.to_string(),
+            1..=3 => format!("{label} (no data: {})", missing.join(", ")),
+            k => format!("{label} (no data: {k} runs)"),
+        };
         let mut chart = ChartBuilder::on(area)
-            .caption(*label, (FONT, 16))
+            .caption(caption, (FONT, 15))
             .margin(10)
             .x_label_area_size(35)
             .y_label_area_size(60)
-            .build_cartesian_2d(-0.2..(max_round as f64 + 0.2).max(1.0), y_lo..y_hi)?;
-        chart.configure_mesh().x_desc("round").y_desc(*label).draw()?;
+            .build_cartesian_2d(-0.2..x_hi, y_lo..y_hi)?;
+        chart.configure_mesh().x_labels((max_round + 3).min(12)).x_label_formatter(&integer_label).x_desc("round").y_desc(*label).draw()?;
         for (i, run) in suite.runs.iter().enumerate() {
             let pts: Vec<(f64, f64)> = run.routing.iter().filter_map(|p| metric(p).map(|v| (p.round as f64, v))).filter(|(_, y)| y.is_finite()).collect();
-            let name = if pts.is_empty() { format!("{} (no data)", run.id()) } else { run.id().to_string() };
-            chart.draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))?.label(name).legend(legend_line(color(i)));
+            chart.draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))?;
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color(i).filled())))?;
         }
-        chart.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.85)).border_style(BLACK).draw()?;
     }
-    Ok(())
+    let entries: Vec<(String, RGBColor, bool)> = suite
+        .runs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (if r.routing.is_empty() { format!("{} (no data)", r.id()) } else { r.id().to_string() }, color(i), false))
+        .collect();
+    legend(&side, &entries)
 }
 
 fn routing(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResult {
