@@ -228,8 +228,10 @@ fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: boo
 }
 
 type Metric = fn(&RoutingPoint) -> Option<f64>;
+/// A panel: its label, the metric, and a fixed y range (else fitted to the data).
+type Panel<'a> = (&'a str, Metric, Option<(f64, f64)>);
 
-fn round_panels(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, title: &str, panels: &[(&str, Metric, Option<(f64, f64)>)]) -> DrawResult {
+fn round_panels(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, title: &str, panels: &[Panel]) -> DrawResult {
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(40);
     head.draw(&Text::new(

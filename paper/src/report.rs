@@ -144,10 +144,8 @@ fn figure_sources(name: &str, suite: &SuiteData) -> String {
         let what = if name == "payload_bytes.svg" { "no payload bytes" } else { "no rows, not drawn" };
         let _ = write!(s, "\nRuns with {what}: {}.", missing.join(", "));
     }
-    if name == "eval_loss_tokens.svg" || name == "eval_loss_clock.svg" {
-        if suite.runs.iter().all(|r| r.floor.is_none()) {
-            s.push_str("\nNo entropy floor: no run's last round has a `floor` for every domain.");
-        }
+    if (name == "eval_loss_tokens.svg" || name == "eval_loss_clock.svg") && suite.runs.iter().all(|r| r.floor.is_none()) {
+        s.push_str("\nNo entropy floor: no run's last round has a `floor` for every domain.");
     }
     if name == "routing_stability.svg" {
         let no_agree = no_data(suite, |r| r.routing.iter().any(|p| p.cross_site_agreement_topk.is_some()));

@@ -28,7 +28,10 @@ struct Eval {
 /// One run: SITES × STEPS step rows (TOKENS tokens, clock = step/2 s, 50 payload bytes
 /// each), the given evals (domains `a`, `b`, floors 1.0 and 1.5), and routing rows for
 /// two layers per round with the given (saturation, agreement, overlap, cv, skip) per layer.
-fn write_run(suite: &Path, id: &str, method: Method, target: Option<f64>, evals: &[Eval], routing: &[(usize, [(f64, Option<f64>, Option<f64>, f64, f64); 2])]) {
+/// Per layer: (saturation, cross-site agreement, overlap with previous, cv, skip rate).
+type Layer = (f64, Option<f64>, Option<f64>, f64, f64);
+
+fn write_run(suite: &Path, id: &str, method: Method, target: Option<f64>, evals: &[Eval], routing: &[(usize, [Layer; 2])]) {
     let cfg = RunConfig { method, target_loss: target, ..RunConfig::default() };
     let mut dir = RunDir::create(&suite.join(id), id, &cfg, &env()).unwrap();
     for step in 1..=STEPS {
