@@ -128,8 +128,12 @@ fn figure_sources(name: &str, suite: &SuiteData) -> String {
         ),
         "eval_loss_tokens.svg" | "eval_loss_clock.svg" => (
             format!(
-                "Data: `<run>/{ROUNDS_FILE}` (`eval_loss` averaged over the domain rows of each round, `{}`; dashed: `floor` averaged over domains), tokens: `<run>/{STEPS_FILE}` Σ `tokens` up to the round's `step`.",
-                if name == "eval_loss_tokens.svg" { "step" } else { "clock_s" }
+                "Data: `<run>/{ROUNDS_FILE}` `eval_loss` averaged over the domain rows of each round (dashed: `floor` of the last round averaged over domains), against {}.",
+                if name == "eval_loss_tokens.svg" {
+                    format!("the training tokens up to the round: `<run>/{STEPS_FILE}` Σ `tokens` over the rows with `step` ≤ the round's `step`")
+                } else {
+                    format!("the round's `clock_s` (virtual on the sim backend)")
+                }
             ),
             no_data(suite, |r| !r.eval.is_empty()),
         ),
@@ -220,6 +224,14 @@ fn provenance(m: &mut String, r: &RunData, doms: &[String]) {
             }
             if let Some(v) = s.final_eval_loss {
                 let _ = writeln!(m, "- final eval loss mean {v}: mean of the round {round} rows of `{id}/{ROUNDS_FILE}`");
+            }
+            match r.floor {
+                Some(f) => {
+                    let _ = writeln!(m, "- entropy floor mean {f}: `{id}/{ROUNDS_FILE}`, round {round}, `floor` averaged over domains");
+                }
+                None => {
+                    let _ = writeln!(m, "- entropy floor: none (a round {round} row of `{id}/{ROUNDS_FILE}` has an empty `floor`)");
+                }
             }
             if let Some(v) = s.best_eval_loss {
                 let _ = writeln!(m, "- best eval loss mean {v}: lowest per-round mean of `{id}/{ROUNDS_FILE}`");

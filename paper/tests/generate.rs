@@ -197,6 +197,7 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
         "- tokens 2560: `ddp-a/steps.csv`, Σ `tokens`",
         "- run clock 10.5 s: largest `clock_s` of `ddp-a/steps.csv` and `ddp-a/rounds.csv`; tokens/s 243.8095238095238 = tokens / clock",
         "- final eval loss `a` 2: `ddp-a/rounds.csv`, round 1, `eval_loss`",
+        "- entropy floor mean 1.25: `ddp-a/rounds.csv`, round 1, `floor` averaged over domains",
         "- final eval loss mean 1.75: mean of the round 1 rows of `ddp-a/rounds.csv`",
         "- time to target 10.5 s at step 20: first round of `ddp-a/rounds.csv` whose mean `eval_loss` ≤ target 2",
         "- bytes vs DDP 8: payload bytes of `ddp-a`",
