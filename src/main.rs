@@ -19,6 +19,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Print the results of one suite directory, or of every suite under a directory.
     Report(cmd::report::Args),
+    /// Rebuild a suite's SVG figures and REPORT-<suite>.md from its results directory alone.
+    Figures(cmd::figures::Args),
     /// Train one site (no communication) and print a summary.
     Train(cmd::train::Args),
     /// Execute one run configuration (TOML) and print its outcome.
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Figures(a) => cmd::figures::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::RunOne(a) => cmd::run_one::run(a),
         Command::BenchStep(a) => cmd::bench_step::run(a),

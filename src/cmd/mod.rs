@@ -1,6 +1,7 @@
 //! One module per subcommand: `Args` (clap) and `run(args) -> anyhow::Result<()>`.
 
 pub mod bench_step;
+pub mod figures;
 pub mod netcheck;
 pub mod report;
 pub mod run;

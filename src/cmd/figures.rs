@@ -1,0 +1,35 @@
+//! `fomoe figures RESULTS_DIR [--out DIR]`: rebuild every figure and the Markdown report of
+//! a suite from its results directory alone (no GPU, no network). RESULTS_DIR is a suite
+//! directory (`results/<suite>`) or a directory of suites (each one is done).
+//!
+//! Writes `<out>/figures/<suite>/*.svg` and `<out>/REPORT-<suite>.md` (default out: `paper`),
+//! atomically and deterministically; see the `paper` crate for the layout.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use harness::results::suite_dirs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A suite's results directory (results/<suite>) or a directory of them (results/).
+    results_dir: PathBuf,
+    /// Where to write figures/<suite>/*.svg and REPORT-<suite>.md.
+    #[arg(long, default_value = "paper")]
+    out: PathBuf,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if !a.results_dir.is_dir() {
+        anyhow::bail!("{}: no such results directory", a.results_dir.display());
+    }
+    let dirs = suite_dirs(&a.results_dir)?;
+    if dirs.is_empty() {
+        anyhow::bail!("{}: no run directories (with manifest.json) found", a.results_dir.display());
+    }
+    for d in dirs {
+        let g = paper::generate(&d, &a.out).with_context(|| format!("figures of {}", d.display()))?;
+        println!("{}: {} and {} figures in {}", g.suite, g.report.display(), g.figures.len(), paper::figures_dir(&a.out, &g.suite).display());
+    }
+    Ok(())
+}
