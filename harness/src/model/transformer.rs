@@ -8,7 +8,7 @@
 use tch::{Kind, Tensor};
 
 use super::config::ModelConfig;
-use super::moe::{moe_forward, AuxScope, ExpertWeights, LayerResidency, LayerRouting, RoutingOptions, SkipPolicy};
+use super::moe::{moe_forward_onto, AuxScope, ExpertWeights, LayerResidency, LayerRouting, RoutingOptions, SkipPolicy};
 use super::params::{ParamStore, Residency};
 
 const NORM_EPS: f64 = 1e-5;
@@ -119,8 +119,9 @@ impl MoeModel {
                 fc1: bi.fc1.iter().map(|&i| self.p(i)).collect(),
                 fc2: bi.fc2.iter().map(|&i| self.p(i)).collect(),
             };
-            let out = moe_forward(&m_in, self.p(bi.router), &experts, lr, opts);
-            x = x + out.y.view([b, s, d]);
+            // x + MoE(x): the expert outputs are scattered straight onto the residual stream.
+            let out = moe_forward_onto(Some(&x.view([b * s, d])), &m_in, self.p(bi.router), &experts, lr, opts);
+            x = out.y.view([b, s, d]);
             balance_terms.push(out.balance);
             z_terms.push(out.z_loss);
             routing.push(out.routing);
