@@ -134,6 +134,7 @@ pub struct LayerRouting {
 
 /// Output of one MoE layer.
 pub struct MoeOutput {
+    /// The FFN output Σ_j g·FFN(x) [T, d] (plus `base` for [`moe_forward_onto`]).
     pub y: Tensor,
     /// E·Σ f_i·P_i (or the resident-scope version): 1 at perfect balance. Scalar, has grad.
     pub balance: Tensor,
@@ -238,6 +239,20 @@ pub fn moe_forward(
     residency: &LayerResidency,
     opts: RoutingOptions,
 ) -> MoeOutput {
+    moe_forward_onto(None, x, router_w, experts, residency, opts)
+}
+
+/// As [`moe_forward`], with `y = base + Σ_j g·FFN(x)` when `base` ([T, d]) is given: the
+/// residual stream is summed into by the scatter itself (no zero-filled buffer, no extra
+/// add; the residual's gradient passes through unchanged). `base = None` is `base = 0`.
+pub fn moe_forward_onto(
+    base: Option<&Tensor>,
+    x: &Tensor,
+    router_w: &Tensor,
+    experts: &ExpertWeights<'_>,
+    residency: &LayerResidency,
+    opts: RoutingOptions,
+) -> MoeOutput {
     let k = opts.top_k as i64;
     let (gates, top_i, probs, logits) = route(x, router_w, opts.top_k, opts.router, residency, opts.skip_policy);
     let n_tokens = x.size()[0];
@@ -278,10 +293,17 @@ pub fn moe_forward(
     }
     let y = if outs.is_empty() {
         // Keep the graph connected (zero contribution) so every caller gets a tensor with grad.
-        x.zeros_like() + (gates.sum(Kind::Float) * 0.0)
+        let zero = gates.sum(Kind::Float) * 0.0;
+        match base {
+            Some(b) => b + zero,
+            None => x.zeros_like() + zero,
+        }
     } else {
         let ys = Tensor::cat(&outs, 0) * gs.unsqueeze(1);
-        x.zeros_like().index_add(0, &token_of_slot, &ys)
+        match base {
+            Some(b) => b.index_add(0, &token_of_slot, &ys),
+            None => x.zeros_like().index_add(0, &token_of_slot, &ys),
+        }
     };
 
     let balance = balance_loss(&probs, &counts, opts.top_k, opts.aux_scope, residency);

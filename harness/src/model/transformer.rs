@@ -8,7 +8,7 @@
 use tch::{Kind, Tensor};
 
 use super::config::ModelConfig;
-use super::moe::{moe_forward, AuxScope, ExpertWeights, LayerResidency, LayerRouting, RoutingOptions, SkipPolicy};
+use super::moe::{moe_forward_onto, AuxScope, ExpertWeights, LayerResidency, LayerRouting, RoutingOptions, SkipPolicy};
 use super::params::{ParamStore, Residency};
 
 const NORM_EPS: f64 = 1e-5;
@@ -110,8 +110,11 @@ impl MoeModel {
         for (bi, lr) in self.idx.blocks.iter().zip(&self.layers) {
             let a_in = x.rms_norm([d], Some(self.p(bi.ln1)), NORM_EPS);
             let qkv = a_in.linear::<Tensor>(self.p(bi.qkv), None).view([b, s, 3, h, hd]).permute([2, 0, 3, 1, 4]);
-            let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-            let att = Tensor::scaled_dot_product_attention::<Tensor>(&q, &k, &v, None, 0.0, true, None, false);
+            // One unbind (its backward is one stack), not three selects (each of whose
+            // backward would zero-fill a full-size gradient, then two adds to sum them).
+            let parts = qkv.unbind(0);
+            let (q, k, v) = (&parts[0], &parts[1], &parts[2]);
+            let att = Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, true, None, false);
             let att = att.transpose(1, 2).reshape([b, s, d]).linear::<Tensor>(self.p(bi.proj), None);
             x = x + att;
             let m_in = x.rms_norm([d], Some(self.p(bi.ln2)), NORM_EPS).view([b * s, d]);
@@ -119,8 +122,9 @@ impl MoeModel {
                 fc1: bi.fc1.iter().map(|&i| self.p(i)).collect(),
                 fc2: bi.fc2.iter().map(|&i| self.p(i)).collect(),
             };
-            let out = moe_forward(&m_in, self.p(bi.router), &experts, lr, opts);
-            x = x + out.y.view([b, s, d]);
+            // x + MoE(x): the expert outputs are scattered straight onto the residual stream.
+            let out = moe_forward_onto(Some(&x.view([b * s, d])), &m_in, self.p(bi.router), &experts, lr, opts);
+            x = out.y.view([b, s, d]);
             balance_terms.push(out.balance);
             z_terms.push(out.z_loss);
             routing.push(out.routing);
