@@ -10,7 +10,7 @@
 use anyhow::{Context, Result};
 use harness::collective::{ring_allreduce, WireDtype};
 use harness::config::RunConfig;
-use harness::model::params::tensor_to_vec;
+use harness::model::params::with_f32_values;
 use harness::net::Comm;
 use harness::strategy::{SiteState, Strategy, SyncReport};
 use tch::Tensor;
@@ -33,14 +33,17 @@ impl Strategy for Ddp {
 
     fn on_gradient(&mut self, st: &mut SiteState, grad: &mut Tensor, comm: &mut dyn Comm) -> Result<SyncReport> {
         let all: Vec<usize> = (0..self.sites).collect();
-        let mut g = tensor_to_vec(grad);
-        ring_allreduce(comm, &all, self.wire, &mut g).context("DDP gradient all-reduce")?;
         let m = self.sites as f32;
-        for x in &mut g {
-            *x /= m;
-        }
-        tch::no_grad(|| grad.copy_(&Tensor::from_slice(&g)));
-        let expected = harness::bytes::ring_allreduce_traffic(g.len(), &all, self.wire).payload_sent_by(st.site);
+        let n = grad.numel();
+        // In place on the flat gradient's memory: no copies around the all-reduce.
+        with_f32_values(grad, |g| -> Result<()> {
+            ring_allreduce(comm, &all, self.wire, g).context("DDP gradient all-reduce")?;
+            for x in g.iter_mut() {
+                *x /= m;
+            }
+            Ok(())
+        })?;
+        let expected = harness::bytes::ring_allreduce_traffic(n, &all, self.wire).payload_sent_by(st.site);
         Ok(SyncReport { expected_payload_sent: expected })
     }
 }

@@ -270,6 +270,24 @@ pub fn name_seed(seed: u64, name: &str) -> u64 {
     h
 }
 
+/// Run `f` on the values of a contiguous f32 CPU tensor, in place (no copy).
+///
+/// Panics if the tensor is not a contiguous f32 CPU tensor. The `&mut` borrow keeps this
+/// handle from being used meanwhile; the caller must not share the storage with a tensor
+/// that is read concurrently (gradients from `flat_grad` own theirs).
+pub fn with_f32_values<R>(t: &mut Tensor, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    assert!(t.kind() == Kind::Float && t.device() == tch::Device::Cpu && t.is_contiguous(), "with_f32_values: contiguous f32 CPU tensor required");
+    let n = t.numel();
+    if n == 0 {
+        return f(&mut []);
+    }
+    // SAFETY: the tensor is a contiguous f32 CPU tensor of `n` elements, so `data_ptr`
+    // points at `n` initialised, properly aligned f32 values that live as long as `t`,
+    // which stays mutably borrowed for the duration of `f`.
+    let values = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n) };
+    f(values)
+}
+
 /// Copy a (contiguous or not) f32 tensor into a Vec.
 pub fn tensor_to_vec(t: &Tensor) -> Vec<f32> {
     let t = t.detach().contiguous().view(-1);
