@@ -171,6 +171,15 @@ fn links_and_backends_change_timing_never_the_loss() {
     let extra = clock(&b) - clock(&a);
     assert!(extra > 0.9 * 12.0 * bandwidth_s, "slow links cost {extra:.3} s more, expected at least {:.3}", 0.9 * 12.0 * bandwidth_s);
     assert_eq!(a.iter().map(|r| r.payload_sent).sum::<u64>(), c.iter().map(|r| r.payload_sent).sum::<u64>());
+    // The parts of a step add up to its wall time (METHODS.md: within 5%): every step on
+    // the virtual clock; on the real clock over the whole run (a single step can be
+    // preempted between its parts on a loaded machine).
+    let parts = |r: &StepRow| r.data_ms + r.compute_ms + r.comm_ms + r.opt_ms;
+    for r in &a {
+        assert!((r.wall_ms - parts(r)).abs() <= 0.05 * r.wall_ms + 0.01, "sim step {} site {}: wall {} vs parts {}", r.step, r.site, r.wall_ms, parts(r));
+    }
+    let (wall, sum): (f64, f64) = c.iter().fold((0.0, 0.0), |(w, p), r| (w + r.wall_ms, p + parts(r)));
+    assert!((wall - sum).abs() <= 0.05 * wall, "relay: wall {wall} ms vs parts {sum} ms");
 }
 
 #[test]

@@ -268,16 +268,20 @@ pub fn run_site(
             step += 1;
             let end_of_round = step % h == 0;
             let mut eval_rows: Option<(Vec<f64>, Vec<Vec<Vec<i64>>>)> = None;
+            // Evaluation of the local model happens inside the step's time window but is
+            // not part of the training step: it is taken out of `wall_ms`.
+            let mut eval_dt = Duration::ZERO;
             if end_of_round {
                 let is_eval = (round + 1) % cfg.eval_every_rounds == 0 || round + 1 == rounds;
                 if is_eval {
                     // Local model (with skip) before the sync.
-                    let ((local, probe), _) = compute(ctx.compute_gate, comm, || {
+                    let ((local, probe), dt) = compute(ctx.compute_gate, comm, || {
                         (
                             eval_domains(&st.model, ctx.data, cfg.eval_sequences, mcfg.batch_size),
                             probe_topk(&st.model, ctx.data),
                         )
                     });
+                    eval_dt = dt;
                     eval_rows = Some((local?, probe?));
                 }
                 let (r, dt, host) = timer.comm(comm, |c| strategy.end_round(&mut st, c));
@@ -297,9 +301,11 @@ pub fn run_site(
             let skipped: i64 = out.routing.iter().map(|r| r.skipped_slots).sum();
             let slots: i64 = out.routing.iter().map(|r| r.tokens * mcfg.top_k as i64).sum();
             let wall = match timer.kind {
-                ClockKind::Virtual => (comm.now().saturating_sub(clock0)).as_secs_f64(),
-                _ => t_step.elapsed().as_secs_f64(),
-            };
+                ClockKind::Virtual => comm.now().saturating_sub(clock0),
+                _ => t_step.elapsed(),
+            }
+            .saturating_sub(eval_dt)
+            .as_secs_f64();
             let row = StepRow {
                 site,
                 step,
