@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "fomoe", version, about = "Low-communication Mixture-of-Experts training across weakly connected sites: FoMoE, DDP, DiLoCo, Photon")]
+#[command(
+    name = "fomoe",
+    version,
+    about = "Low-communication Mixture-of-Experts training across weakly connected sites: FoMoE, DDP, DiLoCo, Photon"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -4,8 +4,15 @@
 use std::process::Command;
 
 fn figures(args: &[&std::path::Path]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fomoe")).arg("figures").args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_fomoe"))
+        .arg("figures")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -15,17 +22,32 @@ fn figures_rejects_a_missing_empty_or_malformed_results_dir_in_one_line() {
     let (ok, err) = figures(&[&missing]);
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && err.contains(&missing.display().to_string()) && err.contains("no such results directory"), "{err}");
+    assert!(
+        err.starts_with("error: ")
+            && err.contains(&missing.display().to_string())
+            && err.contains("no such results directory"),
+        "{err}"
+    );
 
     let (ok, err) = figures(&[tmp.path()]);
-    assert!(!ok && err.lines().count() == 1 && err.contains("no run directories"), "{err}");
+    assert!(
+        !ok && err.lines().count() == 1 && err.contains("no run directories"),
+        "{err}"
+    );
 
     let run = tmp.path().join("suite").join("run-a");
     std::fs::create_dir_all(&run).unwrap();
     std::fs::write(run.join("manifest.json"), "{").unwrap();
     let out = tmp.path().join("out");
-    let (ok, err) = figures(&[&tmp.path().join("suite"), std::path::Path::new("--out"), &out]);
+    let (ok, err) = figures(&[
+        &tmp.path().join("suite"),
+        std::path::Path::new("--out"),
+        &out,
+    ]);
     assert!(!ok && err.lines().count() == 1, "{err}");
-    assert!(err.contains(&run.join("manifest.json").display().to_string()), "{err}");
+    assert!(
+        err.contains(&run.join("manifest.json").display().to_string()),
+        "{err}"
+    );
     assert!(!out.join("REPORT-suite.md").exists());
 }

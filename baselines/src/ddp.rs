@@ -22,7 +22,10 @@ pub struct Ddp {
 
 impl Ddp {
     pub fn new(cfg: &RunConfig, _site: usize) -> Result<Self> {
-        Ok(Self { sites: cfg.sites, wire: cfg.wire_dtype })
+        Ok(Self {
+            sites: cfg.sites,
+            wire: cfg.wire_dtype,
+        })
     }
 }
 
@@ -31,7 +34,12 @@ impl Strategy for Ddp {
         "ddp"
     }
 
-    fn on_gradient(&mut self, st: &mut SiteState, grad: &mut Tensor, comm: &mut dyn Comm) -> Result<SyncReport> {
+    fn on_gradient(
+        &mut self,
+        st: &mut SiteState,
+        grad: &mut Tensor,
+        comm: &mut dyn Comm,
+    ) -> Result<SyncReport> {
         let all: Vec<usize> = (0..self.sites).collect();
         let m = self.sites as f32;
         let n = grad.numel();
@@ -43,7 +51,10 @@ impl Strategy for Ddp {
             }
             Ok(())
         })?;
-        let expected = harness::bytes::ring_allreduce_traffic(n, &all, self.wire).payload_sent_by(st.site);
-        Ok(SyncReport { expected_payload_sent: expected })
+        let expected =
+            harness::bytes::ring_allreduce_traffic(n, &all, self.wire).payload_sent_by(st.site);
+        Ok(SyncReport {
+            expected_payload_sent: expected,
+        })
     }
 }

@@ -50,7 +50,10 @@ impl Strategy for Diloco {
     }
 
     fn init(&mut self, st: &mut SiteState) -> Result<()> {
-        self.outer = Some(OuterOptimizerState::new(self.outer_kind, &st.model.store.flat));
+        self.outer = Some(OuterOptimizerState::new(
+            self.outer_kind,
+            &st.model.store.flat,
+        ));
         let all: Vec<usize> = (0..self.sites).collect();
         self.groups = groups_for_site(&st.model.store.layout, self.sites, |_, _| all.clone());
         Ok(())
@@ -62,20 +65,30 @@ impl Strategy for Diloco {
         if !self.keep_inner_state {
             st.inner.reset();
         }
-        Ok(SyncReport { expected_payload_sent: expected })
+        Ok(SyncReport {
+            expected_payload_sent: expected,
+        })
     }
 
     fn state_bytes(&self) -> usize {
         self.outer.as_ref().map_or(0, |o| o.bytes())
     }
 
-    fn save_state(&self, w: &mut harness::checkpoint::CheckpointWriter, layout: &harness::model::ParamLayout) {
+    fn save_state(
+        &self,
+        w: &mut harness::checkpoint::CheckpointWriter,
+        layout: &harness::model::ParamLayout,
+    ) {
         if let Some(o) = &self.outer {
             o.save(w, layout);
         }
     }
 
-    fn load_state(&mut self, ck: &harness::checkpoint::Checkpoint, layout: &harness::model::ParamLayout) -> Result<()> {
+    fn load_state(
+        &mut self,
+        ck: &harness::checkpoint::Checkpoint,
+        layout: &harness::model::ParamLayout,
+    ) -> Result<()> {
         match &mut self.outer {
             Some(o) => o.load(ck, layout),
             None => Ok(()),

@@ -23,7 +23,11 @@ pub fn site_strategy(cfg: &RunConfig, site: usize) -> Result<Box<dyn Strategy>> 
     })
 }
 
-fn aggregator(cfg: &RunConfig, comm: &mut dyn harness::net::Comm, dir: &std::path::Path) -> Result<()> {
+fn aggregator(
+    cfg: &RunConfig,
+    comm: &mut dyn harness::net::Comm,
+    dir: &std::path::Path,
+) -> Result<()> {
     match (cfg.method, cfg.photon_topology) {
         (Method::Photon, PhotonTopology::Star) => photon::run_aggregator(cfg, comm, dir),
         _ => bail!("method {} has no aggregator", cfg.method.name()),
@@ -32,7 +36,10 @@ fn aggregator(cfg: &RunConfig, comm: &mut dyn harness::net::Comm, dir: &std::pat
 
 /// Every method the runner can execute.
 pub fn registry() -> MethodRegistry {
-    MethodRegistry { site: site_strategy, aggregator }
+    MethodRegistry {
+        site: site_strategy,
+        aggregator,
+    }
 }
 
 /// Single-site training: no communication at all.

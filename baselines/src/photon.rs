@@ -31,7 +31,11 @@ pub struct PhotonClient {
 
 impl PhotonClient {
     pub fn new(cfg: &RunConfig, _site: usize) -> Result<Self> {
-        Ok(Self { sites: cfg.sites, wire: cfg.wire_dtype, keep_inner_state: cfg.keep_inner_state })
+        Ok(Self {
+            sites: cfg.sites,
+            wire: cfg.wire_dtype,
+            keep_inner_state: cfg.keep_inner_state,
+        })
     }
 }
 
@@ -49,15 +53,34 @@ impl Strategy for PhotonClient {
         let clients: Vec<usize> = (0..self.sites).collect();
         let mut theta = tensor_to_vec(&st.model.store.flat);
         let n = theta.len();
-        star_reduce(comm, aggregator, &clients, None, self.wire, &mut theta).context("Photon upload")?;
-        broadcast(comm, aggregator, &members(self.sites), self.wire, &mut theta).context("Photon broadcast")?;
-        tch::no_grad(|| st.model.store.flat.shallow_clone().copy_(&Tensor::from_slice(&theta)));
+        star_reduce(comm, aggregator, &clients, None, self.wire, &mut theta)
+            .context("Photon upload")?;
+        broadcast(
+            comm,
+            aggregator,
+            &members(self.sites),
+            self.wire,
+            &mut theta,
+        )
+        .context("Photon broadcast")?;
+        tch::no_grad(|| {
+            st.model
+                .store
+                .flat
+                .shallow_clone()
+                .copy_(&Tensor::from_slice(&theta))
+        });
         if !self.keep_inner_state {
             st.inner.reset();
         }
-        let up = harness::bytes::star_reduce_traffic(n, aggregator, &clients, self.wire).payload_sent_by(st.site);
-        let down = harness::bytes::broadcast_traffic(n, aggregator, &members(self.sites), self.wire).payload_sent_by(st.site);
-        Ok(SyncReport { expected_payload_sent: up + down })
+        let up = harness::bytes::star_reduce_traffic(n, aggregator, &clients, self.wire)
+            .payload_sent_by(st.site);
+        let down =
+            harness::bytes::broadcast_traffic(n, aggregator, &members(self.sites), self.wire)
+                .payload_sent_by(st.site);
+        Ok(SyncReport {
+            expected_payload_sent: up + down,
+        })
     }
 }
 
@@ -72,11 +95,26 @@ pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Resul
     let n = init.numel();
     for _ in 0..cfg.rounds() {
         let mut mean = vec![0f32; n];
-        star_reduce(comm, cfg.sites, &clients, Some(&weights), cfg.wire_dtype, &mut mean).context("aggregator gather")?;
+        star_reduce(
+            comm,
+            cfg.sites,
+            &clients,
+            Some(&weights),
+            cfg.wire_dtype,
+            &mut mean,
+        )
+        .context("aggregator gather")?;
         let delta = &outer.global - from_slice(&mean);
         outer.apply(&delta);
         let mut theta = tensor_to_vec(&outer.global);
-        broadcast(comm, cfg.sites, &members(cfg.sites), cfg.wire_dtype, &mut theta).context("aggregator broadcast")?;
+        broadcast(
+            comm,
+            cfg.sites,
+            &members(cfg.sites),
+            cfg.wire_dtype,
+            &mut theta,
+        )
+        .context("aggregator broadcast")?;
         // Keep the global copy equal to what clients received (the wire round trip).
         tch::no_grad(|| outer.global.copy_(&Tensor::from_slice(&theta)));
     }

@@ -4,7 +4,9 @@
 //! `cargo bench -p fomoe-harness --bench moe_layer`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use harness::model::moe::{moe_forward, AuxScope, ExpertWeights, LayerResidency, RoutingOptions, SkipPolicy};
+use harness::model::moe::{
+    moe_forward, AuxScope, ExpertWeights, LayerResidency, RoutingOptions, SkipPolicy,
+};
 use harness::model::RouterKind;
 use tch::{Kind, Tensor};
 
@@ -16,17 +18,33 @@ fn bench(c: &mut Criterion) {
     let opts = (Kind::Float, tch::Device::Cpu);
     let x = Tensor::randn([t, d], opts).set_requires_grad(true);
     let router = (Tensor::randn([e as i64, d], opts) * 0.02).set_requires_grad(true);
-    let fc1: Vec<Tensor> = (0..e).map(|_| (Tensor::randn([de, d], opts) * 0.02).set_requires_grad(true)).collect();
-    let fc2: Vec<Tensor> = (0..e).map(|_| (Tensor::randn([d, de], opts) * 0.02).set_requires_grad(true)).collect();
+    let fc1: Vec<Tensor> = (0..e)
+        .map(|_| (Tensor::randn([de, d], opts) * 0.02).set_requires_grad(true))
+        .collect();
+    let fc2: Vec<Tensor> = (0..e)
+        .map(|_| (Tensor::randn([d, de], opts) * 0.02).set_requires_grad(true))
+        .collect();
     let mut group = c.benchmark_group("moe_layer_fwd_bwd");
     group.sample_size(20);
     for (name, resident, policy) in [
         ("full", (0..e).collect::<Vec<_>>(), None),
-        ("quarter_resident_drop", vec![0, 1, 2, 3], Some(SkipPolicy::Drop)),
+        (
+            "quarter_resident_drop",
+            vec![0, 1, 2, 3],
+            Some(SkipPolicy::Drop),
+        ),
     ] {
         let res = LayerResidency::new(e, &resident);
-        let w = ExpertWeights { fc1: resident.iter().map(|&i| &fc1[i]).collect(), fc2: resident.iter().map(|&i| &fc2[i]).collect() };
-        let o = RoutingOptions { top_k: 2, router: RouterKind::SoftmaxTopk, skip_policy: policy, aux_scope: AuxScope::All };
+        let w = ExpertWeights {
+            fc1: resident.iter().map(|&i| &fc1[i]).collect(),
+            fc2: resident.iter().map(|&i| &fc2[i]).collect(),
+        };
+        let o = RoutingOptions {
+            top_k: 2,
+            router: RouterKind::SoftmaxTopk,
+            skip_policy: policy,
+            aux_scope: AuxScope::All,
+        };
         group.bench_function(name, |b| {
             b.iter(|| {
                 let out = moe_forward(&x, &router, &w, &res, o);

@@ -63,20 +63,40 @@ fn median(v: &mut [f64]) -> f64 {
 /// Time `steps` training steps after `warmup` untimed ones. `resident_fraction` < 1 gives
 /// the model of a FoMoE site holding that share of the experts (round-robin site 0, skip
 /// policy `drop`), so its step can be compared with a full replica's.
-pub fn bench_step(cfg: &ModelConfig, preset: &str, threads: usize, warmup: usize, steps: usize, resident_fraction: f64) -> StepBench {
+pub fn bench_step(
+    cfg: &ModelConfig,
+    preset: &str,
+    threads: usize,
+    warmup: usize,
+    steps: usize,
+    resident_fraction: f64,
+) -> StepBench {
     tch::set_num_threads(threads as i32);
     let mut matmul = matmul_gflops(1024, 10);
-    let held = ((cfg.n_experts as f64 * resident_fraction).round() as usize).clamp(1, cfg.n_experts);
+    let held =
+        ((cfg.n_experts as f64 * resident_fraction).round() as usize).clamp(1, cfg.n_experts);
     let residency = Residency::uniform(cfg, &(0..held).collect::<Vec<_>>());
     let mut model = MoeModel::new(cfg, residency, 0);
     if held < cfg.n_experts {
         model.skip_policy = Some(crate::model::SkipPolicy::Drop);
     }
-    let mut opt = AdamW::new(AdamWConfig::default(), model.store.numel(), model.store.layout.decayed.clone());
+    let mut opt = AdamW::new(
+        AdamWConfig::default(),
+        model.store.numel(),
+        model.store.layout.decayed.clone(),
+    );
     let (b, s) = (cfg.batch_size as i64, cfg.seq_len as i64);
     tch::manual_seed(1);
-    let inputs = Tensor::randint(cfg.vocab_size as i64, [b, s], (Kind::Int64, tch::Device::Cpu));
-    let targets = Tensor::randint(cfg.vocab_size as i64, [b, s], (Kind::Int64, tch::Device::Cpu));
+    let inputs = Tensor::randint(
+        cfg.vocab_size as i64,
+        [b, s],
+        (Kind::Int64, tch::Device::Cpu),
+    );
+    let targets = Tensor::randint(
+        cfg.vocab_size as i64,
+        [b, s],
+        (Kind::Int64, tch::Device::Cpu),
+    );
     let mut times = Vec::with_capacity(steps);
     let mut skipped = 0i64;
     let mut slots = 0i64;
@@ -84,7 +104,11 @@ pub fn bench_step(cfg: &ModelConfig, preset: &str, threads: usize, warmup: usize
         let t = Instant::now();
         let out = model.forward(&inputs, &targets);
         skipped += out.routing.iter().map(|r| r.skipped_slots).sum::<i64>();
-        slots += out.routing.iter().map(|r| r.tokens * cfg.top_k as i64).sum::<i64>();
+        slots += out
+            .routing
+            .iter()
+            .map(|r| r.tokens * cfg.top_k as i64)
+            .sum::<i64>();
         let mut g = model.flat_grad(&out.loss);
         clip_grad_norm(&mut g, 1.0);
         opt.step(&model.store.flat, &g, 1e-4);
@@ -114,7 +138,11 @@ pub fn bench_step(cfg: &ModelConfig, preset: &str, threads: usize, warmup: usize
         mfu: gflops / matmul,
         expert_flop_share: expert_flops / fpt,
         resident_fraction: held as f64 / cfg.n_experts as f64,
-        skip_rate: if slots > 0 { skipped as f64 / slots as f64 } else { 0.0 },
+        skip_rate: if slots > 0 {
+            skipped as f64 / slots as f64
+        } else {
+            0.0
+        },
         n_params: cfg.total_params(),
         n_active_matmul: cfg.active_matmul_params(),
     }

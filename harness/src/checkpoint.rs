@@ -57,7 +57,11 @@ impl CheckpointWriter {
         let all = tensor_to_vec(flat);
         for s in &layout.specs {
             let shape = s.shape.iter().map(|&d| d as usize).collect();
-            self.entries.push((format!("{prefix}{}", s.name), shape, f32_bytes(&all[s.offset..s.offset + s.numel])));
+            self.entries.push((
+                format!("{prefix}{}", s.name),
+                shape,
+                f32_bytes(&all[s.offset..s.offset + s.numel]),
+            ));
         }
         self
     }
@@ -85,13 +89,17 @@ impl CheckpointWriter {
         let tmp = tmp_path(path);
         safetensors::serialize_to_file(views, Some(self.metadata.clone()), &tmp)
             .with_context(|| format!("writing checkpoint {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
         Ok(())
     }
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp{}", std::process::id()));
     path.with_file_name(name)
 }
@@ -105,23 +113,38 @@ pub struct Checkpoint {
 
 impl Checkpoint {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-        let ck = Self { bytes, path: path.to_path_buf() };
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("reading checkpoint {}", path.display()))?;
+        let ck = Self {
+            bytes,
+            path: path.to_path_buf(),
+        };
         let st = ck.parse()?;
-        let fmt = st.1.metadata().as_ref().and_then(|m| m.get("format").cloned());
+        let fmt =
+            st.1.metadata()
+                .as_ref()
+                .and_then(|m| m.get("format").cloned());
         ck.tensors()?;
         if fmt.as_deref() != Some(FORMAT) {
-            bail!("{}: not a fomoe checkpoint (format = {:?}, expected {FORMAT})", path.display(), fmt);
+            bail!(
+                "{}: not a fomoe checkpoint (format = {:?}, expected {FORMAT})",
+                path.display(),
+                fmt
+            );
         }
         Ok(ck)
     }
 
     fn parse(&self) -> Result<(usize, safetensors::tensor::Metadata)> {
-        SafeTensors::read_metadata(&self.bytes).map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e:?}", self.path.display()))
+        SafeTensors::read_metadata(&self.bytes).map_err(|e| {
+            anyhow::anyhow!("{}: invalid safetensors file: {e:?}", self.path.display())
+        })
     }
 
     fn tensors(&self) -> Result<SafeTensors<'_>> {
-        SafeTensors::deserialize(&self.bytes).map_err(|e| anyhow::anyhow!("{}: invalid safetensors file: {e:?}", self.path.display()))
+        SafeTensors::deserialize(&self.bytes).map_err(|e| {
+            anyhow::anyhow!("{}: invalid safetensors file: {e:?}", self.path.display())
+        })
     }
 
     pub fn meta(&self, key: &str) -> Option<String> {
@@ -129,21 +152,38 @@ impl Checkpoint {
     }
 
     pub fn names(&self) -> Result<Vec<String>> {
-        Ok(self.tensors()?.names().into_iter().map(String::from).collect())
+        Ok(self
+            .tensors()?
+            .names()
+            .into_iter()
+            .map(String::from)
+            .collect())
     }
 
     /// The values of tensor `name` (must be f32 with `numel` elements).
     pub fn values(&self, name: &str, numel: usize) -> Result<Vec<f32>> {
         let st = self.tensors()?;
-        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: missing tensor {name}", self.path.display()))?;
+        let t = st
+            .tensor(name)
+            .map_err(|_| anyhow::anyhow!("{}: missing tensor {name}", self.path.display()))?;
         if t.dtype() != Dtype::F32 {
-            bail!("{}: tensor {name} has dtype {:?}, expected F32", self.path.display(), t.dtype());
+            bail!(
+                "{}: tensor {name} has dtype {:?}, expected F32",
+                self.path.display(),
+                t.dtype()
+            );
         }
         let n: usize = t.shape().iter().product();
         if n != numel {
-            bail!("{}: tensor {name} has {n} values, expected {numel}", self.path.display());
+            bail!(
+                "{}: tensor {name} has {n} values, expected {numel}",
+                self.path.display()
+            );
         }
-        Ok(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        Ok(t.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
     }
 
     /// Fill a flat buffer laid out by `layout` from tensors named `prefix + param name`.
@@ -182,12 +222,21 @@ mod tests {
     fn round_trip_is_bit_exact_and_names_are_pytorch_style() {
         let cfg = ModelConfig::preset("tiny").unwrap();
         let store = ParamStore::init(&cfg, Residency::uniform(&cfg, &[2, 5]), 3);
-        let mut opt = AdamW::new(AdamWConfig::default(), store.numel(), store.layout.decayed.clone());
+        let mut opt = AdamW::new(
+            AdamWConfig::default(),
+            store.numel(),
+            store.layout.decayed.clone(),
+        );
         let g = Tensor::randn([store.numel() as i64], (tch::Kind::Float, tch::Device::Cpu));
         opt.step(&store.flat, &g, 1e-3);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ck.safetensors");
-        CheckpointWriter::new().model(&store).adamw(&store.layout, &opt).meta("step", 1).write(&path).unwrap();
+        CheckpointWriter::new()
+            .model(&store)
+            .adamw(&store.layout, &opt)
+            .meta("step", 1)
+            .write(&path)
+            .unwrap();
         let ck = Checkpoint::open(&path).unwrap();
         let names = ck.names().unwrap();
         assert!(names.contains(&"blocks.1.moe.experts.5.fc2.weight".to_string()));
@@ -195,14 +244,21 @@ mod tests {
         let back = ParamStore::zeros(&cfg, Residency::uniform(&cfg, &[2, 5]));
         ck.read_model(&back).unwrap();
         assert!(back.flat.equal(&store.flat));
-        let mut opt2 = AdamW::new(AdamWConfig::default(), store.numel(), store.layout.decayed.clone());
+        let mut opt2 = AdamW::new(
+            AdamWConfig::default(),
+            store.numel(),
+            store.layout.decayed.clone(),
+        );
         ck.read_adamw(&store.layout, &mut opt2).unwrap();
         assert!(opt2.exp_avg.equal(&opt.exp_avg) && opt2.exp_avg_sq.equal(&opt.exp_avg_sq));
         assert_eq!(opt2.step, 1);
         // A store holding an expert the file lacks gets a clear error.
         let other = ParamStore::zeros(&cfg, Residency::uniform(&cfg, &[0]));
         let err = ck.read_model(&other).unwrap_err().to_string();
-        assert!(err.contains("missing tensor blocks.0.moe.experts.0.fc1.weight"), "{err}");
+        assert!(
+            err.contains("missing tensor blocks.0.moe.experts.0.fc1.weight"),
+            "{err}"
+        );
         // No temporary file is left behind.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -212,6 +268,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.safetensors");
         std::fs::write(&p, b"garbage").unwrap();
-        assert!(Checkpoint::open(&p).unwrap_err().to_string().contains("invalid safetensors file"));
+        assert!(Checkpoint::open(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("invalid safetensors file"));
     }
 }

@@ -76,7 +76,10 @@ pub enum OuterOptimizer {
 
 impl OuterOptimizer {
     pub fn diloco_default() -> Self {
-        OuterOptimizer::Nesterov { lr: 0.7, momentum: 0.9 }
+        OuterOptimizer::Nesterov {
+            lr: 0.7,
+            momentum: 0.9,
+        }
     }
     pub fn fedavg_default() -> Self {
         OuterOptimizer::Fedavg { lr: 1.0 }
@@ -114,7 +117,12 @@ pub struct FomoeConfig {
 
 impl Default for FomoeConfig {
     fn default() -> Self {
-        Self { rho: 2, placement: Placement::RoundRobin, skip_policy: SkipPolicy::Drop, aux_scope: AuxScope::All }
+        Self {
+            rho: 2,
+            placement: Placement::RoundRobin,
+            skip_policy: SkipPolicy::Drop,
+            aux_scope: AuxScope::All,
+        }
     }
 }
 
@@ -163,7 +171,13 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { backend: Backend::Sim, scenario: Some("cross-region".into()), rate: None, delay: None, jitter: None }
+        Self {
+            backend: Backend::Sim,
+            scenario: Some("cross-region".into()),
+            rate: None,
+            delay: None,
+            jitter: None,
+        }
     }
 }
 
@@ -309,12 +323,19 @@ impl RunConfig {
     /// Cross-field validation; the first violated rule as a one-line error.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let m = self.model_config()?;
-        self.optim.validate().map_err(|e| ConfigError { field: format!("optim.{}", e.field), ..e })?;
+        self.optim.validate().map_err(|e| ConfigError {
+            field: format!("optim.{}", e.field),
+            ..e
+        })?;
         if self.sites == 0 || self.sites > 64 {
             return Err(ConfigError::new("sites", self.sites, "must be in 1..=64"));
         }
         if self.method == Method::Single && self.sites != 1 {
-            return Err(ConfigError::new("sites", self.sites, "method single needs sites = 1"));
+            return Err(ConfigError::new(
+                "sites",
+                self.sites,
+                "method single needs sites = 1",
+            ));
         }
         if self.inner_steps == 0 {
             return Err(ConfigError::new("inner_steps", 0, "must be at least 1"));
@@ -330,12 +351,20 @@ impl RunConfig {
             ));
         }
         if self.eval_every_rounds == 0 {
-            return Err(ConfigError::new("eval_every_rounds", 0, "must be at least 1"));
+            return Err(ConfigError::new(
+                "eval_every_rounds",
+                0,
+                "must be at least 1",
+            ));
         }
         if self.method == Method::Fomoe {
             let (e, rho, sites) = (m.n_experts, self.fomoe.rho, self.sites);
             if rho == 0 || rho > sites {
-                return Err(ConfigError::new("fomoe.rho", rho, format!("must be in 1..={sites} (sites)")));
+                return Err(ConfigError::new(
+                    "fomoe.rho",
+                    rho,
+                    format!("must be in 1..={sites} (sites)"),
+                ));
             }
             if (e * rho) % sites != 0 {
                 return Err(ConfigError::new(
@@ -348,7 +377,11 @@ impl RunConfig {
                 return Err(ConfigError::new(
                     "fomoe.skip_policy",
                     "reroute",
-                    format!("needs at least top_k = {} resident experts per site, have {}", m.top_k, e * rho / sites),
+                    format!(
+                        "needs at least top_k = {} resident experts per site, have {}",
+                        m.top_k,
+                        e * rho / sites
+                    ),
                 ));
             }
         }
@@ -358,7 +391,11 @@ impl RunConfig {
                     return Err(ConfigError::new("outer.lr", lr, "must be > 0"));
                 }
                 if !(0.0..1.0).contains(&momentum) {
-                    return Err(ConfigError::new("outer.momentum", momentum, "must be in [0, 1)"));
+                    return Err(ConfigError::new(
+                        "outer.momentum",
+                        momentum,
+                        "must be in [0, 1)",
+                    ));
                 }
             }
             OuterOptimizer::Fedavg { lr } => {
@@ -369,12 +406,20 @@ impl RunConfig {
         }
         if let Some(t) = self.threads_per_site {
             if t == 0 {
-                return Err(ConfigError::new("threads_per_site", 0, "must be at least 1"));
+                return Err(ConfigError::new(
+                    "threads_per_site",
+                    0,
+                    "must be at least 1",
+                ));
             }
         }
         if let Some(t) = self.target_loss {
             if !(t > 0.0 && t.is_finite()) {
-                return Err(ConfigError::new("target_loss", t, "must be a finite number > 0"));
+                return Err(ConfigError::new(
+                    "target_loss",
+                    t,
+                    "must be a finite number > 0",
+                ));
             }
         }
         if self.resume_from.is_some() && self.endpoints() > self.sites {
@@ -386,14 +431,24 @@ impl RunConfig {
         }
         for f in &self.faults {
             if f.site >= self.sites {
-                return Err(ConfigError::new("faults.site", f.site, format!("must be below sites = {}", self.sites)));
+                return Err(ConfigError::new(
+                    "faults.site",
+                    f.site,
+                    format!("must be below sites = {}", self.sites),
+                ));
             }
             if f.at_step == 0 || f.at_step > self.steps {
-                return Err(ConfigError::new("faults.at_step", f.at_step, format!("must be in 1..={}", self.steps)));
+                return Err(ConfigError::new(
+                    "faults.at_step",
+                    f.at_step,
+                    format!("must be in 1..={}", self.steps),
+                ));
             }
         }
         self.link_matrix()?;
-        self.data.validate().map_err(|e| ConfigError::new("data", e.to_string(), "a valid [data] table"))?;
+        self.data
+            .validate()
+            .map_err(|e| ConfigError::new("data", e.to_string(), "a valid [data] table"))?;
         Ok(())
     }
 
@@ -403,19 +458,24 @@ impl RunConfig {
         use crate::net::LinkSpec;
         let n = &self.network;
         let mut spec = match &n.scenario {
-            Some(s) => LinkSpec::scenario(s).map_err(|e| ConfigError::new("network.scenario", s, e.to_string()))?,
+            Some(s) => LinkSpec::scenario(s)
+                .map_err(|e| ConfigError::new("network.scenario", s, e.to_string()))?,
             None => LinkSpec::scenario("cross-region").expect("built-in scenario"),
         };
         if let Some(r) = &n.rate {
-            spec.rate_bps = crate::units::parse_rate_bps(r).map_err(|e| ConfigError::new("network.rate", r, e.to_string()))?;
+            spec.rate_bps = crate::units::parse_rate_bps(r)
+                .map_err(|e| ConfigError::new("network.rate", r, e.to_string()))?;
         }
         if let Some(d) = &n.delay {
-            spec.delay = crate::units::parse_duration(d).map_err(|e| ConfigError::new("network.delay", d, e.to_string()))?;
+            spec.delay = crate::units::parse_duration(d)
+                .map_err(|e| ConfigError::new("network.delay", d, e.to_string()))?;
         }
         if let Some(j) = &n.jitter {
-            spec.jitter = crate::units::parse_duration(j).map_err(|e| ConfigError::new("network.jitter", j, e.to_string()))?;
+            spec.jitter = crate::units::parse_duration(j)
+                .map_err(|e| ConfigError::new("network.jitter", j, e.to_string()))?;
         }
-        spec.validate().map_err(|e| ConfigError::new("network", format!("{spec:?}"), e.to_string()))?;
+        spec.validate()
+            .map_err(|e| ConfigError::new("network", format!("{spec:?}"), e.to_string()))?;
         Ok(spec)
     }
 
@@ -443,7 +503,8 @@ impl RunConfig {
         c.resume_from = None;
         c.checkpoint_every_rounds = None;
         c.faults.clear();
-        let json = serde_json::to_string(&serde_json::to_value(&c).expect("config serialises")).expect("json");
+        let json = serde_json::to_string(&serde_json::to_value(&c).expect("config serialises"))
+            .expect("json");
         let digest = Sha256::digest(json.as_bytes());
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
@@ -465,15 +526,26 @@ mod tests {
 
     #[test]
     fn cross_field_errors_name_the_field() {
-        let mut c = RunConfig { method: Method::Fomoe, sites: 3, ..Default::default() };
+        let mut c = RunConfig {
+            method: Method::Fomoe,
+            sites: 3,
+            ..Default::default()
+        };
         c.fomoe.rho = 2; // tiny: E = 8, 8·2 % 3 != 0
         assert_eq!(
             c.validate().unwrap_err().to_string(),
             "invalid fomoe.rho = 2: n_experts·rho = 8·2 must be divisible by sites = 3"
         );
-        let c = RunConfig { steps: 10, inner_steps: 4, ..Default::default() };
+        let c = RunConfig {
+            steps: 10,
+            inner_steps: 4,
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "steps");
-        let c = RunConfig { preset: "giant".into(), ..Default::default() };
+        let c = RunConfig {
+            preset: "giant".into(),
+            ..Default::default()
+        };
         assert_eq!(c.validate().unwrap_err().field, "preset");
         let c: Result<RunConfig, _> = toml::from_str("method = \"ddp\"\nsitez = 4\n");
         assert!(c.unwrap_err().to_string().contains("unknown field `sitez`"));

@@ -34,7 +34,16 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        Self { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, warmup_steps: 20, min_lr_ratio: 0.1, grad_clip: 1.0 }
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            warmup_steps: 20,
+            min_lr_ratio: 0.1,
+            grad_clip: 1.0,
+        }
     }
 }
 
@@ -56,10 +65,18 @@ impl AdamWConfig {
             return Err(E::new("weight_decay", self.weight_decay, "must be >= 0"));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(E::new("min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]"));
+            return Err(E::new(
+                "min_lr_ratio",
+                self.min_lr_ratio,
+                "must be in [0, 1]",
+            ));
         }
         if !(self.grad_clip >= 0.0) {
-            return Err(E::new("grad_clip", self.grad_clip, "must be >= 0 (0 disables)"));
+            return Err(E::new(
+                "grad_clip",
+                self.grad_clip,
+                "must be >= 0 (0 disables)",
+            ));
         }
         Ok(())
     }
@@ -90,7 +107,14 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(cfg: AdamWConfig, numel: usize, decayed: Range<usize>) -> Self {
         let z = || Tensor::zeros([numel as i64], (Kind::Float, tch::Device::Cpu));
-        Self { cfg, exp_avg: z(), exp_avg_sq: z(), step: 0, decayed, scratch: None }
+        Self {
+            cfg,
+            exp_avg: z(),
+            exp_avg_sq: z(),
+            step: 0,
+            decayed,
+            scratch: None,
+        }
     }
 
     /// Bytes of optimiser state held (m and v, f32).
@@ -149,7 +173,14 @@ mod tests {
     #[test]
     fn matches_scalar_adamw_reference() {
         // Reference AdamW on scalars, three steps, one decayed and one not.
-        let cfg = AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.5, ..Default::default() };
+        let cfg = AdamWConfig {
+            lr: 0.1,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.5,
+            ..Default::default()
+        };
         let flat = Tensor::from_slice(&[1.0f32, -2.0]);
         let mut opt = AdamW::new(cfg.clone(), 2, 1..2);
         let grads = [[0.5f32, 0.25], [-1.0, 0.5], [0.1, -0.3]];
@@ -170,13 +201,23 @@ mod tests {
         }
         let got = Vec::<f32>::try_from(&flat).unwrap();
         for i in 0..2 {
-            assert!((got[i] as f64 - th[i]).abs() < 1e-5, "{i}: {} vs {}", got[i], th[i]);
+            assert!(
+                (got[i] as f64 - th[i]).abs() < 1e-5,
+                "{i}: {} vs {}",
+                got[i],
+                th[i]
+            );
         }
     }
 
     #[test]
     fn schedule_warms_up_then_decays_to_min() {
-        let c = AdamWConfig { lr: 1.0, warmup_steps: 10, min_lr_ratio: 0.1, ..Default::default() };
+        let c = AdamWConfig {
+            lr: 1.0,
+            warmup_steps: 10,
+            min_lr_ratio: 0.1,
+            ..Default::default()
+        };
         assert!((c.lr_at(0, 100) - 0.1).abs() < 1e-12);
         assert!((c.lr_at(9, 100) - 1.0).abs() < 1e-12);
         assert!((c.lr_at(10, 100) - 1.0).abs() < 1e-12);

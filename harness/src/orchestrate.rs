@@ -30,8 +30,9 @@ use crate::config::RunConfig;
 use crate::results::csv_sink::parse_rows;
 use crate::results::run_dir::ROUNDS_FILE;
 use crate::results::{
-    annotate_suite, clear_run_dir, run_state, summarize, summary_csv, write_atomic, Manifest, ResultsError, RunDir,
-    RunEnv, RunState, RunStatus, Summary, MANIFEST_FILE, SUITE_COPY_FILE, SUMMARY_FILE,
+    annotate_suite, clear_run_dir, run_state, summarize, summary_csv, write_atomic, Manifest,
+    ResultsError, RunDir, RunEnv, RunState, RunStatus, Summary, MANIFEST_FILE, SUITE_COPY_FILE,
+    SUMMARY_FILE,
 };
 use crate::suite::{Suite, SuiteRun};
 use crate::telemetry::RoundRow;
@@ -109,7 +110,10 @@ pub struct SuiteResult {
 
 impl SuiteResult {
     pub fn failed(&self) -> Vec<&RunOutcome> {
-        self.outcomes.iter().filter(|o| o.status != RunStatus::Complete.name()).collect()
+        self.outcomes
+            .iter()
+            .filter(|o| o.status != RunStatus::Complete.name())
+            .collect()
     }
 }
 
@@ -121,21 +125,35 @@ pub fn run_suite(
     obs: &dyn SuiteObserver,
 ) -> Result<SuiteResult, ResultsError> {
     let suite_dir = opts.out_dir.join(&suite.name);
-    std::fs::create_dir_all(&suite_dir).map_err(|error| ResultsError::Io { path: suite_dir.clone(), error })?;
+    std::fs::create_dir_all(&suite_dir).map_err(|error| ResultsError::Io {
+        path: suite_dir.clone(),
+        error,
+    })?;
     write_atomic(&suite_dir.join(SUITE_COPY_FILE), suite.source.as_bytes())?;
     let env = RunEnv::detect(&suite.name, &opts.backend);
 
     let selected: Vec<usize> = (0..suite.runs.len())
-        .filter(|&i| opts.only.as_deref().is_none_or(|s| suite.runs[i].id.contains(s)))
+        .filter(|&i| {
+            opts.only
+                .as_deref()
+                .is_none_or(|s| suite.runs[i].id.contains(s))
+        })
         .collect();
     let to_run = selected
         .iter()
-        .filter(|&&i| opts.force || !run_state(&suite_dir.join(&suite.runs[i].id), &suite.runs[i].hash).is_complete())
+        .filter(|&&i| {
+            opts.force
+                || !run_state(&suite_dir.join(&suite.runs[i].id), &suite.runs[i].hash).is_complete()
+        })
         .count();
     obs.suite_started(suite, selected.len(), to_run);
 
     // Summaries of every run that has results for its current config (for summary.csv).
-    let mut cache: Vec<Option<Summary>> = suite.runs.iter().map(|r| current_summary(&suite_dir.join(&r.id), &r.hash)).collect();
+    let mut cache: Vec<Option<Summary>> = suite
+        .runs
+        .iter()
+        .map(|r| current_summary(&suite_dir.join(&r.id), &r.hash))
+        .collect();
     let mut summaries = write_summary(&suite_dir, &cache)?;
 
     let mut outcomes = Vec::with_capacity(selected.len());
@@ -144,9 +162,13 @@ pub fn run_suite(
         let dir = suite_dir.join(&run.id);
         let previous = run_state(&dir, &run.hash);
         if previous.is_complete() && !opts.force {
-            let summary = summaries.iter().find(|s| s.run_id == run.id).cloned().unwrap_or_else(|| {
-                summarize(&dir).unwrap_or_else(|e| Summary::unreadable(&run.id, &e.to_string()))
-            });
+            let summary = summaries
+                .iter()
+                .find(|s| s.run_id == run.id)
+                .cloned()
+                .unwrap_or_else(|| {
+                    summarize(&dir).unwrap_or_else(|e| Summary::unreadable(&run.id, &e.to_string()))
+                });
             let outcome = RunOutcome {
                 run_id: run.id.clone(),
                 action: "skipped",
@@ -167,8 +189,14 @@ pub fn run_suite(
         let stop = AtomicBool::new(false);
         let rounds_path = dir.join(ROUNDS_FILE);
         let result = std::thread::scope(|s| {
-            let watcher = s.spawn(|| watch_rounds(&rounds_path, &stop, opts.poll_interval, |row| obs.run_progress(run, row)));
-            let r = catch_unwind(AssertUnwindSafe(|| exec.execute(&run.id, &run.config, &mut run_dir)));
+            let watcher = s.spawn(|| {
+                watch_rounds(&rounds_path, &stop, opts.poll_interval, |row| {
+                    obs.run_progress(run, row)
+                })
+            });
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                exec.execute(&run.id, &run.config, &mut run_dir)
+            }));
             stop.store(true, Ordering::Release);
             let _ = watcher.join();
             r
@@ -182,9 +210,14 @@ pub fn run_suite(
             Err(anyhow::anyhow!("executor panicked: {msg}"))
         });
         let manifest: Manifest = run_dir.finish(&result)?;
-        cache[i] = Some(summarize(&dir).unwrap_or_else(|e| Summary::unreadable(&run.id, &e.to_string())));
+        cache[i] =
+            Some(summarize(&dir).unwrap_or_else(|e| Summary::unreadable(&run.id, &e.to_string())));
         summaries = write_summary(&suite_dir, &cache)?;
-        let summary = summaries.iter().find(|s| s.run_id == run.id).cloned().expect("just summarised");
+        let summary = summaries
+            .iter()
+            .find(|s| s.run_id == run.id)
+            .cloned()
+            .expect("just summarised");
         let outcome = RunOutcome {
             run_id: run.id.clone(),
             action: "ran",
@@ -197,7 +230,11 @@ pub fn run_suite(
         obs.run_finished(&outcome);
         outcomes.push(outcome);
     }
-    Ok(SuiteResult { suite_dir, outcomes, summaries })
+    Ok(SuiteResult {
+        suite_dir,
+        outcomes,
+        summaries,
+    })
 }
 
 /// The summary of `dir` if its manifest is for the config with `hash`.
@@ -207,12 +244,18 @@ fn current_summary(dir: &Path, hash: &str) -> Option<Summary> {
         return None;
     }
     Some(summarize(dir).unwrap_or_else(|e| {
-        Summary::unreadable(dir.file_name().and_then(|n| n.to_str()).unwrap_or("?"), &e.to_string())
+        Summary::unreadable(
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+            &e.to_string(),
+        )
     }))
 }
 
 /// Annotate the cached rows and replace summary.csv atomically; returns the rows written.
-fn write_summary(suite_dir: &Path, cache: &[Option<Summary>]) -> Result<Vec<Summary>, ResultsError> {
+fn write_summary(
+    suite_dir: &Path,
+    cache: &[Option<Summary>],
+) -> Result<Vec<Summary>, ResultsError> {
     let mut rows: Vec<Summary> = cache.iter().flatten().cloned().collect();
     annotate_suite(&mut rows);
     write_atomic(&suite_dir.join(SUMMARY_FILE), &summary_csv(&rows))?;
@@ -220,7 +263,12 @@ fn write_summary(suite_dir: &Path, cache: &[Option<Summary>]) -> Result<Vec<Summ
 }
 
 /// Deliver rows appended to rounds.csv until `stop`, then once more.
-fn watch_rounds(path: &Path, stop: &AtomicBool, every: Duration, mut on_row: impl FnMut(&RoundRow)) {
+fn watch_rounds(
+    path: &Path,
+    stop: &AtomicBool,
+    every: Duration,
+    mut on_row: impl FnMut(&RoundRow),
+) {
     let mut delivered = 0usize;
     let mut poll = || {
         if let Ok(bytes) = std::fs::read(path) {

@@ -73,20 +73,52 @@ pub enum SuiteError {
     #[error("{file}: {error}")]
     Io { file: String, error: std::io::Error },
     #[error("{file}: line {line}, column {column}: {message}")]
-    Syntax { file: String, line: usize, column: usize, message: String },
+    Syntax {
+        file: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     /// The shape of the file: unknown top-level keys, grid/include/exclude/seeds/suite misuse.
     #[error("{file}: {key}: {message}")]
-    Structure { file: String, key: String, message: String },
+    Structure {
+        file: String,
+        key: String,
+        message: String,
+    },
     #[error("{file}: base.{field}: {message}")]
-    Base { file: String, field: String, message: String },
+    Base {
+        file: String,
+        field: String,
+        message: String,
+    },
     #[error("{file}: grid key {key} = {value}: {field}: {message}")]
-    GridValue { file: String, key: String, value: String, field: String, message: String },
+    GridValue {
+        file: String,
+        key: String,
+        value: String,
+        field: String,
+        message: String,
+    },
     #[error("{file}: run {run_id}: {error}")]
-    Invalid { file: String, run_id: String, error: ConfigError },
+    Invalid {
+        file: String,
+        run_id: String,
+        error: ConfigError,
+    },
     #[error("{file}: run id {id} names two different configs (hashes {first} and {second}): give the knob values distinct short forms")]
-    DuplicateId { file: String, id: String, first: String, second: String },
+    DuplicateId {
+        file: String,
+        id: String,
+        first: String,
+        second: String,
+    },
     #[error("{file}: exclude #{index} ({what}) matches no grid point")]
-    UselessExclude { file: String, index: usize, what: String },
+    UselessExclude {
+        file: String,
+        index: usize,
+        what: String,
+    },
     #[error("{file}: the suite expands to no runs")]
     Empty { file: String },
 }
@@ -165,7 +197,10 @@ const KEY_ORDER: &[(&str, &str)] = &[
 ];
 
 fn key_rank(path: &str) -> usize {
-    KEY_ORDER.iter().position(|(k, _)| *k == path).unwrap_or(KEY_ORDER.len())
+    KEY_ORDER
+        .iter()
+        .position(|(k, _)| *k == path)
+        .unwrap_or(KEY_ORDER.len())
 }
 
 fn sort_keys<T>(entries: &mut [(String, T)]) {
@@ -174,7 +209,15 @@ fn sort_keys<T>(entries: &mut [(String, T)]) {
 
 /// Keep filesystem- and shell-friendly characters.
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn render_value(key: &str, v: &Value) -> String {
@@ -186,16 +229,22 @@ fn render_value(key: &str, v: &Value) -> String {
             }
             Err(_) => sanitize(s),
         },
-        ("network.delay" | "network.jitter", Value::String(s)) => match crate::units::parse_duration(s) {
-            Ok(d) => crate::units::format_duration(d),
-            Err(_) => sanitize(s),
-        },
+        ("network.delay" | "network.jitter", Value::String(s)) => {
+            match crate::units::parse_duration(s) {
+                Ok(d) => crate::units::format_duration(d),
+                Err(_) => sanitize(s),
+            }
+        }
         (_, Value::String(s)) => sanitize(s),
         (_, Value::Integer(i)) => i.to_string(),
         (_, Value::Float(f)) => f.to_string(),
         (_, Value::Boolean(b)) => b.to_string(),
         (_, Value::Datetime(d)) => sanitize(&d.to_string()),
-        (_, Value::Array(a)) => a.iter().map(|x| render_value("", x)).collect::<Vec<_>>().join("_"),
+        (_, Value::Array(a)) => a
+            .iter()
+            .map(|x| render_value("", x))
+            .collect::<Vec<_>>()
+            .join("_"),
         (_, Value::Table(t)) => {
             let mut parts = Vec::new();
             if let Some(kind) = t.get("kind") {
@@ -216,7 +265,11 @@ fn token(key: &str, v: &Value) -> String {
         Some((_, prefix)) => format!("{prefix}{value}"),
         None => {
             let last = key.rsplit('.').next().unwrap_or(key);
-            let sep = if matches!(v, Value::Integer(_) | Value::Float(_)) { "" } else { "_" };
+            let sep = if matches!(v, Value::Integer(_) | Value::Float(_)) {
+                ""
+            } else {
+                "_"
+            };
             format!("{}{sep}{value}", sanitize(last))
         }
     }
@@ -234,7 +287,9 @@ fn set_path(table: &mut Table, path: &str, value: Value) -> Result<(), String> {
     let parts: Vec<&str> = path.split('.').collect();
     let mut cur = table;
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
-        let entry = cur.entry(part.to_string()).or_insert_with(|| Value::Table(Table::new()));
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| Value::Table(Table::new()));
         cur = match entry {
             Value::Table(t) => t,
             _ => return Err(format!("`{}` is not a table", parts[..=i].join("."))),
@@ -257,7 +312,11 @@ fn get_path<'a>(table: &'a Table, path: &str) -> Option<&'a Value> {
 fn de_config(t: &Table) -> Result<RunConfig, (String, String)> {
     serde_path_to_error::deserialize(Value::Table(t.clone())).map_err(|e| {
         let path = e.path().to_string();
-        let path = if path == "." { "(top level)".to_string() } else { path };
+        let path = if path == "." {
+            "(top level)".to_string()
+        } else {
+            path
+        };
         (path, e.inner().message().to_string())
     })
 }
@@ -271,32 +330,56 @@ struct Ctx {
 
 impl Ctx {
     fn structure(&self, key: impl Into<String>, message: impl Into<String>) -> SuiteError {
-        SuiteError::Structure { file: self.file.clone(), key: key.into(), message: message.into() }
+        SuiteError::Structure {
+            file: self.file.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
     }
 
     /// Flatten nested tables down to leaves; a leaf must be a list unless `scalars_ok`.
-    fn flatten(&self, section: &str, t: &Table, prefix: &str, scalars_ok: bool, out: &mut Entries) -> Result<(), SuiteError> {
+    fn flatten(
+        &self,
+        section: &str,
+        t: &Table,
+        prefix: &str,
+        scalars_ok: bool,
+        out: &mut Entries,
+    ) -> Result<(), SuiteError> {
         for (k, v) in t {
-            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
             let values = match v {
                 Value::Table(inner) => {
                     self.flatten(section, inner, &path, scalars_ok, out)?;
                     continue;
                 }
                 Value::Array(a) if a.is_empty() => {
-                    return Err(self.structure(format!("{section}.{path}"), "empty list: give at least one value"))
+                    return Err(self.structure(
+                        format!("{section}.{path}"),
+                        "empty list: give at least one value",
+                    ))
                 }
                 Value::Array(a) => a.clone(),
                 other if scalars_ok => vec![other.clone()],
                 other => {
                     return Err(self.structure(
                         format!("{section}.{path}"),
-                        format!("must be a list of values, e.g. {path} = [{}]", value_text(other)),
+                        format!(
+                            "must be a list of values, e.g. {path} = [{}]",
+                            value_text(other)
+                        ),
                     ))
                 }
             };
             if path == "seed" {
-                return Err(self.structure(format!("{section}.seed"), "set the seeds with the top-level `seeds = [...]`"));
+                return Err(self.structure(
+                    format!("{section}.seed"),
+                    "set the seeds with the top-level `seeds = [...]`",
+                ));
             }
             if out.iter().any(|(p, _)| *p == path) {
                 return Err(self.structure(format!("{section}.{path}"), "given twice"));
@@ -353,7 +436,10 @@ fn method_of(point: &[(String, Value)], base: Method) -> Method {
 }
 
 fn describe_point(point: &[(String, Value)], seed: u64) -> String {
-    let mut parts: Vec<String> = point.iter().map(|(k, v)| format!("{k}={}", value_text(v))).collect();
+    let mut parts: Vec<String> = point
+        .iter()
+        .map(|(k, v)| format!("{k}={}", value_text(v)))
+        .collect();
     parts.push(format!("seed={seed}"));
     format!("grid point ({})", parts.join(", "))
 }
@@ -361,40 +447,64 @@ fn describe_point(point: &[(String, Value)], seed: u64) -> String {
 impl Suite {
     /// Read and validate a suite file.
     pub fn load(path: &Path) -> Result<Suite, SuiteError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| SuiteError::Io { file: path.display().to_string(), error })?;
+        let text = std::fs::read_to_string(path).map_err(|error| SuiteError::Io {
+            file: path.display().to_string(),
+            error,
+        })?;
         Self::parse(&text, path)
     }
 
     /// Parse and validate suite text; `file` names it in errors and gives the default name.
     pub fn parse(text: &str, file: &Path) -> Result<Suite, SuiteError> {
-        let cx = Ctx { file: file.display().to_string() };
+        let cx = Ctx {
+            file: file.display().to_string(),
+        };
         let table: Table = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map_or((0, 0), |s| line_column(text, s.start));
-            SuiteError::Syntax { file: cx.file.clone(), line, column, message: e.message().to_string() }
+            SuiteError::Syntax {
+                file: cx.file.clone(),
+                line,
+                column,
+                message: e.message().to_string(),
+            }
         })?;
         let raw: RawSuite = serde_path_to_error::deserialize(Value::Table(table))
             .map_err(|e| cx.structure(e.path().to_string(), e.inner().message()))?;
 
         let name = match raw.suite.name {
             Some(n) => n,
-            None => file.file_stem().and_then(|s| s.to_str()).unwrap_or("suite").to_string(),
+            None => file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("suite")
+                .to_string(),
         };
         if name.is_empty() || name.starts_with('.') || sanitize(&name) != name {
-            return Err(cx.structure("suite.name", format!("{name:?}: use letters, digits, '.', '-', '_' (not starting with '.')")));
+            return Err(cx.structure(
+                "suite.name",
+                format!("{name:?}: use letters, digits, '.', '-', '_' (not starting with '.')"),
+            ));
         }
 
         if raw.seeds.is_some() && raw.base.contains_key("seed") {
-            return Err(cx.structure("base.seed", "set the seeds with the top-level `seeds = [...]` instead"));
+            return Err(cx.structure(
+                "base.seed",
+                "set the seeds with the top-level `seeds = [...]` instead",
+            ));
         }
-        let base_cfg = de_config(&raw.base)
-            .map_err(|(field, message)| SuiteError::Base { file: cx.file.clone(), field, message })?;
+        let base_cfg = de_config(&raw.base).map_err(|(field, message)| SuiteError::Base {
+            file: cx.file.clone(),
+            field,
+            message,
+        })?;
         // Grid values apply on top of the fully resolved base, so that e.g.
         // `data.heterogeneity` can vary without restating `[base.data] kind`.
         let base = match Value::try_from(&base_cfg) {
             Ok(Value::Table(t)) => t,
             Ok(_) => unreachable!("a struct serialises to a table"),
-            Err(e) => return Err(cx.structure("base", format!("cannot be represented in TOML: {e}"))),
+            Err(e) => {
+                return Err(cx.structure("base", format!("cannot be represented in TOML: {e}")))
+            }
         };
 
         let seeds = raw.seeds.unwrap_or_else(|| vec![base_cfg.seed]);
@@ -420,26 +530,49 @@ impl Suite {
             let mut keys = Entries::new();
             cx.flatten(&format!("exclude[{index}]"), ex, "", true, &mut keys)?;
             if keys.is_empty() {
-                return Err(cx.structure(format!("exclude[{index}]"), "empty: name at least one grid key"));
+                return Err(cx.structure(
+                    format!("exclude[{index}]"),
+                    "empty: name at least one grid key",
+                ));
             }
             for (k, _) in &keys {
                 if !grid.iter().any(|(g, _)| g == k) {
                     let known: Vec<&str> = grid.iter().map(|(g, _)| g.as_str()).collect();
                     return Err(cx.structure(
                         format!("exclude[{index}].{k}"),
-                        format!("not a grid key; grid keys: {}", if known.is_empty() { "none".into() } else { known.join(", ") }),
+                        format!(
+                            "not a grid key; grid keys: {}",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
                     ));
                 }
             }
             let before = points.len();
-            points.retain(|p| !keys.iter().all(|(k, vals)| p.iter().any(|(pk, pv)| pk == k && vals.contains(pv))));
+            points.retain(|p| {
+                !keys
+                    .iter()
+                    .all(|(k, vals)| p.iter().any(|(pk, pv)| pk == k && vals.contains(pv)))
+            });
             if points.len() == before {
                 let what = keys
                     .iter()
-                    .map(|(k, v)| format!("{k}={}", v.iter().map(value_text).collect::<Vec<_>>().join("|")))
+                    .map(|(k, v)| {
+                        format!(
+                            "{k}={}",
+                            v.iter().map(value_text).collect::<Vec<_>>().join("|")
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(", ");
-                return Err(SuiteError::UselessExclude { file: cx.file.clone(), index, what });
+                return Err(SuiteError::UselessExclude {
+                    file: cx.file.clone(),
+                    index,
+                    what,
+                });
             }
         }
         let mut all_keys: Vec<String> = grid.iter().map(|(k, _)| k.clone()).collect();
@@ -447,7 +580,9 @@ impl Suite {
             let mut keys = Entries::new();
             cx.flatten(&format!("include[{index}]"), inc, "", true, &mut keys)?;
             if keys.is_empty() {
-                return Err(cx.structure(format!("include[{index}]"), "empty: name at least one knob"));
+                return Err(
+                    cx.structure(format!("include[{index}]"), "empty: name at least one knob")
+                );
             }
             sort_keys(&mut keys);
             cx.check_values(&base, &keys)?;
@@ -490,7 +625,9 @@ impl Suite {
             }
         }
         if built.is_empty() {
-            return Err(SuiteError::Empty { file: cx.file.clone() });
+            return Err(SuiteError::Empty {
+                file: cx.file.clone(),
+            });
         }
 
         // Varied keys: more than one distinct value among the runs they apply to.
@@ -526,10 +663,23 @@ impl Suite {
             parts.push(format!("s{seed}"));
             let id = parts.join("-");
             if let Some(first) = ids.insert(id.clone(), hash.clone()) {
-                return Err(SuiteError::DuplicateId { file: cx.file.clone(), id, first, second: hash });
+                return Err(SuiteError::DuplicateId {
+                    file: cx.file.clone(),
+                    id,
+                    first,
+                    second: hash,
+                });
             }
-            cfg.validate().map_err(|error| SuiteError::Invalid { file: cx.file.clone(), run_id: id.clone(), error })?;
-            runs.push(SuiteRun { id, config: cfg, hash });
+            cfg.validate().map_err(|error| SuiteError::Invalid {
+                file: cx.file.clone(),
+                run_id: id.clone(),
+                error,
+            })?;
+            runs.push(SuiteRun {
+                id,
+                config: cfg,
+                hash,
+            });
         }
         Ok(Suite {
             name,

@@ -44,12 +44,14 @@ pub fn render(name: &str, suite: &SuiteData) -> Result<String, String> {
     {
         let result = match name {
             "payload_bytes.svg" => {
-                let root = SVGBackend::with_string(&mut svg, ((140 * n as u32).max(900), 520)).into_drawing_area();
+                let root = SVGBackend::with_string(&mut svg, ((140 * n as u32).max(900), 520))
+                    .into_drawing_area();
                 payload(&root, suite).and_then(|_| root.present().map_err(Into::into))
             }
             "eval_loss_tokens.svg" | "eval_loss_clock.svg" => {
                 let root = SVGBackend::with_string(&mut svg, (1100, 560)).into_drawing_area();
-                loss(&root, suite, name == "eval_loss_tokens.svg").and_then(|_| root.present().map_err(Into::into))
+                loss(&root, suite, name == "eval_loss_tokens.svg")
+                    .and_then(|_| root.present().map_err(Into::into))
             }
             "routing_stability.svg" => {
                 let root = SVGBackend::with_string(&mut svg, (1100, 1100)).into_drawing_area();
@@ -71,7 +73,13 @@ pub fn human_bytes(bytes: f64) -> String {
     for (unit, name) in [(1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")] {
         if bytes >= unit {
             let x = bytes / unit;
-            return if x >= 100.0 { format!("{x:.0} {name}") } else if x >= 10.0 { format!("{x:.1} {name}") } else { format!("{x:.2} {name}") };
+            return if x >= 100.0 {
+                format!("{x:.0} {name}")
+            } else if x >= 10.0 {
+                format!("{x:.1} {name}")
+            } else {
+                format!("{x:.2} {name}")
+            };
         }
     }
     format!("{bytes:.0} B")
@@ -86,11 +94,17 @@ fn payload(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResu
     let (lo, hi) = (min_pos / 10.0, max * 20.0);
     let ids: Vec<String> = suite.runs.iter().map(|r| r.id().to_string()).collect();
     let mut chart = ChartBuilder::on(root)
-        .caption(format!("{}: training payload bytes per run", suite.name), (FONT, 20))
+        .caption(
+            format!("{}: training payload bytes per run", suite.name),
+            (FONT, 20),
+        )
         .margin(15)
         .x_label_area_size(50)
         .y_label_area_size(80)
-        .build_cartesian_2d((0..n.saturating_sub(1).max(1)).into_segmented(), (lo..hi).log_scale())?;
+        .build_cartesian_2d(
+            (0..n.saturating_sub(1).max(1)).into_segmented(),
+            (lo..hi).log_scale(),
+        )?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -106,19 +120,33 @@ fn payload(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResu
     for (i, run) in suite.runs.iter().enumerate() {
         let b = run.summary.payload_bytes;
         let top = if b > 0 { b as f64 } else { lo };
-        let mut bar = Rectangle::new([(SegmentValue::Exact(i), lo), (SegmentValue::Exact(i + 1), top)], color(i).filled());
+        let mut bar = Rectangle::new(
+            [
+                (SegmentValue::Exact(i), lo),
+                (SegmentValue::Exact(i + 1), top),
+            ],
+            color(i).filled(),
+        );
         bar.set_margin(0, 0, 12, 12);
         chart.draw_series(std::iter::once(bar))?;
-        let ratio = match (run.summary.method.as_deref(), run.summary.bytes_reduction_vs_ddp) {
+        let ratio = match (
+            run.summary.method.as_deref(),
+            run.summary.bytes_reduction_vs_ddp,
+        ) {
             (_, Some(r)) => format!("×{r:.3} vs DDP"),
             _ => "no DDP ratio".to_string(),
         };
-        let style = TextStyle::from((FONT, 13).into_font()).pos(plotters::style::text_anchor::Pos::new(
-            plotters::style::text_anchor::HPos::Center,
-            plotters::style::text_anchor::VPos::Bottom,
-        ));
+        let style =
+            TextStyle::from((FONT, 13).into_font()).pos(plotters::style::text_anchor::Pos::new(
+                plotters::style::text_anchor::HPos::Center,
+                plotters::style::text_anchor::VPos::Bottom,
+            ));
         chart.draw_series([
-            Text::new(human_bytes(b as f64), (SegmentValue::CenterOf(i), top * 3.0), style.clone()),
+            Text::new(
+                human_bytes(b as f64),
+                (SegmentValue::CenterOf(i), top * 3.0),
+                style.clone(),
+            ),
             Text::new(ratio, (SegmentValue::CenterOf(i), top * 1.3), style),
         ])?;
     }
@@ -126,7 +154,11 @@ fn payload(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResu
 }
 
 fn range_of(values: impl Iterator<Item = f64>, pad_frac: f64) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
+            (l.min(v), h.max(v))
+        });
     if !lo.is_finite() {
         return (0.0, 1.0);
     }
@@ -135,12 +167,18 @@ fn range_of(values: impl Iterator<Item = f64>, pad_frac: f64) -> (f64, f64) {
 }
 
 /// One legend for the whole figure, drawn in its own column: (label, colour, dashed).
-fn legend(area: &DrawingArea<SVGBackend, Shift>, entries: &[(String, RGBColor, bool)]) -> DrawResult {
+fn legend(
+    area: &DrawingArea<SVGBackend, Shift>,
+    entries: &[(String, RGBColor, bool)],
+) -> DrawResult {
     for (i, (label, c, dashed)) in entries.iter().enumerate() {
         let y = 60 + 20 * i as i32;
         if *dashed {
             for x in [5, 17] {
-                area.draw(&PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(2)))?;
+                area.draw(&PathElement::new(
+                    vec![(x, y), (x + 8, y)],
+                    c.stroke_width(2),
+                ))?;
             }
         } else {
             area.draw(&PathElement::new(vec![(5, y), (29, y)], c.stroke_width(2)))?;
@@ -187,10 +225,19 @@ const LEGEND_W: u32 = 260;
 fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: bool) -> DrawResult {
     root.fill(&WHITE)?;
     let (plot, side) = root.split_horizontally(root.dim_in_pixel().0 - LEGEND_W);
-    let x_of = |p: &crate::load::EvalPoint| if by_tokens { p.tokens as f64 } else { p.clock_s };
+    let x_of = |p: &crate::load::EvalPoint| {
+        if by_tokens {
+            p.tokens as f64
+        } else {
+            p.clock_s
+        }
+    };
     let xs = suite.runs.iter().flat_map(|r| r.eval.iter().map(x_of));
     let (_, x_hi) = range_of(xs.chain(std::iter::once(0.0)), 0.0);
-    let ys = suite.runs.iter().flat_map(|r| r.eval.iter().map(|p| p.mean_loss).chain(r.floor));
+    let ys = suite
+        .runs
+        .iter()
+        .flat_map(|r| r.eval.iter().map(|p| p.mean_loss).chain(r.floor));
     let (y_lo, y_hi) = range_of(ys, 0.05);
     let x_hi = if x_hi > 0.0 { x_hi * 1.02 } else { 1.0 };
     let (what, desc) = if by_tokens {
@@ -199,26 +246,59 @@ fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: boo
         ("run clock", "run clock, s (virtual on the sim backend)")
     };
     let mut chart = ChartBuilder::on(&plot)
-        .caption(format!("{}: eval loss (mean over domains) vs {what}", suite.name), (FONT, 18))
+        .caption(
+            format!("{}: eval loss (mean over domains) vs {what}", suite.name),
+            (FONT, 18),
+        )
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(70)
         .build_cartesian_2d(0.0..x_hi, y_lo..y_hi)?;
-    chart.configure_mesh().x_label_formatter(&|v| if by_tokens { count_label(v) } else { trim_float(*v) }).x_desc(desc).y_desc("eval loss, nats/token").draw()?;
+    chart
+        .configure_mesh()
+        .x_label_formatter(&|v| {
+            if by_tokens {
+                count_label(v)
+            } else {
+                trim_float(*v)
+            }
+        })
+        .x_desc(desc)
+        .y_desc("eval loss, nats/token")
+        .draw()?;
     let mut entries = Vec::new();
     for (i, run) in suite.runs.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = run.eval.iter().map(|p| (x_of(p), p.mean_loss)).filter(|(x, y)| x.is_finite() && y.is_finite()).collect();
-        let label = if pts.is_empty() { format!("{} (no data)", run.id()) } else { run.id().to_string() };
+        let pts: Vec<(f64, f64)> = run
+            .eval
+            .iter()
+            .map(|p| (x_of(p), p.mean_loss))
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        let label = if pts.is_empty() {
+            format!("{} (no data)", run.id())
+        } else {
+            run.id().to_string()
+        };
         entries.push((label, color(i), false));
         chart.draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))?;
         chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color(i).filled())))?;
     }
     // Entropy floors, one dashed line per distinct value.
-    let mut floors: Vec<f64> = suite.runs.iter().filter_map(|r| r.floor).filter(|f| f.is_finite()).collect();
+    let mut floors: Vec<f64> = suite
+        .runs
+        .iter()
+        .filter_map(|r| r.floor)
+        .filter(|f| f.is_finite())
+        .collect();
     floors.sort_by(f64::total_cmp);
     floors.dedup();
     for f in &floors {
-        chart.draw_series(DashedLineSeries::new(vec![(0.0, *f), (x_hi, *f)], 8, 5, BLACK.stroke_width(1)))?;
+        chart.draw_series(DashedLineSeries::new(
+            vec![(0.0, *f), (x_hi, *f)],
+            8,
+            5,
+            BLACK.stroke_width(1),
+        ))?;
         entries.push((format!("entropy floor {f:.4}"), BLACK, true));
     }
     if floors.is_empty() {
@@ -231,7 +311,12 @@ type Metric = fn(&RoutingPoint) -> Option<f64>;
 /// A panel: its label, the metric, and a fixed y range (else fitted to the data).
 type Panel<'a> = (&'a str, Metric, Option<(f64, f64)>);
 
-fn round_panels(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, title: &str, panels: &[Panel]) -> DrawResult {
+fn round_panels(
+    root: &DrawingArea<SVGBackend, Shift>,
+    suite: &SuiteData,
+    title: &str,
+    panels: &[Panel],
+) -> DrawResult {
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(40);
     head.draw(&Text::new(
@@ -244,17 +329,33 @@ fn round_panels(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, title:
     ))?;
     let (body, side) = body.split_horizontally(body.dim_in_pixel().0 - LEGEND_W);
     let areas = body.split_evenly((panels.len(), 1));
-    let max_round = suite.runs.iter().flat_map(|r| r.routing.iter().map(|p| p.round)).max().unwrap_or(0);
+    let max_round = suite
+        .runs
+        .iter()
+        .flat_map(|r| r.routing.iter().map(|p| p.round))
+        .max()
+        .unwrap_or(0);
     let x_hi = (max_round as f64 + 0.2).max(1.0);
     for (area, (label, metric, fixed)) in areas.iter().zip(panels) {
         let (y_lo, y_hi) = match fixed {
             Some(r) => *r,
             None => {
-                let (lo, hi) = range_of(suite.runs.iter().flat_map(|r| r.routing.iter().filter_map(metric)), 0.05);
+                let (lo, hi) = range_of(
+                    suite
+                        .runs
+                        .iter()
+                        .flat_map(|r| r.routing.iter().filter_map(metric)),
+                    0.05,
+                );
                 (lo.min(0.0), hi)
             }
         };
-        let missing: Vec<&str> = suite.runs.iter().filter(|r| !r.routing.iter().any(|p| metric(p).is_some())).map(|r| r.id()).collect();
+        let missing: Vec<&str> = suite
+            .runs
+            .iter()
+            .filter(|r| !r.routing.iter().any(|p| metric(p).is_some()))
+            .map(|r| r.id())
+            .collect();
         let caption = match missing.len() {
             0 => label.to_string(),
             1..=3 => format!("{label} (no data: {})", missing.join(", ")),
@@ -266,9 +367,20 @@ fn round_panels(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, title:
             .x_label_area_size(35)
             .y_label_area_size(60)
             .build_cartesian_2d(-0.2..x_hi, y_lo..y_hi)?;
-        chart.configure_mesh().x_labels((max_round + 3).min(12)).x_label_formatter(&integer_label).x_desc("round").y_desc(*label).draw()?;
+        chart
+            .configure_mesh()
+            .x_labels((max_round + 3).min(12))
+            .x_label_formatter(&integer_label)
+            .x_desc("round")
+            .y_desc(*label)
+            .draw()?;
         for (i, run) in suite.runs.iter().enumerate() {
-            let pts: Vec<(f64, f64)> = run.routing.iter().filter_map(|p| metric(p).map(|v| (p.round as f64, v))).filter(|(_, y)| y.is_finite()).collect();
+            let pts: Vec<(f64, f64)> = run
+                .routing
+                .iter()
+                .filter_map(|p| metric(p).map(|v| (p.round as f64, v)))
+                .filter(|(_, y)| y.is_finite())
+                .collect();
             chart.draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))?;
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color(i).filled())))?;
         }
@@ -277,7 +389,17 @@ fn round_panels(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, title:
         .runs
         .iter()
         .enumerate()
-        .map(|(i, r)| (if r.routing.is_empty() { format!("{} (no data)", r.id()) } else { r.id().to_string() }, color(i), false))
+        .map(|(i, r)| {
+            (
+                if r.routing.is_empty() {
+                    format!("{} (no data)", r.id())
+                } else {
+                    r.id().to_string()
+                },
+                color(i),
+                false,
+            )
+        })
         .collect();
     legend(&side, &entries)
 }
@@ -288,9 +410,21 @@ fn routing(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResu
         suite,
         "routing stability per round (mean over layers, top-k)",
         &[
-            ("saturation (overlap with final routing)", |p| p.saturation_topk, Some((0.0, 1.05))),
-            ("cross-site agreement (local vs global)", |p| p.cross_site_agreement_topk, Some((0.0, 1.05))),
-            ("overlap with previous round", |p| p.overlap_prev_topk, Some((0.0, 1.05))),
+            (
+                "saturation (overlap with final routing)",
+                |p| p.saturation_topk,
+                Some((0.0, 1.05)),
+            ),
+            (
+                "cross-site agreement (local vs global)",
+                |p| p.cross_site_agreement_topk,
+                Some((0.0, 1.05)),
+            ),
+            (
+                "overlap with previous round",
+                |p| p.overlap_prev_topk,
+                Some((0.0, 1.05)),
+            ),
         ],
     )
 }
@@ -300,6 +434,13 @@ fn balance(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResu
         root,
         suite,
         "load balance per round (mean over layers)",
-        &[("CV of expert load (probe set)", |p| Some(p.cv), None), ("training skip rate", |p| Some(p.skip_rate), Some((0.0, 1.05)))],
+        &[
+            ("CV of expert load (probe set)", |p| Some(p.cv), None),
+            (
+                "training skip rate",
+                |p| Some(p.skip_rate),
+                Some((0.0, 1.05)),
+            ),
+        ],
     )
 }

@@ -39,9 +39,16 @@ pub enum PaperError {
     #[error(transparent)]
     Results(#[from] ResultsError),
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: line {line}: {reason}")]
-    Malformed { path: PathBuf, line: usize, reason: String },
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
     #[error("{path}: not a suite results directory: {reason}")]
     NotASuite { path: PathBuf, reason: String },
     #[error("{path}: drawing failed: {reason}")]
@@ -51,10 +58,22 @@ pub enum PaperError {
 /// The figure files of a suite, in report order: (file name, title).
 pub const FIGURES: &[(&str, &str)] = &[
     ("payload_bytes.svg", "Training payload bytes per run"),
-    ("eval_loss_tokens.svg", "Global eval loss (mean over domains) vs training tokens"),
-    ("eval_loss_clock.svg", "Global eval loss (mean over domains) vs run clock"),
-    ("routing_stability.svg", "Routing stability per round (mean over layers)"),
-    ("load_balance.svg", "Load balance per round (mean over layers)"),
+    (
+        "eval_loss_tokens.svg",
+        "Global eval loss (mean over domains) vs training tokens",
+    ),
+    (
+        "eval_loss_clock.svg",
+        "Global eval loss (mean over domains) vs run clock",
+    ),
+    (
+        "routing_stability.svg",
+        "Routing stability per round (mean over layers)",
+    ),
+    (
+        "load_balance.svg",
+        "Load balance per round (mean over layers)",
+    ),
 ];
 
 /// What [`generate`] wrote.
@@ -79,15 +98,25 @@ pub fn report_path(out: &Path, suite: &str) -> PathBuf {
 pub fn generate(suite_dir: &Path, out: &Path) -> Result<Generated, PaperError> {
     let suite = load_suite(suite_dir)?;
     let fig_dir = figures_dir(out, &suite.name);
-    std::fs::create_dir_all(&fig_dir).map_err(|error| PaperError::Io { path: fig_dir.clone(), error })?;
+    std::fs::create_dir_all(&fig_dir).map_err(|error| PaperError::Io {
+        path: fig_dir.clone(),
+        error,
+    })?;
     let mut written = Vec::new();
     for (name, _) in FIGURES {
         let path = fig_dir.join(name);
-        let svg = figures::render(name, &suite).map_err(|reason| PaperError::Plot { path: path.clone(), reason })?;
+        let svg = figures::render(name, &suite).map_err(|reason| PaperError::Plot {
+            path: path.clone(),
+            reason,
+        })?;
         write_atomic(&path, svg.as_bytes())?;
         written.push(path);
     }
     let report = report_path(out, &suite.name);
     write_atomic(&report, report::markdown(&suite).as_bytes())?;
-    Ok(Generated { suite: suite.name, report, figures: written })
+    Ok(Generated {
+        suite: suite.name,
+        report,
+        figures: written,
+    })
 }

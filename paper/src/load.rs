@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use harness::results::run_dir::{ROUNDS_FILE, ROUTING_FILE, STEPS_FILE};
-use harness::results::{annotate_suite, read_rows, summarize, Summary, MANIFEST_FILE, SUMMARY_FILE};
+use harness::results::{
+    annotate_suite, read_rows, summarize, Summary, MANIFEST_FILE, SUMMARY_FILE,
+};
 use harness::telemetry::{RoundRow, RoutingRow, StepRow};
 
 use crate::PaperError;
@@ -75,7 +77,10 @@ pub struct SuiteData {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PaperError + '_ {
-    move |error| PaperError::Io { path: path.to_path_buf(), error }
+    move |error| PaperError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 fn rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<Vec<T>>, PaperError> {
@@ -89,7 +94,10 @@ fn rows<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<Vec<T>>, P
 /// Read the suite in `dir` (a directory holding run directories with `manifest.json`).
 pub fn load_suite(dir: &Path) -> Result<SuiteData, PaperError> {
     if !dir.is_dir() {
-        return Err(PaperError::NotASuite { path: dir.to_path_buf(), reason: "no such directory".into() });
+        return Err(PaperError::NotASuite {
+            path: dir.to_path_buf(),
+            reason: "no such directory".into(),
+        });
     }
     let mut ids: Vec<String> = std::fs::read_dir(dir)
         .map_err(io(dir))?
@@ -107,11 +115,22 @@ pub fn load_suite(dir: &Path) -> Result<SuiteData, PaperError> {
     let mut order: Vec<String> = Vec::new();
     let summary_path = dir.join(SUMMARY_FILE);
     if summary_path.is_file() {
-        let malformed = |line: usize, reason: String| PaperError::Malformed { path: summary_path.clone(), line, reason };
-        let mut r = csv::Reader::from_path(&summary_path).map_err(|e| malformed(1, e.to_string()))?;
+        let malformed = |line: usize, reason: String| PaperError::Malformed {
+            path: summary_path.clone(),
+            line,
+            reason,
+        };
+        let mut r =
+            csv::Reader::from_path(&summary_path).map_err(|e| malformed(1, e.to_string()))?;
         let header = r.headers().map_err(|e| malformed(1, e.to_string()))?;
         if header.get(0) != Some("run_id") {
-            return Err(malformed(1, format!("first column is {:?}, expected \"run_id\"", header.get(0).unwrap_or(""))));
+            return Err(malformed(
+                1,
+                format!(
+                    "first column is {:?}, expected \"run_id\"",
+                    header.get(0).unwrap_or("")
+                ),
+            ));
         }
         for (i, rec) in r.records().enumerate() {
             let rec = rec.map_err(|e| malformed(i + 2, e.to_string()))?;
@@ -135,12 +154,22 @@ pub fn load_suite(dir: &Path) -> Result<SuiteData, PaperError> {
     for (r, s) in runs.iter_mut().zip(summaries) {
         r.summary = s;
     }
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("suite").to_string();
-    Ok(SuiteData { name, dir: dir.to_path_buf(), runs })
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("suite")
+        .to_string();
+    Ok(SuiteData {
+        name,
+        dir: dir.to_path_buf(),
+        runs,
+    })
 }
 
 fn mean_some(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
-    let (sum, n) = values.flatten().fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    let (sum, n) = values
+        .flatten()
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
 }
 
@@ -154,7 +183,11 @@ pub fn load_run(dir: &Path) -> Result<RunData, PaperError> {
         .map_err(io(dir))?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("steps-site") && n.ends_with(".csv")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("steps-site") && n.ends_with(".csv"))
+        })
         .collect();
     site_files.sort();
     for p in site_files {
@@ -190,7 +223,10 @@ pub fn load_run(dir: &Path) -> Result<RunData, PaperError> {
                 round,
                 step,
                 tokens: tokens_upto(step),
-                clock_s: rs.iter().map(|r| r.clock_s).fold(f64::NEG_INFINITY, f64::max),
+                clock_s: rs
+                    .iter()
+                    .map(|r| r.clock_s)
+                    .fold(f64::NEG_INFINITY, f64::max),
                 mean_loss: rs.iter().map(|r| r.eval_loss).sum::<f64>() / rs.len() as f64,
             }
         })
@@ -212,7 +248,9 @@ pub fn load_run(dir: &Path) -> Result<RunData, PaperError> {
                 round,
                 layers: rs.len(),
                 saturation_topk: mean_some(rs.iter().map(|r| r.saturation_topk)),
-                cross_site_agreement_topk: mean_some(rs.iter().map(|r| r.cross_site_agreement_topk)),
+                cross_site_agreement_topk: mean_some(
+                    rs.iter().map(|r| r.cross_site_agreement_topk),
+                ),
                 overlap_prev_topk: mean_some(rs.iter().map(|r| r.overlap_prev_topk)),
                 cv: rs.iter().map(|r| r.cv).sum::<f64>() / n,
                 skip_rate: rs.iter().map(|r| r.skip_rate).sum::<f64>() / n,

@@ -37,7 +37,11 @@ pub fn domains(suite: &SuiteData) -> Vec<String> {
 
 /// Knobs that vary within the suite, sorted.
 pub fn knobs(suite: &SuiteData) -> Vec<String> {
-    let mut out: Vec<String> = suite.runs.iter().flat_map(|r| r.summary.knobs.keys().cloned()).collect();
+    let mut out: Vec<String> = suite
+        .runs
+        .iter()
+        .flat_map(|r| r.summary.knobs.keys().cloned())
+        .collect();
     out.sort();
     out.dedup();
     out
@@ -47,7 +51,10 @@ pub fn knobs(suite: &SuiteData) -> Vec<String> {
 pub fn target_cell(s: &Summary) -> String {
     match (s.target_loss, s.time_to_target_s, s.best_eval_loss) {
         (None, _, _) => "no target".into(),
-        (Some(_), Some(t), _) => format!("{t:.2} s (step {})", s.step_to_target.map_or("?".into(), |v| v.to_string())),
+        (Some(_), Some(t), _) => format!(
+            "{t:.2} s (step {})",
+            s.step_to_target.map_or("?".into(), |v| v.to_string())
+        ),
         (Some(target), None, Some(best)) => format!("not reached (best {best:.4} > {target})"),
         (Some(_), None, None) => "not reached (no eval)".into(),
     }
@@ -80,27 +87,63 @@ pub fn markdown(suite: &SuiteData) -> String {
     let _ = writeln!(m, "## Table\n");
     let mut head: Vec<String> = vec!["run".into(), "status".into(), "method".into()];
     head.extend(knobs.iter().map(|k| format!("`{k}`")));
-    head.extend(["payload bytes".into(), "bytes vs DDP".into(), "tokens/s".into()]);
+    head.extend([
+        "payload bytes".into(),
+        "bytes vs DDP".into(),
+        "tokens/s".into(),
+    ]);
     head.extend(doms.iter().map(|d| format!("eval loss `{d}`")));
     head.extend(["eval loss mean".into(), "time to target".into()]);
     let _ = writeln!(m, "| {} |", head.join(" | "));
     let _ = writeln!(m, "|{}", "---|".repeat(head.len()));
     for r in &suite.runs {
         let s = &r.summary;
-        let mut row: Vec<String> = vec![format!("`{}`", s.run_id), s.status.clone(), s.method.clone().unwrap_or_else(|| "-".into())];
-        row.extend(knobs.iter().map(|k| s.knobs.get(k).map_or("-".into(), knob_cell)));
+        let mut row: Vec<String> = vec![
+            format!("`{}`", s.run_id),
+            s.status.clone(),
+            s.method.clone().unwrap_or_else(|| "-".into()),
+        ];
+        row.extend(
+            knobs
+                .iter()
+                .map(|k| s.knobs.get(k).map_or("-".into(), knob_cell)),
+        );
         row.push(s.payload_bytes.to_string());
         row.push(ratio_cell(s));
         row.push(s.tokens_per_s.map_or("-".into(), |v| format!("{v:.1}")));
         for d in &doms {
-            let v = s.final_eval_loss_by_domain.iter().find(|x| &x.domain == d).map(|x| x.eval_loss);
-            row.push(v.map_or_else(|| if s.final_round.is_some() { "-".into() } else { "no eval".into() }, |v| format!("{v:.4}")));
+            let v = s
+                .final_eval_loss_by_domain
+                .iter()
+                .find(|x| &x.domain == d)
+                .map(|x| x.eval_loss);
+            row.push(v.map_or_else(
+                || {
+                    if s.final_round.is_some() {
+                        "-".into()
+                    } else {
+                        "no eval".into()
+                    }
+                },
+                |v| format!("{v:.4}"),
+            ));
         }
-        row.push(s.final_eval_loss.map_or("no eval".into(), |v| format!("{v:.4}")));
+        row.push(
+            s.final_eval_loss
+                .map_or("no eval".into(), |v| format!("{v:.4}")),
+        );
         row.push(target_cell(s));
-        let _ = writeln!(m, "| {} |", row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | "));
+        let _ = writeln!(
+            m,
+            "| {} |",
+            row.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+        );
     }
-    if suite.runs.iter().any(|r| r.summary.ddp_ref_exact == Some(false)) {
+    if suite
+        .runs
+        .iter()
+        .any(|r| r.summary.ddp_ref_exact == Some(false))
+    {
         let _ = writeln!(m, "\n`*`: no DDP run with the same knob values; the ratio uses the closest DDP run (named below).");
     }
     let _ = writeln!(m, "\n## Figures\n");
@@ -117,7 +160,12 @@ pub fn markdown(suite: &SuiteData) -> String {
 }
 
 fn no_data(suite: &SuiteData, has: impl Fn(&RunData) -> bool) -> Vec<String> {
-    suite.runs.iter().filter(|r| !has(r)).map(|r| format!("`{}`", r.id())).collect()
+    suite
+        .runs
+        .iter()
+        .filter(|r| !has(r))
+        .map(|r| format!("`{}`", r.id()))
+        .collect()
 }
 
 fn figure_sources(name: &str, suite: &SuiteData) -> String {
@@ -145,16 +193,30 @@ fn figure_sources(name: &str, suite: &SuiteData) -> String {
     };
     let mut s = from;
     if !missing.is_empty() {
-        let what = if name == "payload_bytes.svg" { "no payload bytes" } else { "no rows, not drawn" };
+        let what = if name == "payload_bytes.svg" {
+            "no payload bytes"
+        } else {
+            "no rows, not drawn"
+        };
         let _ = write!(s, "\nRuns with {what}: {}.", missing.join(", "));
     }
-    if (name == "eval_loss_tokens.svg" || name == "eval_loss_clock.svg") && suite.runs.iter().all(|r| r.floor.is_none()) {
+    if (name == "eval_loss_tokens.svg" || name == "eval_loss_clock.svg")
+        && suite.runs.iter().all(|r| r.floor.is_none())
+    {
         s.push_str("\nNo entropy floor: no run's last round has a `floor` for every domain.");
     }
     if name == "routing_stability.svg" {
-        let no_agree = no_data(suite, |r| r.routing.iter().any(|p| p.cross_site_agreement_topk.is_some()));
+        let no_agree = no_data(suite, |r| {
+            r.routing
+                .iter()
+                .any(|p| p.cross_site_agreement_topk.is_some())
+        });
         if !no_agree.is_empty() {
-            let _ = write!(s, "\nNo cross-site agreement values (empty column): {}.", no_agree.join(", "));
+            let _ = write!(
+                s,
+                "\nNo cross-site agreement values (empty column): {}.",
+                no_agree.join(", ")
+            );
         }
     }
     s
@@ -164,32 +226,54 @@ fn provenance(m: &mut String, r: &RunData, doms: &[String]) {
     let s = &r.summary;
     let id = &s.run_id;
     let _ = writeln!(m, "### `{id}`\n");
-    let _ = writeln!(m, "- status `{}`: `{id}/{MANIFEST_FILE}` `status`", s.status);
+    let _ = writeln!(
+        m,
+        "- status `{}`: `{id}/{MANIFEST_FILE}` `status`",
+        s.status
+    );
     if let Some(e) = &s.error {
         let _ = writeln!(m, "- error `{}`: `{id}/{MANIFEST_FILE}` `error`", cell(e));
     }
     if let Some(method) = &s.method {
-        let _ = writeln!(m, "- method `{method}`: `{id}/{MANIFEST_FILE}` `config.method`");
+        let _ = writeln!(
+            m,
+            "- method `{method}`: `{id}/{MANIFEST_FILE}` `config.method`"
+        );
     }
     for (k, v) in &s.knobs {
-        let _ = writeln!(m, "- `{k}` = `{}`: `{id}/{MANIFEST_FILE}` `config.{k}`", cell(&knob_cell(v)));
+        let _ = writeln!(
+            m,
+            "- `{k}` = `{}`: `{id}/{MANIFEST_FILE}` `config.{k}`",
+            cell(&knob_cell(v))
+        );
     }
     match s.bytes_source {
         "rounds" => {
             let _ = writeln!(m, "- payload bytes {}: `{id}/{ROUNDS_FILE}`, largest `payload_bytes_total` (cumulative, all endpoints)", s.payload_bytes);
         }
         _ => {
-            let src = if r.has_steps_file { "" } else { " (no steps file: 0)" };
+            let src = if r.has_steps_file {
+                ""
+            } else {
+                " (no steps file: 0)"
+            };
             let _ = writeln!(m, "- payload bytes {}: `{id}/{STEPS_FILE}`, Σ `payload_sent` over sites (no rounds rows){src}", s.payload_bytes);
         }
     }
     match (s.bytes_reduction_vs_ddp, &s.ddp_ref) {
         (Some(x), Some(d)) => {
-            let how = if s.ddp_ref_exact == Some(true) { "same knob values" } else { "closest DDP run: knob values differ" };
+            let how = if s.ddp_ref_exact == Some(true) {
+                "same knob values"
+            } else {
+                "closest DDP run: knob values differ"
+            };
             let _ = writeln!(m, "- bytes vs DDP {x}: payload bytes of `{d}` (its `{ROUNDS_FILE}` / `{STEPS_FILE}` as above) / {} ({how})", s.payload_bytes);
         }
         (None, Some(d)) => {
-            let _ = writeln!(m, "- bytes vs DDP: none (reference `{d}`, but this run sent no payload)");
+            let _ = writeln!(
+                m,
+                "- bytes vs DDP: none (reference `{d}`, but this run sent no payload)"
+            );
         }
         (None, None) if !s.is_complete() => {
             let _ = writeln!(m, "- bytes vs DDP: none (run not complete)");
@@ -198,13 +282,20 @@ fn provenance(m: &mut String, r: &RunData, doms: &[String]) {
             let _ = writeln!(m, "- bytes vs DDP: none (no complete DDP run in the suite)");
         }
     }
-    let _ = writeln!(m, "- tokens {}: `{id}/{STEPS_FILE}`, Σ `tokens` over all sites and steps", s.tokens_total);
+    let _ = writeln!(
+        m,
+        "- tokens {}: `{id}/{STEPS_FILE}`, Σ `tokens` over all sites and steps",
+        s.tokens_total
+    );
     match (s.clock_s, s.tokens_per_s) {
         (Some(c), Some(t)) => {
             let _ = writeln!(m, "- run clock {c} s: largest `clock_s` of `{id}/{STEPS_FILE}` and `{id}/{ROUNDS_FILE}`; tokens/s {t} = tokens / clock");
         }
         (Some(c), None) => {
-            let _ = writeln!(m, "- run clock {c} s: largest `clock_s`; tokens/s: none (clock is 0)");
+            let _ = writeln!(
+                m,
+                "- run clock {c} s: largest `clock_s`; tokens/s: none (clock is 0)"
+            );
         }
         _ => {
             let _ = writeln!(m, "- tokens/s: none (no rows with a `clock_s`)");
@@ -234,17 +325,27 @@ fn provenance(m: &mut String, r: &RunData, doms: &[String]) {
                 }
             }
             if let Some(v) = s.best_eval_loss {
-                let _ = writeln!(m, "- best eval loss mean {v}: lowest per-round mean of `{id}/{ROUNDS_FILE}`");
+                let _ = writeln!(
+                    m,
+                    "- best eval loss mean {v}: lowest per-round mean of `{id}/{ROUNDS_FILE}`"
+                );
             }
         }
         None => {
-            let why = if r.has_rounds_file { "no rows" } else { "file missing" };
+            let why = if r.has_rounds_file {
+                "no rows"
+            } else {
+                "file missing"
+            };
             let _ = writeln!(m, "- final eval loss: none (`{id}/{ROUNDS_FILE}`: {why})");
         }
     }
     match (s.target_loss, s.time_to_target_s, s.step_to_target) {
         (None, _, _) => {
-            let _ = writeln!(m, "- time to target: none (`{id}/{MANIFEST_FILE}` has no `config.target_loss`)");
+            let _ = writeln!(
+                m,
+                "- time to target: none (`{id}/{MANIFEST_FILE}` has no `config.target_loss`)"
+            );
         }
         (Some(t), Some(c), step) => {
             let step = step.map_or("?".into(), |v| v.to_string());
@@ -254,7 +355,9 @@ fn provenance(m: &mut String, r: &RunData, doms: &[String]) {
             );
         }
         (Some(t), None, _) => {
-            let best = s.best_eval_loss.map_or("no eval".into(), |b| format!("best mean {b}"));
+            let best = s
+                .best_eval_loss
+                .map_or("no eval".into(), |b| format!("best mean {b}"));
             let _ = writeln!(m, "- time to target: not reached, target {t} (`{id}/{MANIFEST_FILE}` `config.target_loss`), {best} (`{id}/{ROUNDS_FILE}`)");
         }
     }

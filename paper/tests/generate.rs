@@ -14,7 +14,13 @@ const STEPS: usize = 20;
 const TOKENS: usize = 64;
 
 fn env() -> RunEnv {
-    RunEnv { suite: "synth".into(), backend: "cpu".into(), cores: 2, git_commit: "abc".into(), host: "h".into() }
+    RunEnv {
+        suite: "synth".into(),
+        backend: "cpu".into(),
+        cores: 2,
+        git_commit: "abc".into(),
+        host: "h".into(),
+    }
 }
 
 struct Eval {
@@ -31,13 +37,32 @@ struct Eval {
 /// Per layer: (saturation, cross-site agreement, overlap with previous, cv, skip rate).
 type Layer = (f64, Option<f64>, Option<f64>, f64, f64);
 
-fn write_run(suite: &Path, id: &str, method: Method, target: Option<f64>, evals: &[Eval], routing: &[(usize, [Layer; 2])]) {
-    let cfg = RunConfig { method, target_loss: target, ..RunConfig::default() };
+fn write_run(
+    suite: &Path,
+    id: &str,
+    method: Method,
+    target: Option<f64>,
+    evals: &[Eval],
+    routing: &[(usize, [Layer; 2])],
+) {
+    let cfg = RunConfig {
+        method,
+        target_loss: target,
+        ..RunConfig::default()
+    };
     let mut dir = RunDir::create(&suite.join(id), id, &cfg, &env()).unwrap();
     for step in 1..=STEPS {
         for site in 0..SITES {
             dir.steps
-                .push(&StepRow { site, step, round: (step - 1) / 10, tokens: TOKENS, clock_s: step as f64 * 0.5, payload_sent: 50, ..Default::default() })
+                .push(&StepRow {
+                    site,
+                    step,
+                    round: (step - 1) / 10,
+                    tokens: TOKENS,
+                    clock_s: step as f64 * 0.5,
+                    payload_sent: 50,
+                    ..Default::default()
+                })
                 .unwrap();
         }
     }
@@ -88,10 +113,34 @@ fn synthetic_suite(root: &Path) -> PathBuf {
         Method::Ddp,
         Some(2.0),
         &[
-            Eval { round: 0, step: 10, clock_s: 5.25, losses: [3.0, 2.5], payload: 1000 },
-            Eval { round: 1, step: 20, clock_s: 10.5, losses: [2.0, 1.5], payload: 2000 },
+            Eval {
+                round: 0,
+                step: 10,
+                clock_s: 5.25,
+                losses: [3.0, 2.5],
+                payload: 1000,
+            },
+            Eval {
+                round: 1,
+                step: 20,
+                clock_s: 10.5,
+                losses: [2.0, 1.5],
+                payload: 2000,
+            },
         ],
-        &[(0, [(0.5, None, None, 0.25, 0.0), (0.7, None, None, 0.75, 0.0)]), (1, [(1.0, None, Some(0.5), 0.5, 0.0), (1.0, None, Some(0.7), 1.0, 0.0)])],
+        &[
+            (
+                0,
+                [(0.5, None, None, 0.25, 0.0), (0.7, None, None, 0.75, 0.0)],
+            ),
+            (
+                1,
+                [
+                    (1.0, None, Some(0.5), 0.5, 0.0),
+                    (1.0, None, Some(0.7), 1.0, 0.0),
+                ],
+            ),
+        ],
     );
     write_run(
         &suite,
@@ -99,10 +148,37 @@ fn synthetic_suite(root: &Path) -> PathBuf {
         Method::Fomoe,
         Some(2.0),
         &[
-            Eval { round: 0, step: 10, clock_s: 5.0, losses: [3.5, 2.5], payload: 100 },
-            Eval { round: 1, step: 20, clock_s: 10.0, losses: [2.75, 2.25], payload: 250 },
+            Eval {
+                round: 0,
+                step: 10,
+                clock_s: 5.0,
+                losses: [3.5, 2.5],
+                payload: 100,
+            },
+            Eval {
+                round: 1,
+                step: 20,
+                clock_s: 10.0,
+                losses: [2.75, 2.25],
+                payload: 250,
+            },
         ],
-        &[(0, [(0.25, Some(0.5), None, 0.5, 0.25), (0.75, Some(1.0), None, 0.5, 0.25)]), (1, [(1.0, Some(0.75), Some(0.25), 0.5, 0.5), (1.0, Some(0.25), Some(0.75), 0.5, 0.5)])],
+        &[
+            (
+                0,
+                [
+                    (0.25, Some(0.5), None, 0.5, 0.25),
+                    (0.75, Some(1.0), None, 0.5, 0.25),
+                ],
+            ),
+            (
+                1,
+                [
+                    (1.0, Some(0.75), Some(0.25), 0.5, 0.5),
+                    (1.0, Some(0.25), Some(0.75), 0.5, 0.5),
+                ],
+            ),
+        ],
     );
     write_run(&suite, "diloco-c", Method::Diloco, None, &[], &[]);
     suite
@@ -117,7 +193,10 @@ fn read_all(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.insert(p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap());
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
             }
         }
     }
@@ -125,7 +204,10 @@ fn read_all(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 }
 
 fn table_row<'a>(report: &'a str, id: &str) -> Vec<&'a str> {
-    let line = report.lines().find(|l| l.starts_with(&format!("| `{id}` |"))).unwrap_or_else(|| panic!("no table row for {id}:\n{report}"));
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| `{id}` |")))
+        .unwrap_or_else(|| panic!("no table row for {id}:\n{report}"));
     line.trim_matches('|').split(" | ").map(str::trim).collect()
 }
 
@@ -137,8 +219,21 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
     let g = paper::generate(&suite, &out).unwrap();
     assert_eq!(g.suite, "synth");
     assert_eq!(g.report, out.join("REPORT-synth.md"));
-    let names: Vec<String> = g.figures.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
-    assert_eq!(names, ["payload_bytes.svg", "eval_loss_tokens.svg", "eval_loss_clock.svg", "routing_stability.svg", "load_balance.svg"]);
+    let names: Vec<String> = g
+        .figures
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "payload_bytes.svg",
+            "eval_loss_tokens.svg",
+            "eval_loss_clock.svg",
+            "routing_stability.svg",
+            "load_balance.svg"
+        ]
+    );
     for f in &g.figures {
         assert_eq!(f.parent().unwrap(), out.join("figures").join("synth"));
         let svg = std::fs::read_to_string(f).unwrap();
@@ -156,7 +251,10 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
 
     // The payload figure annotates the ratio; the loss figure draws the mean floor (1.0+1.5)/2.
     let payload = std::fs::read_to_string(out.join("figures/synth/payload_bytes.svg")).unwrap();
-    assert!(payload.contains("×8.000 vs DDP") && payload.contains("×1.000 vs DDP"), "{payload}");
+    assert!(
+        payload.contains("×8.000 vs DDP") && payload.contains("×1.000 vs DDP"),
+        "{payload}"
+    );
     let loss = std::fs::read_to_string(out.join("figures/synth/eval_loss_tokens.svg")).unwrap();
     assert!(loss.contains("entropy floor 1.2500"));
     assert!(loss.contains("diloco-c (no data)"));
@@ -179,18 +277,54 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
     // ddp-a: 2 sites × 20 steps × 64 tokens = 2560 tokens over a 10.5 s clock (its last eval).
     assert_eq!(
         table_row(&report, "ddp-a"),
-        ["`ddp-a`", "complete", "ddp", "2.0", "2000", "1.000×", "243.8", "2.0000", "1.5000", "1.7500", "10.50 s (step 20)"]
+        [
+            "`ddp-a`",
+            "complete",
+            "ddp",
+            "2.0",
+            "2000",
+            "1.000×",
+            "243.8",
+            "2.0000",
+            "1.5000",
+            "1.7500",
+            "10.50 s (step 20)"
+        ]
     );
     // fomoe-b: 250 bytes, 2000/250 = 8; clock 10.0 s from steps.csv (rounds stop at 10.0 too).
     assert_eq!(
         table_row(&report, "fomoe-b"),
-        ["`fomoe-b`", "complete", "fomoe", "2.0", "250", "8.000×", "256.0", "2.7500", "2.2500", "2.5000", "not reached (best 2.5000 > 2)"]
+        [
+            "`fomoe-b`",
+            "complete",
+            "fomoe",
+            "2.0",
+            "250",
+            "8.000×",
+            "256.0",
+            "2.7500",
+            "2.2500",
+            "2.5000",
+            "not reached (best 2.5000 > 2)"
+        ]
     );
     // diloco-c: no rounds rows; its target_loss (none) differs from ddp-a's: closest DDP run, `*`.
     // diloco-c: no rounds rows → bytes from steps.csv: 2 × 20 × 50 = 2000.
     assert_eq!(
         table_row(&report, "diloco-c"),
-        ["`diloco-c`", "complete", "diloco", "-", "2000", "1.000×*", "256.0", "no eval", "no eval", "no eval", "no target"]
+        [
+            "`diloco-c`",
+            "complete",
+            "diloco",
+            "-",
+            "2000",
+            "1.000×*",
+            "256.0",
+            "no eval",
+            "no eval",
+            "no eval",
+            "no target"
+        ]
     );
     for line in [
         "- payload bytes 2000: `ddp-a/rounds.csv`, largest `payload_bytes_total`",
@@ -213,8 +347,17 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
     ] {
         assert!(report.contains(line), "report lacks {line:?}:\n{report}");
     }
-    for f in ["payload_bytes", "eval_loss_tokens", "eval_loss_clock", "routing_stability", "load_balance"] {
-        assert!(report.contains(&format!("](figures/synth/{f}.svg)")), "{f} not linked");
+    for f in [
+        "payload_bytes",
+        "eval_loss_tokens",
+        "eval_loss_clock",
+        "routing_stability",
+        "load_balance",
+    ] {
+        assert!(
+            report.contains(&format!("](figures/synth/{f}.svg)")),
+            "{f} not linked"
+        );
     }
     assert!(report.contains("`*`: no DDP run with the same knob values"));
     assert!(report.contains("Runs with no rows, not drawn: `diloco-c`."));
@@ -226,9 +369,17 @@ fn series_are_the_inputs_per_round() {
     let tmp = tempfile::tempdir().unwrap();
     let suite = paper::load_suite(&synthetic_suite(tmp.path())).unwrap();
     let ids: Vec<&str> = suite.runs.iter().map(|r| r.id()).collect();
-    assert_eq!(ids, ["ddp-a", "diloco-c", "fomoe-b"], "no summary.csv: by name");
+    assert_eq!(
+        ids,
+        ["ddp-a", "diloco-c", "fomoe-b"],
+        "no summary.csv: by name"
+    );
     let a = &suite.runs[0];
-    let pts: Vec<(usize, u64, f64, f64)> = a.eval.iter().map(|p| (p.step, p.tokens, p.clock_s, p.mean_loss)).collect();
+    let pts: Vec<(usize, u64, f64, f64)> = a
+        .eval
+        .iter()
+        .map(|p| (p.step, p.tokens, p.clock_s, p.mean_loss))
+        .collect();
     assert_eq!(pts, [(10, 1280, 5.25, 2.75), (20, 2560, 10.5, 1.75)]);
     assert_eq!(a.floor, Some(1.25));
     assert_eq!(a.routing[0].saturation_topk, Some(0.6));
@@ -238,7 +389,9 @@ fn series_are_the_inputs_per_round() {
 }
 
 fn one_line_error(dir: &Path) -> String {
-    let e = paper::generate(dir, &dir.join("out")).unwrap_err().to_string();
+    let e = paper::generate(dir, &dir.join("out"))
+        .unwrap_err()
+        .to_string();
     assert_eq!(e.lines().count(), 1, "{e}");
     e
 }
@@ -257,7 +410,10 @@ fn a_missing_or_malformed_results_dir_is_a_one_line_error_naming_the_file() {
     text.push_str("1,20,a,not-a-number,,0,0,0,0,0,0\n");
     std::fs::write(&rounds, text).unwrap();
     let e = one_line_error(&suite);
-    assert!(e.contains(&rounds.display().to_string()) && e.contains("line 6"), "{e}");
+    assert!(
+        e.contains(&rounds.display().to_string()) && e.contains("line 6"),
+        "{e}"
+    );
 
     std::fs::write(suite.join("ddp-a").join("manifest.json"), "{ not json").unwrap();
     let e = one_line_error(&suite);

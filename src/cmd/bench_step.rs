@@ -32,21 +32,44 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::bail!("invalid threads = 0: must be at least 1");
     }
     if !(a.resident_fraction > 0.0 && a.resident_fraction <= 1.0) {
-        anyhow::bail!("invalid resident-fraction = {}: must be in (0, 1]", a.resident_fraction);
+        anyhow::bail!(
+            "invalid resident-fraction = {}: must be in (0, 1]",
+            a.resident_fraction
+        );
     }
     let r = harness::bench::bench_step(&cfg, &a.preset, threads, 2, a.steps, a.resident_fraction);
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
-        println!("preset {} on {} threads: {} tokens/step", r.preset, r.threads, r.tokens_per_step);
-        println!("  step time      {:>10.1} ms (median of {}, min {:.1})", r.step_ms_median, r.steps_timed, r.step_ms_min);
+        println!(
+            "preset {} on {} threads: {} tokens/step",
+            r.preset, r.threads, r.tokens_per_step
+        );
+        println!(
+            "  step time      {:>10.1} ms (median of {}, min {:.1})",
+            r.step_ms_median, r.steps_timed, r.step_ms_min
+        );
         println!("  tokens/s       {:>10.0}", r.tokens_per_s);
-        println!("  achieved       {:>10.1} GFLOP/s ({:.1} MFLOP/token, PaLM convention)", r.gflops, r.flops_per_token / 1e6);
-        println!("  fp32 matmul    {:>10.1} GFLOP/s (measured now)", r.matmul_gflops);
+        println!(
+            "  achieved       {:>10.1} GFLOP/s ({:.1} MFLOP/token, PaLM convention)",
+            r.gflops,
+            r.flops_per_token / 1e6
+        );
+        println!(
+            "  fp32 matmul    {:>10.1} GFLOP/s (measured now)",
+            r.matmul_gflops
+        );
         println!("  MFU            {:>10.1} %", 100.0 * r.mfu);
-        println!("  expert share   {:>10.1} % of model FLOPs (full replica)", 100.0 * r.expert_flop_share);
+        println!(
+            "  expert share   {:>10.1} % of model FLOPs (full replica)",
+            100.0 * r.expert_flop_share
+        );
         if r.resident_fraction < 1.0 {
-            println!("  resident       {:>10.1} % of experts, skip rate {:.1} % of routed slots", 100.0 * r.resident_fraction, 100.0 * r.skip_rate);
+            println!(
+                "  resident       {:>10.1} % of experts, skip rate {:.1} % of routed slots",
+                100.0 * r.resident_fraction,
+                100.0 * r.skip_rate
+            );
         }
     }
     Ok(())

@@ -25,11 +25,21 @@ pub fn run(a: Args) -> Result<()> {
     }
     let dirs = suite_dirs(&a.results_dir)?;
     if dirs.is_empty() {
-        anyhow::bail!("{}: no run directories (with manifest.json) found", a.results_dir.display());
+        anyhow::bail!(
+            "{}: no run directories (with manifest.json) found",
+            a.results_dir.display()
+        );
     }
     for d in dirs {
-        let g = paper::generate(&d, &a.out).with_context(|| format!("figures of {}", d.display()))?;
-        println!("{}: {} and {} figures in {}", g.suite, g.report.display(), g.figures.len(), paper::figures_dir(&a.out, &g.suite).display());
+        let g =
+            paper::generate(&d, &a.out).with_context(|| format!("figures of {}", d.display()))?;
+        println!(
+            "{}: {} and {} figures in {}",
+            g.suite,
+            g.report.display(),
+            g.figures.len(),
+            paper::figures_dir(&a.out, &g.suite).display()
+        );
     }
     Ok(())
 }

@@ -25,13 +25,19 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let dirs = suite_dirs(&a.results_dir)?;
     if dirs.is_empty() {
-        anyhow::bail!("{}: no run directories (with manifest.json) found", a.results_dir.display());
+        anyhow::bail!(
+            "{}: no run directories (with manifest.json) found",
+            a.results_dir.display()
+        );
     }
     for d in dirs {
         let rows = load_suite(&d)?;
         let name = suite_name(&d);
         if a.json {
-            println!("{}", serde_json::json!({ "suite": name, "dir": d, "runs": rows }));
+            println!(
+                "{}",
+                serde_json::json!({ "suite": name, "dir": d, "runs": rows })
+            );
         } else {
             print!("{}", table(&name, &rows));
         }
@@ -40,7 +46,10 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 fn suite_name(dir: &Path) -> String {
-    dir.file_name().and_then(|n| n.to_str()).unwrap_or("suite").to_string()
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("suite")
+        .to_string()
 }
 
 /// Decimal units with three significant digits: `950 B`, `1.23 MB`.
@@ -100,8 +109,16 @@ pub fn table(suite: &str, rows: &[Summary]) -> String {
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            let mut c = vec![r.run_id.clone(), r.status.clone(), r.method.clone().unwrap_or_default()];
-            c.extend(knobs.iter().map(|k| r.knobs.get(k).map(knob_cell).unwrap_or_default()));
+            let mut c = vec![
+                r.run_id.clone(),
+                r.status.clone(),
+                r.method.clone().unwrap_or_default(),
+            ];
+            c.extend(
+                knobs
+                    .iter()
+                    .map(|k| r.knobs.get(k).map(knob_cell).unwrap_or_default()),
+            );
             c.push(human_bytes(r.payload_bytes));
             c.push(match (r.bytes_reduction_vs_ddp, r.ddp_ref_exact) {
                 (Some(x), Some(exact)) => {
@@ -113,31 +130,65 @@ pub fn table(suite: &str, rows: &[Summary]) -> String {
             c.push(r.tokens_per_s.map(human_rate).unwrap_or_else(|| "-".into()));
             for d in &domains {
                 let v = r.final_eval_loss_by_domain.iter().find(|x| &x.domain == d);
-                c.push(v.map(|x| format!("{:.4}", x.eval_loss)).unwrap_or_else(|| "-".into()));
+                c.push(
+                    v.map(|x| format!("{:.4}", x.eval_loss))
+                        .unwrap_or_else(|| "-".into()),
+                );
             }
-            c.push(r.final_eval_loss.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into()));
-            c.push(match (r.target_loss, r.time_to_target_s, r.best_eval_loss) {
-                (None, _, _) => "no target".into(),
-                (Some(_), Some(t), _) => format!("{t:.2} s (step {})", r.step_to_target.unwrap_or_default()),
-                (Some(_), None, Some(best)) => format!("not reached (best {best:.4})"),
-                (Some(_), None, None) => "not reached".into(),
-            });
+            c.push(
+                r.final_eval_loss
+                    .map(|x| format!("{x:.4}"))
+                    .unwrap_or_else(|| "-".into()),
+            );
+            c.push(
+                match (r.target_loss, r.time_to_target_s, r.best_eval_loss) {
+                    (None, _, _) => "no target".into(),
+                    (Some(_), Some(t), _) => {
+                        format!("{t:.2} s (step {})", r.step_to_target.unwrap_or_default())
+                    }
+                    (Some(_), None, Some(best)) => format!("not reached (best {best:.4})"),
+                    (Some(_), None, None) => "not reached".into(),
+                },
+            );
             c
         })
         .collect();
 
     let widths: Vec<usize> = (0..header.len())
-        .map(|i| cells.iter().map(|row| row[i].chars().count()).chain([header[i].chars().count()]).max().unwrap_or(0))
+        .map(|i| {
+            cells
+                .iter()
+                .map(|row| row[i].chars().count())
+                .chain([header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let line = |row: &[String]| -> String {
-        let parts: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let parts: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         parts.join("  ").trim_end().to_string()
     };
     let complete = rows.iter().filter(|r| r.is_complete()).count();
     let mut out = String::new();
-    let _ = writeln!(out, "\nsuite {suite}: {} runs, {complete} complete", rows.len());
+    let _ = writeln!(
+        out,
+        "\nsuite {suite}: {} runs, {complete} complete",
+        rows.len()
+    );
     let _ = writeln!(out, "{}", line(&header));
-    let _ = writeln!(out, "{}", widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  "));
+    let _ = writeln!(
+        out,
+        "{}",
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .join("  ")
+    );
     for c in &cells {
         let _ = writeln!(out, "{}", line(c));
     }
@@ -146,7 +197,13 @@ pub fn table(suite: &str, rows: &[Summary]) -> String {
         let _ = writeln!(out, "* no DDP run with the same knobs: compared with the closest DDP run (summary.csv ddp_ref)");
     }
     for r in rows.iter().filter(|r| r.error.is_some()) {
-        let _ = writeln!(out, "{} {}: {}", r.run_id, r.status, r.error.as_deref().unwrap_or_default());
+        let _ = writeln!(
+            out,
+            "{} {}: {}",
+            r.run_id,
+            r.status,
+            r.error.as_deref().unwrap_or_default()
+        );
     }
     out
 }
@@ -165,8 +222,10 @@ mod tests {
         r.bytes_reduction_vs_ddp = Some(45.44);
         r.ddp_ref_exact = Some(exact);
         r.tokens_per_s = Some(12_345.0);
-        r.final_eval_loss_by_domain =
-            vec![harness::results::summary::DomainLoss { domain: "markov0".into(), eval_loss: 2.5 }];
+        r.final_eval_loss_by_domain = vec![harness::results::summary::DomainLoss {
+            domain: "markov0".into(),
+            eval_loss: 2.5,
+        }];
         r.final_eval_loss = Some(2.5);
         r.best_eval_loss = Some(2.4);
         r.target_loss = target;
@@ -186,8 +245,14 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[1], "suite s: 3 runs, 3 complete");
         assert!(lines[2].starts_with("run  status    method  fomoe.rho  payload  vs DDP  tok/s  loss markov0  loss    to target"), "{t}");
-        assert!(lines[4].contains("2.00 MB  45.4×   12.3k  2.5000        2.5000  12.50 s (step 64)"), "{t}");
-        assert!(lines[5].contains("45.4×*") && lines[5].ends_with("not reached (best 2.4000)"), "{t}");
+        assert!(
+            lines[4].contains("2.00 MB  45.4×   12.3k  2.5000        2.5000  12.50 s (step 64)"),
+            "{t}"
+        );
+        assert!(
+            lines[5].contains("45.4×*") && lines[5].ends_with("not reached (best 2.4000)"),
+            "{t}"
+        );
         assert!(lines[6].ends_with("no target"), "{t}");
         assert!(t.contains("* no DDP run with the same knobs"), "{t}");
     }

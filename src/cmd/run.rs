@@ -57,23 +57,42 @@ pub fn run(a: Args) -> Result<()> {
     let suite = Suite::load(&a.suite)?;
     if let Some(only) = &a.only {
         if !suite.runs.iter().any(|r| r.id.contains(only.as_str())) {
-            anyhow::bail!("--only {only:?} matches none of the {} runs of {}", suite.runs.len(), a.suite.display());
+            anyhow::bail!(
+                "--only {only:?} matches none of the {} runs of {}",
+                suite.runs.len(),
+                a.suite.display()
+            );
         }
     }
     if a.list {
-        for r in suite.runs.iter().filter(|r| a.only.as_deref().is_none_or(|o| r.id.contains(o))) {
+        for r in suite
+            .runs
+            .iter()
+            .filter(|r| a.only.as_deref().is_none_or(|o| r.id.contains(o)))
+        {
             if a.json {
-                println!("{}", serde_json::json!({ "run_id": r.id, "config_hash": r.hash, "config": r.config }));
+                println!(
+                    "{}",
+                    serde_json::json!({ "run_id": r.id, "config_hash": r.hash, "config": r.config })
+                );
             } else {
                 println!("{}  {}", r.hash, r.id);
             }
         }
         return Ok(());
     }
-    let opts = SuiteOptions { force: a.force, only: a.only.clone(), ..SuiteOptions::new(&a.out) };
+    let opts = SuiteOptions {
+        force: a.force,
+        only: a.only.clone(),
+        ..SuiteOptions::new(&a.out)
+    };
     let progress = Progress::new(a.quiet || a.json, a.quiet, a.json);
-    let result = run_suite(&suite, &opts, &TrainingExecutor, &progress)
-        .with_context(|| format!("writing results under {}", a.out.join(&suite.name).display()))?;
+    let result = run_suite(&suite, &opts, &TrainingExecutor, &progress).with_context(|| {
+        format!(
+            "writing results under {}",
+            a.out.join(&suite.name).display()
+        )
+    })?;
     progress.done();
     if !a.json {
         print!("{}", table(&suite.name, &result.summaries));
@@ -104,8 +123,18 @@ struct Progress {
 
 impl Progress {
     fn new(hide_bars: bool, quiet: bool, json: bool) -> Self {
-        let target = if hide_bars { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
-        Progress { mp: MultiProgress::with_draw_target(target), suite_bar: Mutex::new(None), run_bar: Mutex::new(None), quiet, json }
+        let target = if hide_bars {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
+        Progress {
+            mp: MultiProgress::with_draw_target(target),
+            suite_bar: Mutex::new(None),
+            run_bar: Mutex::new(None),
+            quiet,
+            json,
+        }
     }
 
     fn line(&self, text: String) {
@@ -124,14 +153,22 @@ impl Progress {
 }
 
 fn style(template: &str) -> ProgressStyle {
-    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
 }
 
 impl SuiteObserver for Progress {
     fn suite_started(&self, suite: &Suite, selected: usize, to_run: usize) {
         let bar = self.mp.add(ProgressBar::new(to_run as u64));
-        bar.set_style(style("{prefix} [{bar:30}] {pos}/{len} runs to do, {elapsed_precise}"));
-        bar.set_prefix(format!("{} ({selected} runs, {} complete)", suite.name, selected - to_run));
+        bar.set_style(style(
+            "{prefix} [{bar:30}] {pos}/{len} runs to do, {elapsed_precise}",
+        ));
+        bar.set_prefix(format!(
+            "{} ({selected} runs, {} complete)",
+            suite.name,
+            selected - to_run
+        ));
         bar.enable_steady_tick(Duration::from_millis(500));
         if let Ok(mut g) = self.suite_bar.lock() {
             *g = Some(bar);
@@ -160,8 +197,15 @@ impl SuiteObserver for Progress {
         if let Ok(g) = self.run_bar.lock() {
             if let Some((bar, tokens_per_step)) = g.as_ref() {
                 bar.set_position(row.round as u64);
-                let rate = if row.clock_s > 0.0 { row.step as f64 * tokens_per_step / row.clock_s } else { 0.0 };
-                bar.set_message(format!("{rate:.0} tok/s, {} sent", human_bytes(row.payload_bytes_total)));
+                let rate = if row.clock_s > 0.0 {
+                    row.step as f64 * tokens_per_step / row.clock_s
+                } else {
+                    0.0
+                };
+                bar.set_message(format!(
+                    "{rate:.0} tok/s, {} sent",
+                    human_bytes(row.payload_bytes_total)
+                ));
             }
         }
     }
@@ -190,9 +234,15 @@ impl SuiteObserver for Progress {
                 o.run_id,
                 o.elapsed_s,
                 human_bytes(s.payload_bytes),
-                s.final_eval_loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into())
+                s.final_eval_loss
+                    .map(|l| format!("{l:.4}"))
+                    .unwrap_or_else(|| "-".into())
             ),
-            (_, status) => format!("✗ {}  {status}: {}", o.run_id, o.error.as_deref().unwrap_or("")),
+            (_, status) => format!(
+                "✗ {}  {status}: {}",
+                o.run_id,
+                o.error.as_deref().unwrap_or("")
+            ),
         };
         self.line(text);
     }

@@ -15,13 +15,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config).with_context(|| format!("reading {}", a.config.display()))?;
-    let cfg: RunConfig = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", a.config.display(), e.message()))?;
-    cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading {}", a.config.display()))?;
+    let cfg: RunConfig = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", a.config.display(), e.message()))?;
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
     if cfg.resume_from.is_none() && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("clearing {}", a.out.display()))?;
     }
-    let outcome = harness::runner::run_one(&cfg, &a.out, &baselines::registry(), &Default::default())?;
+    let outcome =
+        harness::runner::run_one(&cfg, &a.out, &baselines::registry(), &Default::default())?;
     println!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }

@@ -41,7 +41,11 @@ pub struct Args {
 }
 
 fn default_eval_every(steps: usize) -> usize {
-    (1..=10).rev().find(|k| steps % k == 0).map(|k| steps / k).unwrap_or(steps)
+    (1..=10)
+        .rev()
+        .find(|k| steps % k == 0)
+        .map(|k| steps / k)
+        .unwrap_or(steps)
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -50,7 +54,10 @@ pub fn run(a: Args) -> Result<()> {
     }
     let eval_every = a.eval_every.unwrap_or_else(|| default_eval_every(a.steps));
     if eval_every == 0 || a.steps % eval_every != 0 {
-        bail!("invalid eval-every = {eval_every}: must be at least 1 and divide steps = {}", a.steps);
+        bail!(
+            "invalid eval-every = {eval_every}: must be at least 1 and divide steps = {}",
+            a.steps
+        );
     }
     let mut cfg = RunConfig {
         method: Method::Single,
@@ -60,7 +67,11 @@ pub fn run(a: Args) -> Result<()> {
         inner_steps: eval_every,
         seed: a.seed,
         threads_per_site: Some(a.threads.unwrap_or_else(super::default_threads)),
-        checkpoint_every_rounds: if a.checkpoint || a.resume.is_some() { Some(1) } else { None },
+        checkpoint_every_rounds: if a.checkpoint || a.resume.is_some() {
+            Some(1)
+        } else {
+            None
+        },
         resume_from: a.resume.clone(),
         ..Default::default()
     };
@@ -70,7 +81,10 @@ pub fn run(a: Args) -> Result<()> {
         cfg.optim.lr = lr;
     }
     cfg.validate()?;
-    let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("results/train/{}-s{}", a.preset, a.seed)));
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("results/train/{}-s{}", a.preset, a.seed)));
     if a.resume.is_none() && dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
@@ -84,9 +98,11 @@ pub fn run(a: Args) -> Result<()> {
         cfg.threads_per_site.unwrap_or(1),
         dir.display()
     );
-    let outcome = harness::runner::run_one(&cfg, &dir, &baselines::registry(), &Default::default())?;
-    let rounds: Vec<harness::telemetry::RoundRow> =
-        csv::Reader::from_path(dir.join("rounds.csv"))?.deserialize().collect::<Result<_, _>>()?;
+    let outcome =
+        harness::runner::run_one(&cfg, &dir, &baselines::registry(), &Default::default())?;
+    let rounds: Vec<harness::telemetry::RoundRow> = csv::Reader::from_path(dir.join("rounds.csv"))?
+        .deserialize()
+        .collect::<Result<_, _>>()?;
     let last_round = rounds.iter().map(|r| r.round).max().unwrap_or(0);
     let finals: Vec<_> = rounds.iter().filter(|r| r.round == last_round).collect();
     let site = &outcome.sites[0];
@@ -102,14 +118,33 @@ pub fn run(a: Args) -> Result<()> {
                 "wall_s": outcome.wall_s, "final_train_ce": site.final_loss, "eval": domains, "run_dir": dir})
         );
     } else {
-        println!("trained {} for {} steps ({} tokens) in {:.1} s, {:.0} tokens/s", a.preset, site.steps, site.tokens, outcome.wall_s, tokens_per_s);
-        println!("{:<12} {:>10} {:>10} {:>10}", "domain", "eval loss", "floor", "gap");
+        println!(
+            "trained {} for {} steps ({} tokens) in {:.1} s, {:.0} tokens/s",
+            a.preset, site.steps, site.tokens, outcome.wall_s, tokens_per_s
+        );
+        println!(
+            "{:<12} {:>10} {:>10} {:>10}",
+            "domain", "eval loss", "floor", "gap"
+        );
         for r in &finals {
-            let floor = r.floor.map(|f| format!("{f:.3}")).unwrap_or_else(|| "-".into());
-            let gap = r.floor.map(|f| format!("{:.3}", r.eval_loss - f)).unwrap_or_else(|| "-".into());
-            println!("{:<12} {:>10.3} {:>10} {:>10}", r.domain, r.eval_loss, floor, gap);
+            let floor = r
+                .floor
+                .map(|f| format!("{f:.3}"))
+                .unwrap_or_else(|| "-".into());
+            let gap = r
+                .floor
+                .map(|f| format!("{:.3}", r.eval_loss - f))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "{:<12} {:>10.3} {:>10} {:>10}",
+                r.domain, r.eval_loss, floor, gap
+            );
         }
-        println!("uniform loss ln(256) = {:.3}; telemetry in {}", (256f64).ln(), dir.display());
+        println!(
+            "uniform loss ln(256) = {:.3}; telemetry in {}",
+            (256f64).ln(),
+            dir.display()
+        );
     }
     Ok(())
 }

@@ -49,15 +49,27 @@ const RECORD_FIXED_BYTES: usize = 4 * 5;
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: not a probe dump ({reason})")]
     Format { path: PathBuf, reason: String },
     #[error("{path}: record {index} (round {round}, layer {layer}) has a bad checksum")]
-    Checksum { path: PathBuf, index: usize, round: u32, layer: u32 },
+    Checksum {
+        path: PathBuf,
+        index: usize,
+        round: u32,
+        layer: u32,
+    },
     #[error("invalid probe record: {0}")]
     Record(String),
     #[error("round {round}, layer {layer}: {error}")]
-    Metric { round: usize, layer: usize, error: MetricError },
+    Metric {
+        round: usize,
+        layer: usize,
+        error: MetricError,
+    },
 }
 
 /// A probe domain: its name and its number of tokens in every record.
@@ -90,10 +102,16 @@ impl ProbeHeader {
             return Err("top_k, n_layers and n_experts must be at least 1".into());
         }
         if self.n_experts > u16::MAX as usize + 1 {
-            return Err(format!("n_experts = {} does not fit u16 ids (at most 65536)", self.n_experts));
+            return Err(format!(
+                "n_experts = {} does not fit u16 ids (at most 65536)",
+                self.n_experts
+            ));
         }
         if self.top_k > self.n_experts {
-            return Err(format!("top_k = {} exceeds n_experts = {}", self.top_k, self.n_experts));
+            return Err(format!(
+                "top_k = {} exceeds n_experts = {}",
+                self.top_k, self.n_experts
+            ));
         }
         if self.tokens() == 0 {
             return Err("the probe set has no tokens".into());
@@ -115,7 +133,9 @@ impl Router {
     fn to_i32(self) -> Result<i32, ProbeError> {
         match self {
             Router::Global => Ok(-1),
-            Router::Site(s) => i32::try_from(s).map_err(|_| ProbeError::Record(format!("site {s} too large"))),
+            Router::Site(s) => {
+                i32::try_from(s).map_err(|_| ProbeError::Record(format!("site {s} too large")))
+            }
         }
     }
 }
@@ -142,16 +162,27 @@ impl ProbeDumpWriter {
     /// Create (truncate) the file and write magic and header.
     pub fn create(path: impl AsRef<Path>, header: ProbeHeader) -> Result<Self, ProbeError> {
         let path = path.as_ref().to_path_buf();
-        header.check().map_err(|reason| ProbeError::Format { path: path.clone(), reason })?;
+        header.check().map_err(|reason| ProbeError::Format {
+            path: path.clone(),
+            reason,
+        })?;
         let json = serde_json::to_vec(&header).expect("probe header serialises");
         let mut bytes = Vec::with_capacity(12 + json.len());
         bytes.extend_from_slice(MAGIC);
         bytes.extend_from_slice(&(json.len() as u32).to_le_bytes());
         bytes.extend_from_slice(&json);
-        let io = |error| ProbeError::Io { path: path.clone(), error };
+        let io = |error| ProbeError::Io {
+            path: path.clone(),
+            error,
+        };
         let mut file = File::create(&path).map_err(io)?;
         file.write_all(&bytes).map_err(io)?;
-        Ok(Self { file, path, header, records: 0 })
+        Ok(Self {
+            file,
+            path,
+            header,
+            records: 0,
+        })
     }
 
     pub fn header(&self) -> &ProbeHeader {
@@ -164,7 +195,13 @@ impl ProbeDumpWriter {
     }
 
     /// Append one record; `ids` is row-major [T, k] with T = header tokens, ids < n_experts.
-    pub fn write(&mut self, round: usize, layer: usize, router: Router, ids: &[i64]) -> Result<(), ProbeError> {
+    pub fn write(
+        &mut self,
+        round: usize,
+        layer: usize,
+        router: Router,
+        ids: &[i64],
+    ) -> Result<(), ProbeError> {
         let h = &self.header;
         let expected = h.tokens() * h.top_k;
         if ids.len() != expected {
@@ -176,14 +213,21 @@ impl ProbeDumpWriter {
             )));
         }
         if layer >= h.n_layers {
-            return Err(ProbeError::Record(format!("layer {layer} out of range 0..{}", h.n_layers)));
+            return Err(ProbeError::Record(format!(
+                "layer {layer} out of range 0..{}",
+                h.n_layers
+            )));
         }
         if let Router::Site(s) = router {
             if s >= h.sites {
-                return Err(ProbeError::Record(format!("site {s} out of range 0..{}", h.sites)));
+                return Err(ProbeError::Record(format!(
+                    "site {s} out of range 0..{}",
+                    h.sites
+                )));
             }
         }
-        let round = u32::try_from(round).map_err(|_| ProbeError::Record(format!("round {round} too large")))?;
+        let round = u32::try_from(round)
+            .map_err(|_| ProbeError::Record(format!("round {round} too large")))?;
         let mut rec = Vec::with_capacity(RECORD_FIXED_BYTES + 2 * ids.len());
         rec.extend_from_slice(&round.to_le_bytes());
         rec.extend_from_slice(&(layer as u32).to_le_bytes());
@@ -191,20 +235,29 @@ impl ProbeDumpWriter {
         rec.extend_from_slice(&(h.tokens() as u32).to_le_bytes());
         for &id in ids {
             if id < 0 || id as u64 >= h.n_experts as u64 {
-                return Err(ProbeError::Record(format!("expert id {id} out of range 0..{}", h.n_experts)));
+                return Err(ProbeError::Record(format!(
+                    "expert id {id} out of range 0..{}",
+                    h.n_experts
+                )));
             }
             rec.extend_from_slice(&(id as u16).to_le_bytes());
         }
         let crc = crc32fast::hash(&rec);
         rec.extend_from_slice(&crc.to_le_bytes());
-        self.file.write_all(&rec).map_err(|error| ProbeError::Io { path: self.path.clone(), error })?;
+        self.file.write_all(&rec).map_err(|error| ProbeError::Io {
+            path: self.path.clone(),
+            error,
+        })?;
         self.records += 1;
         Ok(())
     }
 
     /// Flush to stable storage.
     pub fn sync(&mut self) -> Result<(), ProbeError> {
-        self.file.sync_all().map_err(|error| ProbeError::Io { path: self.path.clone(), error })
+        self.file.sync_all().map_err(|error| ProbeError::Io {
+            path: self.path.clone(),
+            error,
+        })
     }
 }
 
@@ -224,12 +277,25 @@ fn read_u32(b: &[u8], at: usize) -> u32 {
 impl ProbeDump {
     pub fn read(path: impl AsRef<Path>) -> Result<Self, ProbeError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|error| ProbeError::Io { path: path.to_path_buf(), error })?;
+        let bytes = std::fs::read(path).map_err(|error| ProbeError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
         Self::parse(&bytes).map_err(|e| match e {
-            ParseError::Format(reason) => ProbeError::Format { path: path.to_path_buf(), reason },
-            ParseError::Checksum { index, round, layer } => {
-                ProbeError::Checksum { path: path.to_path_buf(), index, round, layer }
-            }
+            ParseError::Format(reason) => ProbeError::Format {
+                path: path.to_path_buf(),
+                reason,
+            },
+            ParseError::Checksum {
+                index,
+                round,
+                layer,
+            } => ProbeError::Checksum {
+                path: path.to_path_buf(),
+                index,
+                round,
+                layer,
+            },
         })
     }
 
@@ -239,7 +305,10 @@ impl ProbeDump {
             return Err(fmt("missing magic FMPROBE1"));
         }
         let header_len = read_u32(bytes, 8) as usize;
-        let header_end = 12usize.checked_add(header_len).filter(|&e| e <= bytes.len()).ok_or_else(|| fmt("header runs past the end"))?;
+        let header_end = 12usize
+            .checked_add(header_len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| fmt("header runs past the end"))?;
         let header: ProbeHeader = serde_json::from_slice(&bytes[12..header_end])
             .map_err(|e| ParseError::Format(format!("header: {e}")))?;
         header.check().map_err(ParseError::Format)?;
@@ -262,13 +331,22 @@ impl ProbeDump {
             let rec = &bytes[at..at + len];
             let (round, layer) = (read_u32(rec, 0), read_u32(rec, 4));
             if crc32fast::hash(&rec[..len - 4]) != read_u32(rec, len - 4) {
-                return Err(ParseError::Checksum { index: records.len(), round, layer });
+                return Err(ParseError::Checksum {
+                    index: records.len(),
+                    round,
+                    layer,
+                });
             }
             let site = read_u32(rec, 8) as i32;
             let router = match site {
                 -1 => Router::Global,
                 s if s >= 0 => Router::Site(s as usize),
-                s => return Err(ParseError::Format(format!("record {}: site {s}", records.len()))),
+                s => {
+                    return Err(ParseError::Format(format!(
+                        "record {}: site {s}",
+                        records.len()
+                    )))
+                }
             };
             if tokens != header.tokens() || layer as usize >= header.n_layers {
                 return Err(ParseError::Format(format!(
@@ -278,28 +356,50 @@ impl ProbeDump {
                     header.n_layers
                 )));
             }
-            let ids = rec[16..len - 4].chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect();
-            records.push(ProbeRecord { round: round as usize, layer: layer as usize, router, ids });
+            let ids = rec[16..len - 4]
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
+                .collect();
+            records.push(ProbeRecord {
+                round: round as usize,
+                layer: layer as usize,
+                router,
+                ids,
+            });
             at += len;
         }
-        Ok(ProbeDump { header, records, truncated_bytes })
+        Ok(ProbeDump {
+            header,
+            records,
+            truncated_bytes,
+        })
     }
 
     /// The ids of one record, if dumped.
     pub fn ids(&self, round: usize, layer: usize, router: Router) -> Option<&[i64]> {
-        self.records.iter().find(|r| r.round == round && r.layer == layer && r.router == router).map(|r| r.ids.as_slice())
+        self.records
+            .iter()
+            .find(|r| r.round == round && r.layer == layer && r.router == router)
+            .map(|r| r.ids.as_slice())
     }
 }
 
 enum ParseError {
     Format(String),
-    Checksum { index: usize, round: u32, layer: u32 },
+    Checksum {
+        index: usize,
+        round: u32,
+        layer: u32,
+    },
 }
 
 /// The rows of routing.csv from a dump, ordered by (round, layer): one row per global
 /// record. `skip_rate(round, layer)` supplies the training skip rate of the round (0 for
 /// methods where every site holds every expert). Duplicate records are an error.
-pub fn routing_rows(dump: &ProbeDump, skip_rate: impl Fn(usize, usize) -> f64) -> Result<Vec<RoutingRow>, ProbeError> {
+pub fn routing_rows(
+    dump: &ProbeDump,
+    skip_rate: impl Fn(usize, usize) -> f64,
+) -> Result<Vec<RoutingRow>, ProbeError> {
     let h = &dump.header;
     let k = h.top_k;
     // (layer, round) → global ids; (layer, round) → site ids.
@@ -308,7 +408,11 @@ pub fn routing_rows(dump: &ProbeDump, skip_rate: impl Fn(usize, usize) -> f64) -
     for r in &dump.records {
         let dup = match r.router {
             Router::Global => global.insert((r.layer, r.round), &r.ids).is_some(),
-            Router::Site(s) => sites.entry((r.layer, r.round)).or_default().insert(s, &r.ids).is_some(),
+            Router::Site(s) => sites
+                .entry((r.layer, r.round))
+                .or_default()
+                .insert(s, &r.ids)
+                .is_some(),
         };
         if dup {
             return Err(ProbeError::Record(format!(
@@ -319,13 +423,25 @@ pub fn routing_rows(dump: &ProbeDump, skip_rate: impl Fn(usize, usize) -> f64) -
     }
     let mut rows = Vec::with_capacity(global.len());
     for layer in 0..h.n_layers {
-        let rounds: Vec<(usize, &[i64])> =
-            global.range((layer, 0)..=(layer, usize::MAX)).map(|(&(_, round), &ids)| (round, ids)).collect();
-        let Some(&(_, final_ids)) = rounds.last() else { continue };
+        let rounds: Vec<(usize, &[i64])> = global
+            .range((layer, 0)..=(layer, usize::MAX))
+            .map(|(&(_, round), &ids)| (round, ids))
+            .collect();
+        let Some(&(_, final_ids)) = rounds.last() else {
+            continue;
+        };
         for (i, &(round, ids)) in rounds.iter().enumerate() {
-            let metric = |error| ProbeError::Metric { round, layer, error };
+            let metric = |error| ProbeError::Metric {
+                round,
+                layer,
+                error,
+            };
             let sat = overlap(ids, final_ids, k).map_err(metric)?;
-            let prev = if i > 0 { Some(overlap(ids, rounds[i - 1].1, k).map_err(metric)?) } else { None };
+            let prev = if i > 0 {
+                Some(overlap(ids, rounds[i - 1].1, k).map_err(metric)?)
+            } else {
+                None
+            };
             let agreement = match sites.get(&(layer, round)) {
                 Some(per_site) if !per_site.is_empty() => {
                     let list: Vec<&[i64]> = per_site.values().copied().collect();
@@ -366,7 +482,16 @@ mod tests {
             n_experts: 4,
             top_k: 2,
             sites: 2,
-            domains: vec![ProbeDomain { name: "a".into(), tokens: 2 }, ProbeDomain { name: "b".into(), tokens: 1 }],
+            domains: vec![
+                ProbeDomain {
+                    name: "a".into(),
+                    tokens: 2,
+                },
+                ProbeDomain {
+                    name: "b".into(),
+                    tokens: 1,
+                },
+            ],
         }
     }
 
@@ -378,10 +503,22 @@ mod tests {
         w.write(1, 0, Router::Global, &[0, 1, 2, 3, 3, 0]).unwrap();
         w.write(1, 0, Router::Site(1), &[1, 0, 2, 3, 3, 1]).unwrap();
         w.write(2, 1, Router::Global, &[3, 2, 1, 0, 0, 1]).unwrap();
-        assert!(w.write(2, 2, Router::Global, &[0; 6]).is_err(), "layer out of range");
-        assert!(w.write(2, 1, Router::Global, &[0; 4]).is_err(), "wrong length");
-        assert!(w.write(2, 1, Router::Global, &[0, 0, 0, 0, 0, 4]).is_err(), "id out of range");
-        assert!(w.write(2, 1, Router::Site(2), &[0; 6]).is_err(), "site out of range");
+        assert!(
+            w.write(2, 2, Router::Global, &[0; 6]).is_err(),
+            "layer out of range"
+        );
+        assert!(
+            w.write(2, 1, Router::Global, &[0; 4]).is_err(),
+            "wrong length"
+        );
+        assert!(
+            w.write(2, 1, Router::Global, &[0, 0, 0, 0, 0, 4]).is_err(),
+            "id out of range"
+        );
+        assert!(
+            w.write(2, 1, Router::Site(2), &[0; 6]).is_err(),
+            "site out of range"
+        );
         drop(w);
         let d = ProbeDump::read(&path).unwrap();
         assert_eq!(d.header, header());
@@ -403,13 +540,35 @@ mod tests {
         // A flipped bit in a complete record is an error.
         bytes[12 + header_len + 17] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(ProbeDump::read(&path), Err(ProbeError::Checksum { index: 0, round: 1, layer: 0, .. })));
+        assert!(matches!(
+            ProbeDump::read(&path),
+            Err(ProbeError::Checksum {
+                index: 0,
+                round: 1,
+                layer: 0,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn rows_from_a_constructed_dump() {
-        let h = ProbeHeader { n_layers: 1, n_experts: 4, top_k: 2, sites: 2, domains: vec![ProbeDomain { name: "a".into(), tokens: 2 }] };
-        let rec = |round, router, ids: &[i64]| ProbeRecord { round, layer: 0, router, ids: ids.to_vec() };
+        let h = ProbeHeader {
+            n_layers: 1,
+            n_experts: 4,
+            top_k: 2,
+            sites: 2,
+            domains: vec![ProbeDomain {
+                name: "a".into(),
+                tokens: 2,
+            }],
+        };
+        let rec = |round, router, ids: &[i64]| ProbeRecord {
+            round,
+            layer: 0,
+            router,
+            ids: ids.to_vec(),
+        };
         let dump = ProbeDump {
             header: h,
             records: vec![
@@ -424,19 +583,28 @@ mod tests {
         let rows = routing_rows(&dump, |r, _| r as f64 / 10.0).unwrap();
         assert_eq!(rows.len(), 3);
         // Round 1 vs final (round 3): t0 {0,1}∩{0,2} = 1/2, t1 {2,3} = 1 → 3/4; top-1 both same.
-        assert_eq!((rows[0].saturation_topk, rows[0].saturation_top1), (Some(0.75), Some(1.0)));
+        assert_eq!(
+            (rows[0].saturation_topk, rows[0].saturation_top1),
+            (Some(0.75), Some(1.0))
+        );
         assert_eq!(rows[0].overlap_prev_topk, None);
         // Sites: site 0 identical (1, 1), site 1 disjoint (0, 0) → mean 0.5, 0.5.
         assert_eq!(rows[0].cross_site_agreement_topk, Some(0.5));
         assert_eq!(rows[0].cross_site_agreement_top1, Some(0.5));
         assert_eq!(rows[1].overlap_prev_topk, Some(0.75));
         assert_eq!(rows[1].cross_site_agreement_topk, None);
-        assert_eq!((rows[2].saturation_topk, rows[2].overlap_prev_topk), (Some(1.0), Some(1.0)));
+        assert_eq!(
+            (rows[2].saturation_topk, rows[2].overlap_prev_topk),
+            (Some(1.0), Some(1.0))
+        );
         // Round 2 counts [1, 0, 2, 1]: one dead expert; skip rate from the callback.
         assert_eq!(rows[1].dead_experts, 1);
         assert_eq!(rows[1].skip_rate, 0.2);
         // Round 1 counts [1, 1, 1, 1]: balanced.
-        assert_eq!((rows[0].cv, rows[0].max_vio, rows[0].norm_entropy), (0.0, 0.0, 1.0));
+        assert_eq!(
+            (rows[0].cv, rows[0].max_vio, rows[0].norm_entropy),
+            (0.0, 0.0, 1.0)
+        );
 
         let mut dup = dump.clone();
         dup.records.push(rec(2, Router::Global, &[0, 1, 2, 3]));

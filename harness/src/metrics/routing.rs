@@ -32,7 +32,11 @@ pub enum MetricError {
     #[error("top-k width k must be at least 1")]
     ZeroK,
     #[error("{what}: {len} ids is not a multiple of k = {k}")]
-    Ragged { what: &'static str, len: usize, k: usize },
+    Ragged {
+        what: &'static str,
+        len: usize,
+        k: usize,
+    },
     #[error("routings differ in length: {a} vs {b} ids")]
     LengthMismatch { a: usize, b: usize },
     #[error("{0}: no tokens")]
@@ -61,7 +65,11 @@ fn check_rows(what: &'static str, ids: &[i64], k: usize) -> Result<usize, Metric
         return Err(MetricError::ZeroK);
     }
     if ids.len() % k != 0 {
-        return Err(MetricError::Ragged { what, len: ids.len(), k });
+        return Err(MetricError::Ragged {
+            what,
+            len: ids.len(),
+            k,
+        });
     }
     if ids.is_empty() {
         return Err(MetricError::Empty(what));
@@ -73,35 +81,55 @@ fn check_rows(what: &'static str, ids: &[i64], k: usize) -> Result<usize, Metric
 /// Saturation: `overlap(round_r, final)`; round-to-round: `overlap(round_r, round_r_minus_1)`.
 pub fn overlap(a: &[i64], b: &[i64], k: usize) -> Result<Overlap, MetricError> {
     if a.len() != b.len() {
-        return Err(MetricError::LengthMismatch { a: a.len(), b: b.len() });
+        return Err(MetricError::LengthMismatch {
+            a: a.len(),
+            b: b.len(),
+        });
     }
     let tokens = check_rows("overlap", a, k)?;
     let mut shared_sum = 0.0;
     let mut top1_same = 0usize;
     for (ra, rb) in a.chunks_exact(k).zip(b.chunks_exact(k)) {
         // Distinct ids of row a that also occur in row b (k is small: quadratic is fine).
-        let shared = ra.iter().enumerate().filter(|&(j, id)| !ra[..j].contains(id) && rb.contains(id)).count();
+        let shared = ra
+            .iter()
+            .enumerate()
+            .filter(|&(j, id)| !ra[..j].contains(id) && rb.contains(id))
+            .count();
         shared_sum += shared as f64 / k as f64;
         top1_same += usize::from(ra[0] == rb[0]);
     }
-    Ok(Overlap { topk: shared_sum / tokens as f64, top1: top1_same as f64 / tokens as f64 })
+    Ok(Overlap {
+        topk: shared_sum / tokens as f64,
+        top1: top1_same as f64 / tokens as f64,
+    })
 }
 
 /// Mean overlap of several routings with one reference: cross-site agreement is
 /// `mean_overlap(&[site_0, site_1, …], global, k)`. Each routing counts once, whatever its
 /// site; an empty list is an error.
-pub fn mean_overlap(routings: &[&[i64]], reference: &[i64], k: usize) -> Result<Overlap, MetricError> {
+pub fn mean_overlap(
+    routings: &[&[i64]],
+    reference: &[i64],
+    k: usize,
+) -> Result<Overlap, MetricError> {
     if routings.is_empty() {
         return Err(MetricError::Empty("mean_overlap: no routings"));
     }
-    let mut sum = Overlap { topk: 0.0, top1: 0.0 };
+    let mut sum = Overlap {
+        topk: 0.0,
+        top1: 0.0,
+    };
     for r in routings {
         let o = overlap(r, reference, k)?;
         sum.topk += o.topk;
         sum.top1 += o.top1;
     }
     let n = routings.len() as f64;
-    Ok(Overlap { topk: sum.topk / n, top1: sum.top1 / n })
+    Ok(Overlap {
+        topk: sum.topk / n,
+        top1: sum.top1 / n,
+    })
 }
 
 fn check_id(id: i64, n_experts: usize) -> Result<usize, MetricError> {
@@ -176,7 +204,10 @@ pub fn max_violation(counts: &[i64]) -> Result<f64, MetricError> {
 /// H(p) in nats of the distribution p_i = c_i / C (0·ln 0 = 0).
 pub fn entropy_nats(counts: &[i64]) -> Result<f64, MetricError> {
     let (c, total) = checked_counts(counts)?;
-    Ok(c.iter().filter(|&&x| x > 0.0).map(|&x| -(x / total) * (x / total).ln()).sum())
+    Ok(c.iter()
+        .filter(|&&x| x > 0.0)
+        .map(|&x| -(x / total) * (x / total).ln())
+        .sum())
 }
 
 /// H(p) / ln E; 1 when E = 1.
@@ -226,7 +257,10 @@ impl LoadMetrics {
     /// From routed-slot counts (CV, MaxVio, entropy, dead) and the top-1 histogram (KL).
     pub fn from_counts(slot_counts: &[i64], top1_counts: &[i64]) -> Result<Self, MetricError> {
         if slot_counts.len() != top1_counts.len() {
-            return Err(MetricError::MaskLength { mask: top1_counts.len(), n_experts: slot_counts.len() });
+            return Err(MetricError::MaskLength {
+                mask: top1_counts.len(),
+                n_experts: slot_counts.len(),
+            });
         }
         Ok(LoadMetrics {
             cv: coefficient_of_variation(slot_counts)?,
@@ -255,17 +289,35 @@ mod tests {
     #[test]
     fn identical_routings_saturate_at_one() {
         let a = [0, 1, 2, 3, 4, 5, 6, 7];
-        assert_eq!(overlap(&a, &a, 2).unwrap(), Overlap { topk: 1.0, top1: 1.0 });
+        assert_eq!(
+            overlap(&a, &a, 2).unwrap(),
+            Overlap {
+                topk: 1.0,
+                top1: 1.0
+            }
+        );
         // Same sets in another order: top-k still 1, top-1 differs on every token.
         let b = [1, 0, 3, 2, 5, 4, 7, 6];
-        assert_eq!(overlap(&a, &b, 2).unwrap(), Overlap { topk: 1.0, top1: 0.0 });
+        assert_eq!(
+            overlap(&a, &b, 2).unwrap(),
+            Overlap {
+                topk: 1.0,
+                top1: 0.0
+            }
+        );
     }
 
     #[test]
     fn disjoint_routings_overlap_zero() {
         let a = [0, 1, 0, 1, 2, 3];
         let b = [2, 3, 4, 5, 0, 1];
-        assert_eq!(overlap(&a, &b, 2).unwrap(), Overlap { topk: 0.0, top1: 0.0 });
+        assert_eq!(
+            overlap(&a, &b, 2).unwrap(),
+            Overlap {
+                topk: 0.0,
+                top1: 0.0
+            }
+        );
     }
 
     #[test]
@@ -316,7 +368,10 @@ mod tests {
         close(kl_to_uniform(&counts).unwrap(), (e as f64).ln());
         // c̄ = 5: MaxVio = 40/5 − 1 = 7; σ² = (35² + 7·5²)/8 = 1400/8 = 175, CV = √175/5.
         close(max_violation(&counts).unwrap(), 7.0);
-        close(coefficient_of_variation(&counts).unwrap(), 175f64.sqrt() / 5.0);
+        close(
+            coefficient_of_variation(&counts).unwrap(),
+            175f64.sqrt() / 5.0,
+        );
     }
 
     #[test]
@@ -350,13 +405,44 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_errors() {
-        assert_eq!(overlap(&[0, 1, 2], &[0, 1, 2], 2), Err(MetricError::Ragged { what: "overlap", len: 3, k: 2 }));
-        assert_eq!(overlap(&[0, 1], &[0, 1, 2, 3], 2), Err(MetricError::LengthMismatch { a: 2, b: 4 }));
+        assert_eq!(
+            overlap(&[0, 1, 2], &[0, 1, 2], 2),
+            Err(MetricError::Ragged {
+                what: "overlap",
+                len: 3,
+                k: 2
+            })
+        );
+        assert_eq!(
+            overlap(&[0, 1], &[0, 1, 2, 3], 2),
+            Err(MetricError::LengthMismatch { a: 2, b: 4 })
+        );
         assert_eq!(overlap(&[], &[], 2), Err(MetricError::Empty("overlap")));
         assert_eq!(overlap(&[0], &[0], 0), Err(MetricError::ZeroK));
-        assert_eq!(slot_counts(&[0, 9], 4), Err(MetricError::IdOutOfRange { id: 9, n_experts: 4 }));
-        assert_eq!(coefficient_of_variation(&[0, 0]), Err(MetricError::Empty("counts")));
-        assert_eq!(max_violation(&[1, -1]), Err(MetricError::NegativeCount { expert: 1, count: -1 }));
-        assert_eq!(skip_rate(&[5], &[true]), Err(MetricError::IdOutOfRange { id: 5, n_experts: 1 }));
+        assert_eq!(
+            slot_counts(&[0, 9], 4),
+            Err(MetricError::IdOutOfRange {
+                id: 9,
+                n_experts: 4
+            })
+        );
+        assert_eq!(
+            coefficient_of_variation(&[0, 0]),
+            Err(MetricError::Empty("counts"))
+        );
+        assert_eq!(
+            max_violation(&[1, -1]),
+            Err(MetricError::NegativeCount {
+                expert: 1,
+                count: -1
+            })
+        );
+        assert_eq!(
+            skip_rate(&[5], &[true]),
+            Err(MetricError::IdOutOfRange {
+                id: 5,
+                n_experts: 1
+            })
+        );
     }
 }

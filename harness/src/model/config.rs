@@ -28,7 +28,11 @@ impl RouterKind {
         match s {
             "softmax_topk" => Ok(Self::SoftmaxTopk),
             "sigmoid_topk" => Ok(Self::SigmoidTopk),
-            other => Err(ConfigError::new("router", other, "softmax_topk, sigmoid_topk")),
+            other => Err(ConfigError::new(
+                "router",
+                other,
+                "softmax_topk, sigmoid_topk",
+            )),
         }
     }
     pub fn name(self) -> &'static str {
@@ -50,7 +54,11 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, value: impl ToString, allowed: impl Into<String>) -> Self {
-        Self { field: field.into(), value: value.to_string(), allowed: allowed.into() }
+        Self {
+            field: field.into(),
+            value: value.to_string(),
+            allowed: allowed.into(),
+        }
     }
 }
 
@@ -75,7 +83,14 @@ pub struct ModelConfig {
 }
 
 /// The preset names the CLI accepts, in order of size.
-pub const PRESETS: &[&str] = &["tiny", "small", "proxy-s", "proxy-m", "paper-1b", "paper-100b"];
+pub const PRESETS: &[&str] = &[
+    "tiny",
+    "small",
+    "proxy-s",
+    "proxy-m",
+    "paper-1b",
+    "paper-100b",
+];
 
 impl ModelConfig {
     /// A named preset. `paper-*` presets are for the system model only (too big to train here).
@@ -103,7 +118,11 @@ impl ModelConfig {
             "paper-1b" => base(50_304, 1024, 16, 16, 64, 8, 1024, 2048, 256),
             "paper-100b" => base(50_304, 4096, 32, 32, 128, 8, 4096, 4096, 1024),
             other => {
-                return Err(ConfigError::new("preset", other, format!("one of {}", PRESETS.join(", "))))
+                return Err(ConfigError::new(
+                    "preset",
+                    other,
+                    format!("one of {}", PRESETS.join(", ")),
+                ))
             }
         })
     }
@@ -141,13 +160,25 @@ impl ModelConfig {
             ));
         }
         if self.vocab_size > 1 << 20 {
-            return Err(ConfigError::new("vocab_size", self.vocab_size, "must be at most 1048576"));
+            return Err(ConfigError::new(
+                "vocab_size",
+                self.vocab_size,
+                "must be at most 1048576",
+            ));
         }
         if !(self.balance_alpha >= 0.0 && self.balance_alpha.is_finite()) {
-            return Err(ConfigError::new("balance_alpha", self.balance_alpha, "must be finite and >= 0"));
+            return Err(ConfigError::new(
+                "balance_alpha",
+                self.balance_alpha,
+                "must be finite and >= 0",
+            ));
         }
         if !(self.z_loss_beta >= 0.0 && self.z_loss_beta.is_finite()) {
-            return Err(ConfigError::new("z_loss_beta", self.z_loss_beta, "must be finite and >= 0"));
+            return Err(ConfigError::new(
+                "z_loss_beta",
+                self.z_loss_beta,
+                "must be finite and >= 0",
+            ));
         }
         Ok(())
     }
@@ -223,25 +254,47 @@ mod tests {
     fn proxy_s_matches_methods_md() {
         let c = ModelConfig::preset("proxy-s").unwrap();
         assert_eq!(
-            (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_experts, c.top_k, c.d_expert, c.seq_len, c.batch_size),
+            (
+                c.vocab_size,
+                c.d_model,
+                c.n_layers,
+                c.n_heads,
+                c.n_experts,
+                c.top_k,
+                c.d_expert,
+                c.seq_len,
+                c.batch_size
+            ),
             (256, 256, 4, 4, 16, 2, 256, 256, 16)
         );
         // 4 layers × 16 experts × 2·256·256 weights.
         assert_eq!(c.expert_params(), 4 * 16 * 131_072);
         // 256·256 + 256·256 + 4·(4·65536 + 256·16 + 512) + 256
-        assert_eq!(c.dense_params(), 65_536 + 65_536 + 4 * (262_144 + 4_096 + 512) + 256);
+        assert_eq!(
+            c.dense_params(),
+            65_536 + 65_536 + 4 * (262_144 + 4_096 + 512) + 256
+        );
     }
 
     #[test]
     fn bad_shapes_name_the_field() {
         let mut c = ModelConfig::preset("tiny").unwrap();
         c.top_k = 9;
-        assert_eq!(c.validate().unwrap_err().to_string(), "invalid top_k = 9: must be at most n_experts = 8");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid top_k = 9: must be at most n_experts = 8"
+        );
         let mut c = ModelConfig::preset("tiny").unwrap();
         c.n_heads = 3;
-        assert_eq!(c.validate().unwrap_err().to_string(), "invalid n_heads = 3: must divide d_model = 64");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid n_heads = 3: must divide d_model = 64"
+        );
         let e = ModelConfig::preset("huge").unwrap_err().to_string();
-        assert!(e.starts_with("invalid preset = huge: one of tiny, small"), "{e}");
+        assert!(
+            e.starts_with("invalid preset = huge: one of tiny, small"),
+            "{e}"
+        );
         assert_eq!(RouterKind::parse("topk").unwrap_err().field, "router");
     }
 }

@@ -50,7 +50,11 @@ impl SkipPolicy {
             "drop" => Ok(Self::Drop),
             "renormalize" => Ok(Self::Renormalize),
             "reroute" => Ok(Self::Reroute),
-            other => Err(ConfigError::new("skip_policy", other, "drop, renormalize, reroute")),
+            other => Err(ConfigError::new(
+                "skip_policy",
+                other,
+                "drop, renormalize, reroute",
+            )),
         }
     }
     pub fn name(self) -> &'static str {
@@ -158,7 +162,10 @@ pub fn route(
         RouterKind::SoftmaxTopk => probs.shallow_clone(),
         RouterKind::SigmoidTopk => logits.sigmoid(),
     };
-    assert!(policy.is_some() || residency.is_full(), "a partial residency needs a skip policy");
+    assert!(
+        policy.is_some() || residency.is_full(),
+        "a partial residency needs a skip policy"
+    );
     let select = if policy == Some(SkipPolicy::Reroute) {
         scores.masked_fill(&residency.mask.logical_not(), f64::NEG_INFINITY)
     } else {
@@ -170,7 +177,10 @@ pub fn route(
         RouterKind::SigmoidTopk => top_v,
     };
     let gates = if let Some(policy @ (SkipPolicy::Drop | SkipPolicy::Renormalize)) = policy {
-        let res_sel = residency.mask.index_select(0, &top_i.view(-1)).view(top_i.size().as_slice());
+        let res_sel = residency
+            .mask
+            .index_select(0, &top_i.view(-1))
+            .view(top_i.size().as_slice());
         let kept = gates.where_self(&res_sel, &gates.zeros_like());
         match policy {
             SkipPolicy::Drop => kept,
@@ -190,7 +200,13 @@ pub fn route(
 }
 
 /// Switch balance loss E·Σ f_i P_i from slot counts and softmax probabilities.
-pub fn balance_loss(probs: &Tensor, counts: &[i64], top_k: usize, scope: AuxScope, residency: &LayerResidency) -> Tensor {
+pub fn balance_loss(
+    probs: &Tensor,
+    counts: &[i64],
+    top_k: usize,
+    scope: AuxScope,
+    residency: &LayerResidency,
+) -> Tensor {
     let tokens = probs.size()[0];
     let e = counts.len();
     let p_mean = probs.mean_dim(0, false, Kind::Float); // [E]
@@ -206,7 +222,10 @@ pub fn balance_loss(probs: &Tensor, counts: &[i64], top_k: usize, scope: AuxScop
             if res_slots == 0 || r.is_empty() {
                 return (p_mean.sum(Kind::Float) * 0.0).shallow_clone();
             }
-            let f: Vec<f32> = r.iter().map(|&i| (counts[i] as f64 / res_slots as f64) as f32).collect();
+            let f: Vec<f32> = r
+                .iter()
+                .map(|&i| (counts[i] as f64 / res_slots as f64) as f32)
+                .collect();
             let idx = Tensor::from_slice(&r.iter().map(|&i| i as i64).collect::<Vec<_>>());
             let p_r = p_mean.index_select(0, &idx);
             let p_hat = &p_r / p_r.sum(Kind::Float);
@@ -254,7 +273,14 @@ pub fn moe_forward_onto(
     opts: RoutingOptions,
 ) -> MoeOutput {
     let k = opts.top_k as i64;
-    let (gates, top_i, probs, logits) = route(x, router_w, opts.top_k, opts.router, residency, opts.skip_policy);
+    let (gates, top_i, probs, logits) = route(
+        x,
+        router_w,
+        opts.top_k,
+        opts.router,
+        residency,
+        opts.skip_policy,
+    );
     let n_tokens = x.size()[0];
     let flat_ids = top_i.view(-1);
     let counts_t = flat_ids.bincount::<Tensor>(None, residency.n_experts as i64);
@@ -263,13 +289,23 @@ pub fn moe_forward_onto(
     // Slots that run: those whose expert is resident.
     let local = residency.local_of.index_select(0, &flat_ids);
     let (slots, local_sel, skipped_slots, skipped_tokens) = if opts.skip_policy.is_none() {
-        (Tensor::arange(n_tokens * k, (Kind::Int64, x.device())), local, 0, 0)
+        (
+            Tensor::arange(n_tokens * k, (Kind::Int64, x.device())),
+            local,
+            0,
+            0,
+        )
     } else {
         let valid = local.ge(0);
         let slots = valid.nonzero().squeeze_dim(1);
         let local_sel = local.index_select(0, &slots);
         let skipped = n_tokens * k - slots.size()[0];
-        let none_res = valid.view([n_tokens, k]).any_dim(-1, false).logical_not().sum(Kind::Int64).int64_value(&[]);
+        let none_res = valid
+            .view([n_tokens, k])
+            .any_dim(-1, false)
+            .logical_not()
+            .sum(Kind::Int64)
+            .int64_value(&[]);
         (slots, local_sel, skipped, none_res)
     };
     let order = local_sel.argsort_stable(true, 0, false);
@@ -312,6 +348,12 @@ pub fn moe_forward_onto(
         y,
         balance,
         z_loss,
-        routing: LayerRouting { topk_ids: top_i.detach(), counts, skipped_slots, skipped_tokens, tokens: n_tokens },
+        routing: LayerRouting {
+            topk_ids: top_i.detach(),
+            counts,
+            skipped_slots,
+            skipped_tokens,
+            tokens: n_tokens,
+        },
     }
 }

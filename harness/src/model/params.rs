@@ -62,7 +62,10 @@ pub struct Residency {
 impl Residency {
     /// Every expert resident in every layer (a full replica).
     pub fn full(cfg: &ModelConfig) -> Self {
-        Self { per_layer: vec![(0..cfg.n_experts).collect(); cfg.n_layers], n_experts: cfg.n_experts }
+        Self {
+            per_layer: vec![(0..cfg.n_experts).collect(); cfg.n_layers],
+            n_experts: cfg.n_experts,
+        }
     }
 
     /// The same expert set in every layer. Ids are sorted and deduplicated.
@@ -70,7 +73,10 @@ impl Residency {
         let mut e: Vec<usize> = experts.to_vec();
         e.sort_unstable();
         e.dedup();
-        Self { per_layer: vec![e; cfg.n_layers], n_experts: cfg.n_experts }
+        Self {
+            per_layer: vec![e; cfg.n_layers],
+            n_experts: cfg.n_experts,
+        }
     }
 
     pub fn is_full(&self) -> bool {
@@ -107,21 +113,40 @@ impl ParamLayout {
         let mut no_decay: Vec<(String, Vec<i64>, ParamGroup)> = Vec::new();
         let mut decay: Vec<(String, Vec<i64>, ParamGroup)> = Vec::new();
         let mut expert: Vec<(String, Vec<i64>, ParamGroup)> = Vec::new();
-        decay.push(("wte.weight".into(), vec![cfg.vocab_size as i64, d], ParamGroup::DenseDecay));
-        decay.push(("wpe.weight".into(), vec![cfg.seq_len as i64, d], ParamGroup::DenseDecay));
+        decay.push((
+            "wte.weight".into(),
+            vec![cfg.vocab_size as i64, d],
+            ParamGroup::DenseDecay,
+        ));
+        decay.push((
+            "wpe.weight".into(),
+            vec![cfg.seq_len as i64, d],
+            ParamGroup::DenseDecay,
+        ));
         for l in 0..cfg.n_layers {
             let p = format!("blocks.{l}");
             no_decay.push((format!("{p}.ln1.weight"), vec![d], ParamGroup::DenseNoDecay));
             no_decay.push((format!("{p}.ln2.weight"), vec![d], ParamGroup::DenseNoDecay));
-            decay.push((format!("{p}.attn.qkv.weight"), vec![3 * d, d], ParamGroup::DenseDecay));
-            decay.push((format!("{p}.attn.proj.weight"), vec![d, d], ParamGroup::DenseDecay));
+            decay.push((
+                format!("{p}.attn.qkv.weight"),
+                vec![3 * d, d],
+                ParamGroup::DenseDecay,
+            ));
+            decay.push((
+                format!("{p}.attn.proj.weight"),
+                vec![d, d],
+                ParamGroup::DenseDecay,
+            ));
             decay.push((
                 format!("{p}.moe.router.weight"),
                 vec![cfg.n_experts as i64, d],
                 ParamGroup::DenseDecay,
             ));
             for &e in &residency.per_layer[l] {
-                let g = ParamGroup::Expert { layer: l, expert: e };
+                let g = ParamGroup::Expert {
+                    layer: l,
+                    expert: e,
+                };
                 expert.push((format!("{p}.moe.experts.{e}.fc1.weight"), vec![de, d], g));
                 expert.push((format!("{p}.moe.experts.{e}.fc2.weight"), vec![d, de], g));
             }
@@ -146,11 +171,23 @@ impl ParamLayout {
                     let r = experts.entry((layer, expert)).or_insert(offset..offset);
                     r.end = offset + numel;
                 }
-                specs.push(ParamSpec { name, shape, group, offset, numel });
+                specs.push(ParamSpec {
+                    name,
+                    shape,
+                    group,
+                    offset,
+                    numel,
+                });
                 offset += numel;
             }
         }
-        Self { specs, total: offset, dense: 0..dense_end, decayed: decay_start..offset, experts }
+        Self {
+            specs,
+            total: offset,
+            dense: 0..dense_end,
+            decayed: decay_start..offset,
+            experts,
+        }
     }
 
     pub fn spec(&self, name: &str) -> Option<&ParamSpec> {
@@ -176,9 +213,18 @@ impl ParamStore {
         let params = layout
             .specs
             .iter()
-            .map(|s| flat.narrow(0, s.offset as i64, s.numel as i64).view(s.shape.as_slice()).set_requires_grad(true))
+            .map(|s| {
+                flat.narrow(0, s.offset as i64, s.numel as i64)
+                    .view(s.shape.as_slice())
+                    .set_requires_grad(true)
+            })
             .collect();
-        Self { layout, residency, flat, params }
+        Self {
+            layout,
+            residency,
+            flat,
+            params,
+        }
     }
 
     /// The seeded initial model: N(0, 0.02) weights, output projections (attention proj and
@@ -193,10 +239,18 @@ impl ParamStore {
         let mut values = vec![0f32; store.layout.total];
         for spec in &store.layout.specs {
             let out = &mut values[spec.offset..spec.offset + spec.numel];
-            if spec.name.ends_with("ln1.weight") || spec.name.ends_with("ln2.weight") || spec.name == "ln_f.weight" {
+            if spec.name.ends_with("ln1.weight")
+                || spec.name.ends_with("ln2.weight")
+                || spec.name == "ln_f.weight"
+            {
                 out.fill(1.0);
             } else {
-                let std = if spec.name.ends_with("proj.weight") || spec.name.ends_with("fc2.weight") { std_out } else { 0.02 };
+                let std = if spec.name.ends_with("proj.weight") || spec.name.ends_with("fc2.weight")
+                {
+                    std_out
+                } else {
+                    0.02
+                };
                 let mut rng = crate::rng::Rng::new(name_seed(seed, &spec.name));
                 for v in out.iter_mut() {
                     *v = (rng.normal() * std) as f32;
@@ -218,7 +272,11 @@ impl ParamStore {
     }
 
     pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.layout.specs.iter().position(|s| s.name == name).map(|i| &self.params[i])
+        self.layout
+            .specs
+            .iter()
+            .position(|s| s.name == name)
+            .map(|i| &self.params[i])
     }
 
     /// Copy every parameter this store holds from `other` by name (e.g. a site's subset from
@@ -226,9 +284,16 @@ impl ParamStore {
     pub fn copy_from(&mut self, other: &ParamStore) -> Result<(), String> {
         tch::no_grad(|| {
             for (spec, p) in self.layout.specs.iter().zip(&self.params) {
-                let src = other.get(&spec.name).ok_or_else(|| format!("source model has no parameter {}", spec.name))?;
+                let src = other
+                    .get(&spec.name)
+                    .ok_or_else(|| format!("source model has no parameter {}", spec.name))?;
                 if src.size() != spec.shape {
-                    return Err(format!("parameter {}: shape {:?} in source, {:?} here", spec.name, src.size(), spec.shape));
+                    return Err(format!(
+                        "parameter {}: shape {:?} in source, {:?} here",
+                        spec.name,
+                        src.size(),
+                        spec.shape
+                    ));
                 }
                 p.detach().copy_(src);
             }
@@ -255,7 +320,11 @@ impl ParamStore {
 
     /// Overwrite all values from a slice of the same length.
     pub fn load_flat(&mut self, values: &[f32]) {
-        assert_eq!(values.len(), self.layout.total, "load_flat: length mismatch");
+        assert_eq!(
+            values.len(),
+            self.layout.total,
+            "load_flat: length mismatch"
+        );
         tch::no_grad(|| self.flat.copy_(&Tensor::from_slice(values)));
     }
 }
@@ -276,7 +345,10 @@ pub fn name_seed(seed: u64, name: &str) -> u64 {
 /// handle from being used meanwhile; the caller must not share the storage with a tensor
 /// that is read concurrently (gradients from `flat_grad` own theirs).
 pub fn with_f32_values<R>(t: &mut Tensor, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    assert!(t.kind() == Kind::Float && t.device() == tch::Device::Cpu && t.is_contiguous(), "with_f32_values: contiguous f32 CPU tensor required");
+    assert!(
+        t.kind() == Kind::Float && t.device() == tch::Device::Cpu && t.is_contiguous(),
+        "with_f32_values: contiguous f32 CPU tensor required"
+    );
     let n = t.numel();
     if n == 0 {
         return f(&mut []);
@@ -319,7 +391,10 @@ mod tests {
         }
         assert_eq!(end, full.total);
         let part = ParamLayout::new(&cfg, &Residency::uniform(&cfg, &[1, 4]));
-        assert_eq!(part.total, cfg.dense_params() + cfg.n_layers * 2 * cfg.params_per_expert());
+        assert_eq!(
+            part.total,
+            cfg.dense_params() + cfg.n_layers * 2 * cfg.params_per_expert()
+        );
         assert!(part.spec("blocks.1.moe.experts.4.fc2.weight").is_some());
         assert!(part.spec("blocks.1.moe.experts.0.fc2.weight").is_none());
     }
@@ -335,7 +410,11 @@ mod tests {
         }
         // The views really alias the flat buffer.
         let w = part.get("wte.weight").unwrap();
-        assert_eq!(w.double_value(&[0, 0]), part.flat.double_value(&[part.layout.spec("wte.weight").unwrap().offset as i64]));
+        assert_eq!(
+            w.double_value(&[0, 0]),
+            part.flat
+                .double_value(&[part.layout.spec("wte.weight").unwrap().offset as i64])
+        );
         let other = ParamStore::init(&cfg, Residency::full(&cfg), 8);
         assert!(!full.flat.equal(&other.flat));
     }

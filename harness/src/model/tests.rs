@@ -31,8 +31,12 @@ fn layer(t: i64, d: i64, de: i64, e: usize, seed: i64) -> Layer {
     Layer {
         x: leaf(randn(&[t, d], seed)),
         router: leaf(randn(&[e as i64, d], seed + 1)),
-        fc1: (0..e).map(|i| leaf(randn(&[de, d], seed + 10 + i as i64) * 0.3)).collect(),
-        fc2: (0..e).map(|i| leaf(randn(&[d, de], seed + 100 + i as i64) * 0.3)).collect(),
+        fc1: (0..e)
+            .map(|i| leaf(randn(&[de, d], seed + 10 + i as i64) * 0.3))
+            .collect(),
+        fc2: (0..e)
+            .map(|i| leaf(randn(&[d, de], seed + 100 + i as i64) * 0.3))
+            .collect(),
     }
 }
 
@@ -54,15 +58,27 @@ fn run(l: &Layer, resident: &[usize], opts: RoutingOptions) -> (MoeOutput, Vec<T
 }
 
 fn opts(k: usize, router: RouterKind, policy: Option<SkipPolicy>) -> RoutingOptions {
-    RoutingOptions { top_k: k, router, skip_policy: policy, aux_scope: AuxScope::All }
+    RoutingOptions {
+        top_k: k,
+        router,
+        skip_policy: policy,
+        aux_scope: AuxScope::All,
+    }
 }
 
 #[test]
 fn one_expert_top1_equals_dense_ffn() {
     let l = layer(24, 16, 32, 1, 1);
     let (out, _) = run(&l, &[0], opts(1, RouterKind::SoftmaxTopk, None));
-    let dense = l.x.linear::<Tensor>(&l.fc1[0], None).gelu("none").linear::<Tensor>(&l.fc2[0], None);
-    assert!(out.y.equal(&dense), "max diff {}", (&out.y - &dense).abs().max().double_value(&[]));
+    let dense =
+        l.x.linear::<Tensor>(&l.fc1[0], None)
+            .gelu("none")
+            .linear::<Tensor>(&l.fc2[0], None);
+    assert!(
+        out.y.equal(&dense),
+        "max diff {}",
+        (&out.y - &dense).abs().max().double_value(&[])
+    );
 }
 
 #[test]
@@ -71,9 +87,16 @@ fn all_resident_policies_equal_no_mask_values_and_gradients() {
         let l = layer(40, 16, 24, 6, 3);
         let all: Vec<usize> = (0..6).collect();
         let (base, g0) = run(&l, &all, opts(2, router, None));
-        for policy in [SkipPolicy::Drop, SkipPolicy::Renormalize, SkipPolicy::Reroute] {
+        for policy in [
+            SkipPolicy::Drop,
+            SkipPolicy::Renormalize,
+            SkipPolicy::Reroute,
+        ] {
             let (out, g) = run(&l, &all, opts(2, router, Some(policy)));
-            assert!(out.y.equal(&base.y), "{router:?} {policy:?}: outputs differ");
+            assert!(
+                out.y.equal(&base.y),
+                "{router:?} {policy:?}: outputs differ"
+            );
             assert!(out.routing.topk_ids.equal(&base.routing.topk_ids));
             for (a, b) in g.iter().zip(&g0) {
                 assert!(a.equal(b), "{router:?} {policy:?}: gradients differ");
@@ -89,7 +112,10 @@ fn reroute_never_selects_a_non_resident_expert() {
         let resident = [1usize, 4, 6];
         let (out, _) = run(&l, &resident, opts(2, router, Some(SkipPolicy::Reroute)));
         let ids = Vec::<i64>::try_from(&out.routing.topk_ids.view(-1)).unwrap();
-        assert!(ids.iter().all(|i| resident.contains(&(*i as usize))), "{ids:?}");
+        assert!(
+            ids.iter().all(|i| resident.contains(&(*i as usize))),
+            "{ids:?}"
+        );
         assert_eq!(out.routing.skipped_slots, 0);
         // Softmax gates of a rerouted token still sum to 1.
         let res = LayerResidency::new(8, &resident);
@@ -105,7 +131,11 @@ fn reroute_never_selects_a_non_resident_expert() {
 fn drop_zeroes_tokens_with_no_resident_expert_and_renormalize_rescales() {
     let l = layer(300, 16, 8, 8, 7);
     let resident = [2usize, 5];
-    let (out, _) = run(&l, &resident, opts(2, RouterKind::SoftmaxTopk, Some(SkipPolicy::Drop)));
+    let (out, _) = run(
+        &l,
+        &resident,
+        opts(2, RouterKind::SoftmaxTopk, Some(SkipPolicy::Drop)),
+    );
     let ids = out.routing.topk_ids.shallow_clone();
     let is_res = |e: i64| resident.contains(&(e as usize));
     let mut zero_rows = 0;
@@ -114,7 +144,10 @@ fn drop_zeroes_tokens_with_no_resident_expert_and_renormalize_rescales() {
         let (a, b) = (ids.int64_value(&[t, 0]), ids.int64_value(&[t, 1]));
         let row_norm = out.y.get(t).abs().sum(Kind::Float).double_value(&[]);
         if !is_res(a) && !is_res(b) {
-            assert_eq!(row_norm, 0.0, "token {t} has no resident expert but nonzero output");
+            assert_eq!(
+                row_norm, 0.0,
+                "token {t} has no resident expert but nonzero output"
+            );
             zero_rows += 1;
         } else {
             assert!(row_norm > 0.0);
@@ -123,18 +156,46 @@ fn drop_zeroes_tokens_with_no_resident_expert_and_renormalize_rescales() {
             }
         }
     }
-    assert!(zero_rows > 0, "constructed case should contain skipped tokens");
+    assert!(
+        zero_rows > 0,
+        "constructed case should contain skipped tokens"
+    );
     assert_eq!(out.routing.skipped_tokens, zero_rows);
-    let skipped: i64 = out.routing.counts.iter().enumerate().filter(|(e, _)| !resident.contains(e)).map(|(_, c)| c).sum();
+    let skipped: i64 = out
+        .routing
+        .counts
+        .iter()
+        .enumerate()
+        .filter(|(e, _)| !resident.contains(e))
+        .map(|(_, c)| c)
+        .sum();
     assert_eq!(out.routing.skipped_slots, skipped);
 
     // renormalize: a token with one resident expert gets that expert's output at full mass
     // (gate 1 for softmax_topk), i.e. output / gate_under_drop.
     let t = partial_row.expect("a token with exactly one resident expert");
-    let (ren, _) = run(&l, &resident, opts(2, RouterKind::SoftmaxTopk, Some(SkipPolicy::Renormalize)));
+    let (ren, _) = run(
+        &l,
+        &resident,
+        opts(2, RouterKind::SoftmaxTopk, Some(SkipPolicy::Renormalize)),
+    );
     let res = LayerResidency::new(8, &resident);
-    let (g_drop, _, _, _) = route(&l.x, &l.router, 2, RouterKind::SoftmaxTopk, &res, Some(SkipPolicy::Drop));
-    let (g_ren, _, _, _) = route(&l.x, &l.router, 2, RouterKind::SoftmaxTopk, &res, Some(SkipPolicy::Renormalize));
+    let (g_drop, _, _, _) = route(
+        &l.x,
+        &l.router,
+        2,
+        RouterKind::SoftmaxTopk,
+        &res,
+        Some(SkipPolicy::Drop),
+    );
+    let (g_ren, _, _, _) = route(
+        &l.x,
+        &l.router,
+        2,
+        RouterKind::SoftmaxTopk,
+        &res,
+        Some(SkipPolicy::Renormalize),
+    );
     let kept = g_drop.get(t).sum(Kind::Float).double_value(&[]);
     assert!(kept > 0.0 && kept < 1.0);
     assert!((g_ren.get(t).sum(Kind::Float).double_value(&[]) - 1.0).abs() < 1e-6);
@@ -148,7 +209,11 @@ fn balance_loss_is_one_at_perfect_balance_and_e_at_collapse() {
     let t = 16i64;
     let res = LayerResidency::new(e, &(0..e).collect::<Vec<_>>());
     // Uniform probabilities, uniform slot counts (T·k/E each).
-    let probs = Tensor::full([t, e as i64], 1.0 / e as f64, (Kind::Float, tch::Device::Cpu));
+    let probs = Tensor::full(
+        [t, e as i64],
+        1.0 / e as f64,
+        (Kind::Float, tch::Device::Cpu),
+    );
     let counts = vec![t * 2 / e as i64; e];
     let v = balance_loss(&probs, &counts, 2, AuxScope::All, &res).double_value(&[]);
     assert!((v - 1.0).abs() < 1e-6, "{v}");
@@ -161,7 +226,9 @@ fn balance_loss_is_one_at_perfect_balance_and_e_at_collapse() {
     // Collapse: every token to expert 0 with probability 1, k = 1 → E.
     let mut collapsed = vec![0i64; e];
     collapsed[0] = t;
-    let p0 = Tensor::zeros([t], (Kind::Int64, tch::Device::Cpu)).one_hot(e as i64).to_kind(Kind::Float);
+    let p0 = Tensor::zeros([t], (Kind::Int64, tch::Device::Cpu))
+        .one_hot(e as i64)
+        .to_kind(Kind::Float);
     let v = balance_loss(&p0, &collapsed, 1, AuxScope::All, &res).double_value(&[]);
     assert!((v - e as f64).abs() < 1e-5, "{v}");
     // Resident scope over {0..3}: balanced among residents → 1.
@@ -175,8 +242,14 @@ fn balance_loss_is_one_at_perfect_balance_and_e_at_collapse() {
 fn model_forward_backward_shapes_and_masked_model_runs() {
     let cfg = ModelConfig::preset("tiny").unwrap();
     let model = MoeModel::new(&cfg, Residency::full(&cfg), 0);
-    let inputs = Tensor::arange(32, (Kind::Int64, tch::Device::Cpu)).multiply_scalar(37).remainder(256).view([2, 16]);
-    let targets = Tensor::arange(32, (Kind::Int64, tch::Device::Cpu)).multiply_scalar(11).remainder(256).view([2, 16]);
+    let inputs = Tensor::arange(32, (Kind::Int64, tch::Device::Cpu))
+        .multiply_scalar(37)
+        .remainder(256)
+        .view([2, 16]);
+    let targets = Tensor::arange(32, (Kind::Int64, tch::Device::Cpu))
+        .multiply_scalar(11)
+        .remainder(256)
+        .view([2, 16]);
     let out = model.forward(&inputs, &targets);
     let ce = out.ce.double_value(&[]);
     // Near-uniform predictions at init.
@@ -188,6 +261,9 @@ fn model_forward_backward_shapes_and_masked_model_runs() {
     let part = MoeModel::new(&cfg, Residency::uniform(&cfg, &[0, 3]), 0);
     let out = part.forward(&inputs, &targets);
     let g = part.flat_grad(&out.loss);
-    assert_eq!(g.size()[0] as usize, cfg.dense_params() + cfg.n_layers * 2 * cfg.params_per_expert());
+    assert_eq!(
+        g.size()[0] as usize,
+        cfg.dense_params() + cfg.n_layers * 2 * cfg.params_per_expert()
+    );
     assert!(out.routing.iter().all(|r| r.skipped_slots > 0));
 }

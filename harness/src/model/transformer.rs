@@ -8,7 +8,10 @@
 use tch::{Kind, Tensor};
 
 use super::config::ModelConfig;
-use super::moe::{moe_forward_onto, AuxScope, ExpertWeights, LayerResidency, LayerRouting, RoutingOptions, SkipPolicy};
+use super::moe::{
+    moe_forward_onto, AuxScope, ExpertWeights, LayerResidency, LayerRouting, RoutingOptions,
+    SkipPolicy,
+};
 use super::params::{ParamStore, Residency};
 
 const NORM_EPS: f64 = 1e-5;
@@ -62,7 +65,12 @@ impl MoeModel {
 
     pub fn from_store(cfg: &ModelConfig, store: ParamStore) -> Self {
         let find = |name: &str| {
-            store.layout.specs.iter().position(|s| s.name == name).unwrap_or_else(|| panic!("layout lacks {name}"))
+            store
+                .layout
+                .specs
+                .iter()
+                .position(|s| s.name == name)
+                .unwrap_or_else(|| panic!("layout lacks {name}"))
         };
         let mut blocks = Vec::new();
         let mut layers = Vec::new();
@@ -75,14 +83,36 @@ impl MoeModel {
                 qkv: find(&format!("{p}.attn.qkv.weight")),
                 proj: find(&format!("{p}.attn.proj.weight")),
                 router: find(&format!("{p}.moe.router.weight")),
-                fc1: resident.iter().map(|e| find(&format!("{p}.moe.experts.{e}.fc1.weight"))).collect(),
-                fc2: resident.iter().map(|e| find(&format!("{p}.moe.experts.{e}.fc2.weight"))).collect(),
+                fc1: resident
+                    .iter()
+                    .map(|e| find(&format!("{p}.moe.experts.{e}.fc1.weight")))
+                    .collect(),
+                fc2: resident
+                    .iter()
+                    .map(|e| find(&format!("{p}.moe.experts.{e}.fc2.weight")))
+                    .collect(),
             });
             layers.push(LayerResidency::new(cfg.n_experts, &resident));
         }
-        let idx = ModelIndex { wte: find("wte.weight"), wpe: find("wpe.weight"), ln_f: find("ln_f.weight"), blocks };
-        let skip_policy = if store.residency.is_full() { None } else { Some(SkipPolicy::Drop) };
-        Self { cfg: cfg.clone(), store, layers, skip_policy, aux_scope: AuxScope::All, idx }
+        let idx = ModelIndex {
+            wte: find("wte.weight"),
+            wpe: find("wpe.weight"),
+            ln_f: find("ln_f.weight"),
+            blocks,
+        };
+        let skip_policy = if store.residency.is_full() {
+            None
+        } else {
+            Some(SkipPolicy::Drop)
+        };
+        Self {
+            cfg: cfg.clone(),
+            store,
+            layers,
+            skip_policy,
+            aux_scope: AuxScope::All,
+            idx,
+        }
     }
 
     fn p(&self, i: usize) -> &Tensor {
@@ -97,7 +127,8 @@ impl MoeModel {
         let h = cfg.n_heads as i64;
         let hd = d / h;
         let wte = self.p(self.idx.wte);
-        let mut x = Tensor::embedding(wte, inputs, -1, false, false) + self.p(self.idx.wpe).narrow(0, 0, s);
+        let mut x =
+            Tensor::embedding(wte, inputs, -1, false, false) + self.p(self.idx.wpe).narrow(0, 0, s);
         let opts = RoutingOptions {
             top_k: cfg.top_k,
             router: cfg.router,
@@ -109,21 +140,38 @@ impl MoeModel {
         let mut routing = Vec::with_capacity(cfg.n_layers);
         for (bi, lr) in self.idx.blocks.iter().zip(&self.layers) {
             let a_in = x.rms_norm([d], Some(self.p(bi.ln1)), NORM_EPS);
-            let qkv = a_in.linear::<Tensor>(self.p(bi.qkv), None).view([b, s, 3, h, hd]).permute([2, 0, 3, 1, 4]);
+            let qkv = a_in
+                .linear::<Tensor>(self.p(bi.qkv), None)
+                .view([b, s, 3, h, hd])
+                .permute([2, 0, 3, 1, 4]);
             // One unbind (its backward is one stack), not three selects (each of whose
             // backward would zero-fill a full-size gradient, then two adds to sum them).
             let parts = qkv.unbind(0);
             let (q, k, v) = (&parts[0], &parts[1], &parts[2]);
-            let att = Tensor::scaled_dot_product_attention::<Tensor>(q, k, v, None, 0.0, true, None, false);
-            let att = att.transpose(1, 2).reshape([b, s, d]).linear::<Tensor>(self.p(bi.proj), None);
+            let att = Tensor::scaled_dot_product_attention::<Tensor>(
+                q, k, v, None, 0.0, true, None, false,
+            );
+            let att = att
+                .transpose(1, 2)
+                .reshape([b, s, d])
+                .linear::<Tensor>(self.p(bi.proj), None);
             x = x + att;
-            let m_in = x.rms_norm([d], Some(self.p(bi.ln2)), NORM_EPS).view([b * s, d]);
+            let m_in = x
+                .rms_norm([d], Some(self.p(bi.ln2)), NORM_EPS)
+                .view([b * s, d]);
             let experts = ExpertWeights {
                 fc1: bi.fc1.iter().map(|&i| self.p(i)).collect(),
                 fc2: bi.fc2.iter().map(|&i| self.p(i)).collect(),
             };
             // x + MoE(x): the expert outputs are scattered straight onto the residual stream.
-            let out = moe_forward_onto(Some(&x.view([b * s, d])), &m_in, self.p(bi.router), &experts, lr, opts);
+            let out = moe_forward_onto(
+                Some(&x.view([b * s, d])),
+                &m_in,
+                self.p(bi.router),
+                &experts,
+                lr,
+                opts,
+            );
             x = out.y.view([b, s, d]);
             balance_terms.push(out.balance);
             z_terms.push(out.z_loss);
@@ -131,23 +179,33 @@ impl MoeModel {
         }
         let x = x.rms_norm([d], Some(self.p(self.idx.ln_f)), NORM_EPS);
         let logits = x.linear::<Tensor>(wte, None);
-        let ce = logits.view([b * s, cfg.vocab_size as i64]).cross_entropy_loss::<Tensor>(
-            &targets.view([b * s]),
-            None,
-            tch::Reduction::Mean,
-            -100,
-            0.0,
-        );
+        let ce = logits
+            .view([b * s, cfg.vocab_size as i64])
+            .cross_entropy_loss::<Tensor>(
+                &targets.view([b * s]),
+                None,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            );
         let n_layers = cfg.n_layers as f64;
         let balance_vals: Vec<f64> = balance_terms.iter().map(|t| t.double_value(&[])).collect();
         let mut loss = ce.shallow_clone();
         if cfg.balance_alpha > 0.0 {
-            loss = loss + Tensor::stack(&balance_terms, 0).sum(Kind::Float) * (cfg.balance_alpha / n_layers);
+            loss = loss
+                + Tensor::stack(&balance_terms, 0).sum(Kind::Float)
+                    * (cfg.balance_alpha / n_layers);
         }
         if cfg.z_loss_beta > 0.0 {
-            loss = loss + Tensor::stack(&z_terms, 0).sum(Kind::Float) * (cfg.z_loss_beta / n_layers);
+            loss =
+                loss + Tensor::stack(&z_terms, 0).sum(Kind::Float) * (cfg.z_loss_beta / n_layers);
         }
-        ForwardOutput { loss, ce, balance: balance_vals, routing }
+        ForwardOutput {
+            loss,
+            ce,
+            balance: balance_vals,
+            routing,
+        }
     }
 
     /// Gradients of `loss` w.r.t. every parameter, written into one flat tensor in layout
@@ -157,7 +215,13 @@ impl MoeModel {
         let parts: Vec<Tensor> = grads
             .iter()
             .zip(&self.store.params)
-            .map(|(g, p)| if g.defined() { g.reshape([-1]) } else { p.detach().zeros_like().reshape([-1]) })
+            .map(|(g, p)| {
+                if g.defined() {
+                    g.reshape([-1])
+                } else {
+                    p.detach().zeros_like().reshape([-1])
+                }
+            })
             .collect();
         Tensor::cat(&parts, 0)
     }

@@ -26,8 +26,9 @@ impl RunExecutor for FakeExecutor {
             panic!("boom");
         }
         let h = cfg.inner_steps;
-        let mut workers: Vec<CsvSink<StepRow>> =
-            (1..cfg.sites).map(|s| CsvSink::create(site_steps_path(dir.path(), s)).unwrap()).collect();
+        let mut workers: Vec<CsvSink<StepRow>> = (1..cfg.sites)
+            .map(|s| CsvSink::create(site_steps_path(dir.path(), s)).unwrap())
+            .collect();
         let mut total = 0u64;
         for step in 0..cfg.steps {
             let sync = cfg.method == Method::Ddp || (step + 1) % h == 0;
@@ -119,7 +120,10 @@ fn runs_resumes_and_skips_complete_runs() {
     let out = tempfile::tempdir().unwrap();
     let s = suite(SUITE);
     let ids: Vec<&str> = s.runs.iter().map(|r| r.id.as_str()).collect();
-    assert_eq!(ids, vec!["ddp-s0", "diloco-s0", "fomoe-rho1-s0", "fomoe-rho2-s0"]);
+    assert_eq!(
+        ids,
+        vec!["ddp-s0", "diloco-s0", "fomoe-rho1-s0", "fomoe-rho2-s0"]
+    );
     let mut opts = SuiteOptions::new(out.path());
     opts.poll_interval = Duration::from_millis(1);
     let exec = FakeExecutor::default();
@@ -129,28 +133,46 @@ fn runs_resumes_and_skips_complete_runs() {
     let r = run_suite(&s, &opts, &exec, &obs).unwrap();
     assert_eq!(calls(&exec), ids);
     assert!(r.failed().is_empty());
-    assert!(r.outcomes.iter().all(|o| o.action == "ran" && o.previous == "new"));
+    assert!(r
+        .outcomes
+        .iter()
+        .all(|o| o.action == "ran" && o.previous == "new"));
     // Progress saw every rounds.csv row: 2 rounds × 2 domains per run.
     assert_eq!(obs.progress.load(Ordering::Relaxed), 4 * 4);
     assert_eq!(obs.finished.load(Ordering::Relaxed), 4);
     let sd = out.path().join("resume");
     assert_eq!(r.suite_dir, sd);
-    assert_eq!(std::fs::read_to_string(sd.join("suite.toml")).unwrap(), SUITE);
+    assert_eq!(
+        std::fs::read_to_string(sd.join("suite.toml")).unwrap(),
+        SUITE
+    );
     // Steps of the worker files are merged into steps.csv.
-    let steps = read_rows::<StepRow>(&sd.join("fomoe-rho1-s0").join("steps.csv")).unwrap().rows;
+    let steps = read_rows::<StepRow>(&sd.join("fomoe-rho1-s0").join("steps.csv"))
+        .unwrap()
+        .rows;
     assert_eq!(steps.len(), 2 * 8);
     assert!(!site_steps_path(&sd.join("fomoe-rho1-s0"), 1).exists());
     // summary.csv: one row per run; DDP synchronises every step, the others every H = 4.
     let csv = std::fs::read_to_string(sd.join("summary.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 4);
-    let d = r.summaries.iter().find(|x| x.run_id == "diloco-s0").unwrap();
-    assert_eq!((d.payload_bytes, d.bytes_reduction_vs_ddp, d.ddp_ref_exact), (4000, Some(4.0), Some(true)));
+    let d = r
+        .summaries
+        .iter()
+        .find(|x| x.run_id == "diloco-s0")
+        .unwrap();
+    assert_eq!(
+        (d.payload_bytes, d.bytes_reduction_vs_ddp, d.ddp_ref_exact),
+        (4000, Some(4.0), Some(true))
+    );
     assert!((d.final_eval_loss.unwrap() - 4.05).abs() < 1e-12);
 
     // Second time: nothing runs.
     let r = run_suite(&s, &opts, &exec, &Silent).unwrap();
     assert!(calls(&exec).is_empty());
-    assert!(r.outcomes.iter().all(|o| o.action == "skipped" && o.status == "complete"));
+    assert!(r
+        .outcomes
+        .iter()
+        .all(|o| o.action == "skipped" && o.status == "complete"));
     assert_eq!(r.summaries.len(), 4);
 
     // A run left partial (killed: manifest `running`, a worker file cut mid-row) and a
@@ -162,9 +184,24 @@ fn runs_resumes_and_skips_complete_runs() {
     let r = run_suite(&s, &opts, &exec, &Silent).unwrap();
     assert_eq!(calls(&exec), vec!["diloco-s0", "fomoe-rho2-s0"]);
     let prev: Vec<&str> = r.outcomes.iter().map(|o| o.previous.as_str()).collect();
-    assert_eq!(prev, vec!["complete", "partial (manifest says running)", "complete", "failed before"]);
+    assert_eq!(
+        prev,
+        vec![
+            "complete",
+            "partial (manifest says running)",
+            "complete",
+            "failed before"
+        ]
+    );
     assert!(r.outcomes.iter().all(|o| o.status == "complete"));
-    assert_eq!(read_rows::<StepRow>(&partial.join("steps.csv")).unwrap().rows.len(), 16, "no stale rows");
+    assert_eq!(
+        read_rows::<StepRow>(&partial.join("steps.csv"))
+            .unwrap()
+            .rows
+            .len(),
+        16,
+        "no stale rows"
+    );
 
     // --only, then --force.
     opts.only = Some("fomoe".into());
@@ -180,7 +217,10 @@ fn runs_resumes_and_skips_complete_runs() {
     let changed = suite(&SUITE.replace("steps = 8", "steps = 12"));
     let r = run_suite(&changed, &opts, &exec, &Silent).unwrap();
     assert_eq!(calls(&exec), ids);
-    assert!(r.outcomes.iter().all(|o| o.previous.starts_with("config changed")));
+    assert!(r
+        .outcomes
+        .iter()
+        .all(|o| o.previous.starts_with("config changed")));
 }
 
 #[test]
@@ -195,7 +235,11 @@ fn failures_and_panics_are_recorded_and_re_run() {
         ..Default::default()
     };
     let r = run_suite(&s, &opts, &exec, &Silent).unwrap();
-    let failed: Vec<(&str, Option<&str>)> = r.failed().iter().map(|o| (o.run_id.as_str(), o.error.as_deref())).collect();
+    let failed: Vec<(&str, Option<&str>)> = r
+        .failed()
+        .iter()
+        .map(|o| (o.run_id.as_str(), o.error.as_deref()))
+        .collect();
     assert_eq!(
         failed,
         vec![
@@ -204,8 +248,15 @@ fn failures_and_panics_are_recorded_and_re_run() {
         ]
     );
     // The failed run keeps the telemetry written before the failure, and says so in the summary.
-    let d = r.summaries.iter().find(|x| x.run_id == "diloco-s0").unwrap();
-    assert_eq!((d.status.as_str(), d.final_round, d.bytes_reduction_vs_ddp), ("failed", Some(1), None));
+    let d = r
+        .summaries
+        .iter()
+        .find(|x| x.run_id == "diloco-s0")
+        .unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.final_round, d.bytes_reduction_vs_ddp),
+        ("failed", Some(1), None)
+    );
     let m = Manifest::read(&r.suite_dir.join("diloco-s0").join(MANIFEST_FILE)).unwrap();
     assert_eq!(m.status, RunStatus::Failed);
 

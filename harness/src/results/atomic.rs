@@ -16,7 +16,10 @@ use super::ResultsError;
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ResultsError + '_ {
-    move |error| ResultsError::Io { path: path.to_path_buf(), error }
+    move |error| ResultsError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
 }
 
 /// Replace `path` with `bytes` atomically.
@@ -28,7 +31,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ResultsError> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| ResultsError::Invalid { path: path.to_path_buf(), reason: "not a file name".into() })?;
+        .ok_or_else(|| ResultsError::Invalid {
+            path: path.to_path_buf(),
+            reason: "not a file name".into(),
+        })?;
     remove_stale_temporaries(&dir, name);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.{}-{n}.tmp", std::process::id()));
@@ -53,7 +59,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ResultsError> {
 /// Temporaries of `name` in `dir` left by processes that no longer exist.
 pub fn stale_temporaries(dir: &Path, name: &str) -> Vec<PathBuf> {
     let prefix = format!(".{name}.");
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok())
         .filter_map(|e| {
@@ -87,10 +95,16 @@ fn process_alive(pid: i32) -> bool {
 
 /// Every temporary (stale or live) of any file in `dir`: used by tests and `fomoe report`.
 pub fn temporaries_in(dir: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = entries
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+        })
         .map(|e| e.path())
         .collect();
     out.sort();

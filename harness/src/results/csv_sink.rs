@@ -18,7 +18,10 @@ use serde::Serialize;
 use super::ResultsError;
 
 fn writer(has_headers: bool) -> csv::Writer<Vec<u8>> {
-    csv::WriterBuilder::new().has_headers(has_headers).terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new())
+    csv::WriterBuilder::new()
+        .has_headers(has_headers)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new())
 }
 
 /// The header line of `T` (field names in declaration order, newline-terminated).
@@ -26,7 +29,10 @@ pub fn header_line<T: Serialize + Default>() -> Vec<u8> {
     let mut w = writer(true);
     w.serialize(T::default()).expect("a default row serialises");
     let bytes = w.into_inner().expect("in-memory writer");
-    let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |i| i + 1);
     bytes[..end].to_vec()
 }
 
@@ -42,10 +48,18 @@ impl<T: Serialize + Default> CsvSink<T> {
     /// Create (truncate) `path` and write the header.
     pub fn create(path: impl AsRef<Path>) -> Result<Self, ResultsError> {
         let path = path.as_ref().to_path_buf();
-        let io = |error| ResultsError::Io { path: path.clone(), error };
+        let io = |error| ResultsError::Io {
+            path: path.clone(),
+            error,
+        };
         let mut file = File::create(&path).map_err(io)?;
         file.write_all(&header_line::<T>()).map_err(io)?;
-        Ok(Self { file, path, rows: 0, _row: PhantomData })
+        Ok(Self {
+            file,
+            path,
+            rows: 0,
+            _row: PhantomData,
+        })
     }
 
     /// Open an existing file for appending (its header must match `T`), or create it.
@@ -54,24 +68,43 @@ impl<T: Serialize + Default> CsvSink<T> {
         if !path.exists() {
             return Self::create(path);
         }
-        let io = |error| ResultsError::Io { path: path.clone(), error };
+        let io = |error| ResultsError::Io {
+            path: path.clone(),
+            error,
+        };
         let text = std::fs::read(&path).map_err(io)?;
         let header = header_line::<T>();
         if !text.starts_with(&header) {
-            return Err(ResultsError::Invalid { path, reason: "header does not match the row type".into() });
+            return Err(ResultsError::Invalid {
+                path,
+                reason: "header does not match the row type".into(),
+            });
         }
         let rows = text.iter().filter(|&&b| b == b'\n').count() as u64 - 1;
         let file = OpenOptions::new().append(true).open(&path).map_err(io)?;
-        Ok(Self { file, path, rows, _row: PhantomData })
+        Ok(Self {
+            file,
+            path,
+            rows,
+            _row: PhantomData,
+        })
     }
 
     /// Write one row and hand it to the kernel before returning.
     pub fn push(&mut self, row: &T) -> Result<(), ResultsError> {
-        let invalid = |reason: String| ResultsError::Invalid { path: self.path.clone(), reason };
+        let invalid = |reason: String| ResultsError::Invalid {
+            path: self.path.clone(),
+            reason,
+        };
         let mut w = writer(false);
         w.serialize(row).map_err(|e| invalid(e.to_string()))?;
         let bytes = w.into_inner().map_err(|e| invalid(e.to_string()))?;
-        self.file.write_all(&bytes).map_err(|error| ResultsError::Io { path: self.path.clone(), error })?;
+        self.file
+            .write_all(&bytes)
+            .map_err(|error| ResultsError::Io {
+                path: self.path.clone(),
+                error,
+            })?;
         self.rows += 1;
         Ok(())
     }
@@ -87,7 +120,10 @@ impl<T: Serialize + Default> CsvSink<T> {
 
     /// fsync the file.
     pub fn sync(&self) -> Result<(), ResultsError> {
-        self.file.sync_all().map_err(|error| ResultsError::Io { path: self.path.clone(), error })
+        self.file.sync_all().map_err(|error| ResultsError::Io {
+            path: self.path.clone(),
+            error,
+        })
     }
 
     /// fsync and close.
@@ -106,16 +142,24 @@ pub struct Rows<T> {
 
 /// Read every complete row of `path`. A malformed complete row is an error naming its line.
 pub fn read_rows<T: DeserializeOwned>(path: &Path) -> Result<Rows<T>, ResultsError> {
-    let bytes = std::fs::read(path).map_err(|error| ResultsError::Io { path: path.to_path_buf(), error })?;
+    let bytes = std::fs::read(path).map_err(|error| ResultsError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
     parse_rows(path, &bytes)
 }
 
-pub(crate) fn parse_rows<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<Rows<T>, ResultsError> {
+pub(crate) fn parse_rows<T: DeserializeOwned>(
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Rows<T>, ResultsError> {
     let (complete, dropped_partial_row) = match bytes.iter().rposition(|&b| b == b'\n') {
         Some(i) => (&bytes[..=i], i + 1 < bytes.len()),
         None => (&bytes[..0], !bytes.is_empty()),
     };
-    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(complete);
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(complete);
     let mut rows = Vec::new();
     for (i, rec) in reader.deserialize::<T>().enumerate() {
         let row = rec.map_err(|e| ResultsError::Malformed {
@@ -125,5 +169,8 @@ pub(crate) fn parse_rows<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Resu
         })?;
         rows.push(row);
     }
-    Ok(Rows { rows, dropped_partial_row })
+    Ok(Rows {
+        rows,
+        dropped_partial_row,
+    })
 }

@@ -83,13 +83,25 @@ pub struct ManifestHead {
 
 impl Manifest {
     pub fn read(path: &Path) -> Result<Manifest, ResultsError> {
-        let bytes = std::fs::read(path).map_err(|error| ResultsError::Io { path: path.to_path_buf(), error })?;
-        serde_json::from_slice(&bytes).map_err(|e| ResultsError::Invalid { path: path.to_path_buf(), reason: e.to_string() })
+        let bytes = std::fs::read(path).map_err(|error| ResultsError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ResultsError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     }
 
     pub fn read_head(path: &Path) -> Result<ManifestHead, ResultsError> {
-        let bytes = std::fs::read(path).map_err(|error| ResultsError::Io { path: path.to_path_buf(), error })?;
-        serde_json::from_slice(&bytes).map_err(|e| ResultsError::Invalid { path: path.to_path_buf(), reason: e.to_string() })
+        let bytes = std::fs::read(path).map_err(|error| ResultsError::Io {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        serde_json::from_slice(&bytes).map_err(|e| ResultsError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -117,7 +129,9 @@ impl RunEnv {
         RunEnv {
             suite: suite.to_string(),
             backend: backend.to_string(),
-            cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             git_commit: git_commit().to_string(),
             host: host_name(),
         }
@@ -207,14 +221,27 @@ mod tests {
     fn timestamps() {
         assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         // 2024-02-29T23:59:59.5Z = 1709251199.5 s (leap day).
-        assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_millis(1_709_251_199_500)), "2024-02-29T23:59:59.500Z");
-        assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_millis(1_709_251_199_500)),
+            "2024-02-29T23:59:59.500Z"
+        );
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00.000Z"
+        );
     }
 
     #[test]
     fn versions_match_the_lock_file() {
-        let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
-        let tch = lock.split("[[package]]").find(|p| p.contains("name = \"tch\"")).expect("tch in Cargo.lock");
-        assert!(tch.contains(&format!("version = \"{TCH_VERSION}.")), "Cargo.lock: {tch}");
+        let lock =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
+        let tch = lock
+            .split("[[package]]")
+            .find(|p| p.contains("name = \"tch\""))
+            .expect("tch in Cargo.lock");
+        assert!(
+            tch.contains(&format!("version = \"{TCH_VERSION}.")),
+            "Cargo.lock: {tch}"
+        );
     }
 }

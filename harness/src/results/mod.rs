@@ -46,18 +46,28 @@ pub const SUITE_COPY_FILE: &str = "suite.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ResultsError {
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("{path}: line {line}: {reason}")]
-    Malformed { path: PathBuf, line: usize, reason: String },
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// Summaries of every run directory under `suite_dir` (directories holding a manifest):
 /// in summary.csv order when it exists, the rest by name; annotated with the suite columns.
 /// A run whose files cannot be read gets an `unreadable` row naming the reason.
 pub fn load_suite(suite_dir: &Path) -> Result<Vec<Summary>, ResultsError> {
-    let io = |error| ResultsError::Io { path: suite_dir.to_path_buf(), error };
+    let io = |error| ResultsError::Io {
+        path: suite_dir.to_path_buf(),
+        error,
+    };
     let mut dirs: Vec<String> = std::fs::read_dir(suite_dir)
         .map_err(io)?
         .filter_map(|e| e.ok())
@@ -85,7 +95,10 @@ pub fn load_suite(suite_dir: &Path) -> Result<Vec<Summary>, ResultsError> {
     }
     let mut rows: Vec<Summary> = order
         .iter()
-        .map(|id| summarize(&suite_dir.join(id)).unwrap_or_else(|e| Summary::unreadable(id, &e.to_string())))
+        .map(|id| {
+            summarize(&suite_dir.join(id))
+                .unwrap_or_else(|e| Summary::unreadable(id, &e.to_string()))
+        })
         .collect();
     annotate_suite(&mut rows);
     Ok(rows)
@@ -94,10 +107,16 @@ pub fn load_suite(suite_dir: &Path) -> Result<Vec<Summary>, ResultsError> {
 /// Suite directories under `results_dir`: itself when it holds run directories, else each
 /// subdirectory that does, sorted by name.
 pub fn suite_dirs(results_dir: &Path) -> Result<Vec<PathBuf>, ResultsError> {
-    let io = |error| ResultsError::Io { path: results_dir.to_path_buf(), error };
+    let io = |error| ResultsError::Io {
+        path: results_dir.to_path_buf(),
+        error,
+    };
     let holds_runs = |d: &Path| -> bool {
         std::fs::read_dir(d)
-            .map(|it| it.filter_map(|e| e.ok()).any(|e| e.path().join(MANIFEST_FILE).is_file()))
+            .map(|it| {
+                it.filter_map(|e| e.ok())
+                    .any(|e| e.path().join(MANIFEST_FILE).is_file())
+            })
             .unwrap_or(false)
     };
     if holds_runs(results_dir) {

@@ -20,7 +20,10 @@ use hdrhistogram::Histogram;
 
 use super::atomic::write_atomic;
 use super::csv_sink::{header_line, read_rows, CsvSink};
-use super::manifest::{default_threads_per_site, rfc3339_utc, Manifest, RunEnv, RunStatus, MANIFEST_FILE, MANIFEST_SCHEMA};
+use super::manifest::{
+    default_threads_per_site, rfc3339_utc, Manifest, RunEnv, RunStatus, MANIFEST_FILE,
+    MANIFEST_SCHEMA,
+};
 use super::manifest::{LIBTORCH_VERSION, TCH_VERSION};
 use super::ResultsError;
 use crate::config::RunConfig;
@@ -47,9 +50,13 @@ pub enum RunState {
     Partial,
     Failed,
     /// Complete, but for another config.
-    OtherConfig { found_hash: String },
+    OtherConfig {
+        found_hash: String,
+    },
     /// A directory with files but no readable manifest.
-    Unreadable { reason: String },
+    Unreadable {
+        reason: String,
+    },
 }
 
 impl RunState {
@@ -72,20 +79,28 @@ impl RunState {
 pub fn run_state(dir: &Path, config_hash: &str) -> RunState {
     let manifest = dir.join(MANIFEST_FILE);
     if !manifest.exists() {
-        let empty = std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true);
+        let empty = std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
         return if empty {
             RunState::Missing
         } else {
-            RunState::Unreadable { reason: format!("{MANIFEST_FILE} missing") }
+            RunState::Unreadable {
+                reason: format!("{MANIFEST_FILE} missing"),
+            }
         };
     }
     match Manifest::read_head(&manifest) {
-        Err(e) => RunState::Unreadable { reason: e.to_string() },
+        Err(e) => RunState::Unreadable {
+            reason: e.to_string(),
+        },
         Ok(head) => match head.status {
             RunStatus::Running => RunState::Partial,
             RunStatus::Failed => RunState::Failed,
             RunStatus::Complete if head.config_hash == config_hash => RunState::Complete,
-            RunStatus::Complete => RunState::OtherConfig { found_hash: head.config_hash },
+            RunStatus::Complete => RunState::OtherConfig {
+                found_hash: head.config_hash,
+            },
         },
     }
 }
@@ -96,12 +111,17 @@ pub fn clear_run_dir(dir: &Path) -> Result<(), ResultsError> {
     if !dir.exists() {
         return Ok(());
     }
-    let io = |error| ResultsError::Io { path: dir.to_path_buf(), error };
+    let io = |error| ResultsError::Io {
+        path: dir.to_path_buf(),
+        error,
+    };
     let mut entries = std::fs::read_dir(dir).map_err(io)?.peekable();
     if entries.peek().is_some() && !dir.join(MANIFEST_FILE).exists() {
         return Err(ResultsError::Invalid {
             path: dir.to_path_buf(),
-            reason: format!("not empty and has no {MANIFEST_FILE}; remove it by hand if it is a stale run"),
+            reason: format!(
+                "not empty and has no {MANIFEST_FILE}; remove it by hand if it is a stale run"
+            ),
         });
     }
     std::fs::remove_dir_all(dir).map_err(io)
@@ -124,11 +144,22 @@ pub struct RunDir {
 impl RunDir {
     /// Create the run directory (absent or empty), write `manifest.json` with status
     /// `running`, and create the three CSV files with headers.
-    pub fn create(path: &Path, run_id: &str, cfg: &RunConfig, env: &RunEnv) -> Result<RunDir, ResultsError> {
-        let io = |error| ResultsError::Io { path: path.to_path_buf(), error };
+    pub fn create(
+        path: &Path,
+        run_id: &str,
+        cfg: &RunConfig,
+        env: &RunEnv,
+    ) -> Result<RunDir, ResultsError> {
+        let io = |error| ResultsError::Io {
+            path: path.to_path_buf(),
+            error,
+        };
         std::fs::create_dir_all(path).map_err(io)?;
         if std::fs::read_dir(path).map_err(io)?.next().is_some() {
-            return Err(ResultsError::Invalid { path: path.to_path_buf(), reason: "run directory is not empty".into() });
+            return Err(ResultsError::Invalid {
+                path: path.to_path_buf(),
+                reason: "run directory is not empty".into(),
+            });
         }
         let manifest = Manifest {
             schema: MANIFEST_SCHEMA,
@@ -188,15 +219,30 @@ impl RunDir {
 
     /// Write `<name>.hgrm` (HdrHistogram percentile distribution) atomically; values are
     /// divided by `value_unit_ratio` (e.g. µs recorded, 1000 → ms printed).
-    pub fn write_hgrm(&self, name: &str, hist: &Histogram<u64>, value_unit_ratio: f64) -> Result<(), ResultsError> {
-        write_atomic(&self.path.join(format!("{name}.hgrm")), hgrm_text(hist, value_unit_ratio).as_bytes())
+    pub fn write_hgrm(
+        &self,
+        name: &str,
+        hist: &Histogram<u64>,
+        value_unit_ratio: f64,
+    ) -> Result<(), ResultsError> {
+        write_atomic(
+            &self.path.join(format!("{name}.hgrm")),
+            hgrm_text(hist, value_unit_ratio).as_bytes(),
+        )
     }
 
     /// Close the sinks, merge per-site step files, and write the final manifest: `complete`
     /// when `outcome` is Ok and the merge succeeds, else `failed` with the error chain on
     /// one line. Returns the final manifest.
     pub fn finish(self, outcome: &anyhow::Result<()>) -> Result<Manifest, ResultsError> {
-        let RunDir { path, mut manifest, started, steps, rounds, routing } = self;
+        let RunDir {
+            path,
+            mut manifest,
+            started,
+            steps,
+            rounds,
+            routing,
+        } = self;
         let mut errors: Vec<String> = Vec::new();
         if let Err(e) = outcome {
             errors.push(format!("{e:#}"));
@@ -209,7 +255,11 @@ impl RunDir {
         if let Err(e) = merge_site_steps(&path) {
             errors.push(format!("merging per-site steps: {e}"));
         }
-        manifest.status = if errors.is_empty() { RunStatus::Complete } else { RunStatus::Failed };
+        manifest.status = if errors.is_empty() {
+            RunStatus::Complete
+        } else {
+            RunStatus::Failed
+        };
         manifest.error = (!errors.is_empty()).then(|| errors.join("; ").replace('\n', " "));
         manifest.ended_at = Some(rfc3339_utc(SystemTime::now()));
         manifest.duration_s = Some(started.elapsed().as_secs_f64());
@@ -231,18 +281,29 @@ pub struct MergeReport {
 /// sorted by (step, site), written atomically; then remove the per-site files.
 /// Without per-site files it does nothing.
 pub fn merge_site_steps(dir: &Path) -> Result<MergeReport, ResultsError> {
-    let io = |error| ResultsError::Io { path: dir.to_path_buf(), error };
+    let io = |error| ResultsError::Io {
+        path: dir.to_path_buf(),
+        error,
+    };
     let mut site_files: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_str()?.to_string();
-            let site = name.strip_prefix("steps-site")?.strip_suffix(".csv")?.parse().ok()?;
+            let site = name
+                .strip_prefix("steps-site")?
+                .strip_suffix(".csv")?
+                .parse()
+                .ok()?;
             Some((site, e.path()))
         })
         .collect();
     site_files.sort();
-    let mut report = MergeReport { site_files: site_files.len(), rows: 0, partial_rows_dropped: 0 };
+    let mut report = MergeReport {
+        site_files: site_files.len(),
+        rows: 0,
+        partial_rows_dropped: 0,
+    };
     if site_files.is_empty() {
         return Ok(report);
     }
@@ -259,14 +320,26 @@ pub fn merge_site_steps(dir: &Path) -> Result<MergeReport, ResultsError> {
         rows.extend(r.rows);
     }
     rows.sort_by_key(|r| (r.step, r.site)); // stable: equal keys keep file order
-    let mut w = csv::WriterBuilder::new().has_headers(false).terminator(csv::Terminator::Any(b'\n')).from_writer(header_line::<StepRow>());
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(header_line::<StepRow>());
     for r in &rows {
-        w.serialize(r).map_err(|e| ResultsError::Invalid { path: merged_path.clone(), reason: e.to_string() })?;
+        w.serialize(r).map_err(|e| ResultsError::Invalid {
+            path: merged_path.clone(),
+            reason: e.to_string(),
+        })?;
     }
-    let bytes = w.into_inner().map_err(|e| ResultsError::Invalid { path: merged_path.clone(), reason: e.to_string() })?;
+    let bytes = w.into_inner().map_err(|e| ResultsError::Invalid {
+        path: merged_path.clone(),
+        reason: e.to_string(),
+    })?;
     write_atomic(&merged_path, &bytes)?;
     for (_, p) in &site_files {
-        std::fs::remove_file(p).map_err(|error| ResultsError::Io { path: p.clone(), error })?;
+        std::fs::remove_file(p).map_err(|error| ResultsError::Io {
+            path: p.clone(),
+            error,
+        })?;
     }
     report.rows = rows.len();
     Ok(report)
@@ -277,7 +350,11 @@ pub fn merge_site_steps(dir: &Path) -> Result<MergeReport, ResultsError> {
 pub fn hgrm_text(hist: &Histogram<u64>, value_unit_ratio: f64) -> String {
     use std::fmt::Write as _;
     let mut s = String::new();
-    let _ = writeln!(s, "{:>12} {:>14} {:>10} {:>14}\n", "Value", "Percentile", "TotalCount", "1/(1-Percentile)");
+    let _ = writeln!(
+        s,
+        "{:>12} {:>14} {:>10} {:>14}\n",
+        "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+    );
     let mut total = 0u64;
     if !hist.is_empty() {
         for v in hist.iter_quantiles(5) {
@@ -285,7 +362,11 @@ pub fn hgrm_text(hist: &Histogram<u64>, value_unit_ratio: f64) -> String {
             let q = v.quantile_iterated_to();
             let value = v.value_iterated_to() as f64 / value_unit_ratio;
             if q < 1.0 {
-                let _ = writeln!(s, "{value:12.3} {q:14.12} {total:10} {:14.2}", 1.0 / (1.0 - q));
+                let _ = writeln!(
+                    s,
+                    "{value:12.3} {q:14.12} {total:10} {:14.2}",
+                    1.0 / (1.0 - q)
+                );
             } else {
                 let _ = writeln!(s, "{value:12.3} {q:14.12} {total:10}");
             }
@@ -294,9 +375,17 @@ pub fn hgrm_text(hist: &Histogram<u64>, value_unit_ratio: f64) -> String {
     let (mean, sd, max) = if hist.is_empty() {
         (0.0, 0.0, 0.0)
     } else {
-        (hist.mean() / value_unit_ratio, hist.stdev() / value_unit_ratio, hist.max() as f64 / value_unit_ratio)
+        (
+            hist.mean() / value_unit_ratio,
+            hist.stdev() / value_unit_ratio,
+            hist.max() as f64 / value_unit_ratio,
+        )
     };
     let _ = writeln!(s, "#[Mean    = {mean:12.3}, StdDeviation   = {sd:12.3}]");
-    let _ = writeln!(s, "#[Max     = {max:12.3}, Total count    = {:12}]", hist.len());
+    let _ = writeln!(
+        s,
+        "#[Max     = {max:12.3}, Total count    = {:12}]",
+        hist.len()
+    );
     s
 }

@@ -109,7 +109,10 @@ impl Summary {
 
     /// A row for a run directory whose files cannot be read.
     pub fn unreadable(run_id: &str, reason: &str) -> Summary {
-        Summary { error: Some(reason.to_string()), ..Summary::empty(run_id, "unreadable") }
+        Summary {
+            error: Some(reason.to_string()),
+            ..Summary::empty(run_id, "unreadable")
+        }
     }
 
     pub fn is_complete(&self) -> bool {
@@ -138,12 +141,19 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
     s.target_loss = cfg.target_loss;
 
     let mut steps: Vec<StepRow> = read_optional(&dir.join(STEPS_FILE))?;
-    let io = |error| ResultsError::Io { path: dir.to_path_buf(), error };
+    let io = |error| ResultsError::Io {
+        path: dir.to_path_buf(),
+        error,
+    };
     let mut site_files: Vec<_> = std::fs::read_dir(dir)
         .map_err(io)?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("steps-site") && n.ends_with(".csv")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("steps-site") && n.ends_with(".csv"))
+        })
         .collect();
     site_files.sort();
     for p in site_files {
@@ -152,19 +162,31 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
     let rounds: Vec<RoundRow> = read_optional(&dir.join(ROUNDS_FILE))?;
 
     s.tokens_total = steps.iter().map(|r| r.tokens as u64).sum();
-    let clock = steps.iter().map(|r| r.clock_s).chain(rounds.iter().map(|r| r.clock_s)).fold(None, |m: Option<f64>, c| {
-        Some(m.map_or(c, |m| m.max(c)))
-    });
+    let clock = steps
+        .iter()
+        .map(|r| r.clock_s)
+        .chain(rounds.iter().map(|r| r.clock_s))
+        .fold(None, |m: Option<f64>, c| Some(m.map_or(c, |m| m.max(c))));
     s.clock_s = clock;
-    s.tokens_per_s = clock.filter(|&c| c > 0.0).map(|c| s.tokens_total as f64 / c);
+    s.tokens_per_s = clock
+        .filter(|&c| c > 0.0)
+        .map(|c| s.tokens_total as f64 / c);
 
     if rounds.is_empty() {
         s.payload_bytes = steps.iter().map(|r| r.payload_sent).sum();
         s.framing_bytes = steps.iter().map(|r| r.framing_sent).sum();
         s.bytes_source = "steps";
     } else {
-        s.payload_bytes = rounds.iter().map(|r| r.payload_bytes_total).max().unwrap_or(0);
-        s.framing_bytes = rounds.iter().map(|r| r.framing_bytes_total).max().unwrap_or(0);
+        s.payload_bytes = rounds
+            .iter()
+            .map(|r| r.payload_bytes_total)
+            .max()
+            .unwrap_or(0);
+        s.framing_bytes = rounds
+            .iter()
+            .map(|r| r.framing_bytes_total)
+            .max()
+            .unwrap_or(0);
         s.eval_bytes = rounds.iter().map(|r| r.eval_bytes_total).max().unwrap_or(0);
         s.bytes_source = "rounds";
     }
@@ -172,7 +194,9 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
     // Per-round mean eval loss over domains, the clock and step of the eval.
     let mut per_round: BTreeMap<usize, (f64, usize, f64, usize)> = BTreeMap::new();
     for r in &rounds {
-        let e = per_round.entry(r.round).or_insert((0.0, 0, f64::NEG_INFINITY, 0));
+        let e = per_round
+            .entry(r.round)
+            .or_insert((0.0, 0, f64::NEG_INFINITY, 0));
         e.0 += r.eval_loss;
         e.1 += 1;
         e.2 = e.2.max(r.clock_s);
@@ -183,14 +207,29 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
         s.final_eval_loss_by_domain = rounds
             .iter()
             .filter(|r| r.round == last)
-            .map(|r| DomainLoss { domain: r.domain.clone(), eval_loss: r.eval_loss })
+            .map(|r| DomainLoss {
+                domain: r.domain.clone(),
+                eval_loss: r.eval_loss,
+            })
             .collect();
         let n = s.final_eval_loss_by_domain.len() as f64;
-        s.final_eval_loss = Some(s.final_eval_loss_by_domain.iter().map(|d| d.eval_loss).sum::<f64>() / n);
-        s.best_eval_loss = per_round.values().map(|&(sum, n, _, _)| sum / n as f64).reduce(f64::min);
+        s.final_eval_loss = Some(
+            s.final_eval_loss_by_domain
+                .iter()
+                .map(|d| d.eval_loss)
+                .sum::<f64>()
+                / n,
+        );
+        s.best_eval_loss = per_round
+            .values()
+            .map(|&(sum, n, _, _)| sum / n as f64)
+            .reduce(f64::min);
     }
     if let Some(target) = cfg.target_loss {
-        if let Some((_, &(_, _, clock, step))) = per_round.iter().find(|(_, &(sum, n, _, _))| sum / n as f64 <= target) {
+        if let Some((_, &(_, _, clock, step))) = per_round
+            .iter()
+            .find(|(_, &(sum, n, _, _))| sum / n as f64 <= target)
+        {
             s.time_to_target_s = Some(clock);
             s.step_to_target = Some(step);
         }
@@ -215,7 +254,11 @@ fn leaf_paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(map) if !map.is_empty() => {
             for (k, child) in map {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 out.push(p.clone());
                 leaf_paths(child, &p, out);
             }
@@ -228,8 +271,15 @@ fn leaf_paths(v: &Value, prefix: &str, out: &mut Vec<String>) {
 /// configs of methods a knob applies to), seed and method excluded, sorted. A table knob
 /// whose fields vary is reported by its fields (`outer.lr`, not `outer`).
 pub fn varying_knobs<'a>(configs: impl IntoIterator<Item = &'a RunConfig>) -> Vec<String> {
-    let values: Vec<(Method, Value)> =
-        configs.into_iter().map(|c| (c.method, serde_json::to_value(c).expect("config serialises"))).collect();
+    let values: Vec<(Method, Value)> = configs
+        .into_iter()
+        .map(|c| {
+            (
+                c.method,
+                serde_json::to_value(c).expect("config serialises"),
+            )
+        })
+        .collect();
     let mut paths = Vec::new();
     for (_, v) in &values {
         leaf_paths(v, "", &mut paths);
@@ -253,14 +303,24 @@ pub fn varying_knobs<'a>(configs: impl IntoIterator<Item = &'a RunConfig>) -> Ve
             seen.len() > 1
         })
         .collect();
-    varying.iter().filter(|p| !varying.iter().any(|q| q.starts_with(&format!("{p}.")))).cloned().collect()
+    varying
+        .iter()
+        .filter(|p| !varying.iter().any(|q| q.starts_with(&format!("{p}."))))
+        .cloned()
+        .collect()
 }
 
 /// Fill the suite-level columns: varying knob values and bytes vs DDP (see module docs).
 pub fn annotate_suite(rows: &mut [Summary]) {
     let knobs = varying_knobs(rows.iter().filter_map(|r| r.config.as_ref()));
-    let json: Vec<Option<Value>> =
-        rows.iter().map(|r| r.config.as_ref().map(|c| serde_json::to_value(c).expect("config serialises"))).collect();
+    let json: Vec<Option<Value>> = rows
+        .iter()
+        .map(|r| {
+            r.config
+                .as_ref()
+                .map(|c| serde_json::to_value(c).expect("config serialises"))
+        })
+        .collect();
     for (row, v) in rows.iter_mut().zip(&json) {
         row.knobs.clear();
         if let (Some(cfg), Some(v)) = (&row.config, v) {
@@ -272,33 +332,49 @@ pub fn annotate_suite(rows: &mut [Summary]) {
         }
     }
     let ddp: Vec<usize> = (0..rows.len())
-        .filter(|&j| rows[j].is_complete() && rows[j].config.as_ref().is_some_and(|c| c.method == Method::Ddp))
+        .filter(|&j| {
+            rows[j].is_complete()
+                && rows[j]
+                    .config
+                    .as_ref()
+                    .is_some_and(|c| c.method == Method::Ddp)
+        })
         .collect();
     for i in 0..rows.len() {
         rows[i].ddp_ref = None;
         rows[i].ddp_ref_exact = None;
         rows[i].bytes_reduction_vs_ddp = None;
-        let (Some(cfg), Some(v)) = (rows[i].config.as_ref(), json[i].as_ref()) else { continue };
+        let (Some(cfg), Some(v)) = (rows[i].config.as_ref(), json[i].as_ref()) else {
+            continue;
+        };
         if !rows[i].is_complete() {
             continue;
         }
-        let relevant: Vec<&String> =
-            knobs.iter().filter(|k| knob_applies(Method::Ddp, k) && knob_applies(cfg.method, k)).collect();
+        let relevant: Vec<&String> = knobs
+            .iter()
+            .filter(|k| knob_applies(Method::Ddp, k) && knob_applies(cfg.method, k))
+            .collect();
         let mut best: Option<(usize, (usize, bool))> = None;
         for &j in &ddp {
             let dv = json[j].as_ref().expect("ddp rows have configs");
-            let matches = relevant.iter().filter(|k| value_at(v, k) == value_at(dv, k)).count();
+            let matches = relevant
+                .iter()
+                .filter(|k| value_at(v, k) == value_at(dv, k))
+                .count();
             let same_seed = rows[j].seed == rows[i].seed;
             let score = (matches, same_seed);
             if best.is_none_or(|(_, b)| score > b) {
                 best = Some((j, score));
             }
         }
-        let Some((j, (matches, _))) = best else { continue };
+        let Some((j, (matches, _))) = best else {
+            continue;
+        };
         rows[i].ddp_ref = Some(rows[j].run_id.clone());
         rows[i].ddp_ref_exact = Some(matches == relevant.len());
         let run_bytes = rows[i].payload_bytes;
-        rows[i].bytes_reduction_vs_ddp = (run_bytes > 0).then(|| rows[j].payload_bytes as f64 / run_bytes as f64);
+        rows[i].bytes_reduction_vs_ddp =
+            (run_bytes > 0).then(|| rows[j].payload_bytes as f64 / run_bytes as f64);
     }
 }
 
@@ -372,7 +448,11 @@ pub fn summary_record(s: &Summary) -> Vec<String> {
         opt(link.map(|l| l.rate_bps)),
         opt(link.map(|l| l.delay.as_secs_f64() * 1e3)),
         opt(s.seed),
-        s.knobs.iter().map(|(k, v)| format!("{k}={}", knob_cell(v))).collect::<Vec<_>>().join(" "),
+        s.knobs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", knob_cell(v)))
+            .collect::<Vec<_>>()
+            .join(" "),
         opt(s.config_hash.clone()),
         s.tokens_total.to_string(),
         opt(s.clock_s),
@@ -382,7 +462,11 @@ pub fn summary_record(s: &Summary) -> Vec<String> {
         s.eval_bytes.to_string(),
         opt(s.final_round),
         opt(s.final_eval_loss),
-        s.final_eval_loss_by_domain.iter().map(|d| format!("{}={}", d.domain, d.eval_loss)).collect::<Vec<_>>().join(";"),
+        s.final_eval_loss_by_domain
+            .iter()
+            .map(|d| format!("{}={}", d.domain, d.eval_loss))
+            .collect::<Vec<_>>()
+            .join(";"),
         opt(s.best_eval_loss),
         opt(s.target_loss),
         opt(s.time_to_target_s),
@@ -396,7 +480,9 @@ pub fn summary_record(s: &Summary) -> Vec<String> {
 
 /// summary.csv contents for `rows` (header + one record per row).
 pub fn summary_csv(rows: &[Summary]) -> Vec<u8> {
-    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
     w.write_record(SUMMARY_COLUMNS).expect("in-memory csv");
     for r in rows {
         w.write_record(summary_record(r)).expect("in-memory csv");

@@ -10,11 +10,25 @@ use crate::config::{Method, RunConfig};
 use crate::telemetry::{RoundRow, RoutingRow, StepRow};
 
 fn step(site: usize, step: usize) -> StepRow {
-    StepRow { site, step, tokens: 100, loss: 1.0 + step as f64, clock_s: step as f64, payload_sent: 10, ..Default::default() }
+    StepRow {
+        site,
+        step,
+        tokens: 100,
+        loss: 1.0 + step as f64,
+        clock_s: step as f64,
+        payload_sent: 10,
+        ..Default::default()
+    }
 }
 
 fn env() -> RunEnv {
-    RunEnv { suite: "t".into(), backend: "cpu".into(), cores: 2, git_commit: "abc".into(), host: "h".into() }
+    RunEnv {
+        suite: "t".into(),
+        backend: "cpu".into(),
+        cores: 2,
+        git_commit: "abc".into(),
+        host: "h".into(),
+    }
 }
 
 #[test]
@@ -23,7 +37,10 @@ fn csv_sink_writes_header_at_creation_and_flushes_every_row() {
     let path = dir.path().join("steps.csv");
     let mut sink = CsvSink::<StepRow>::create(&path).unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(text.starts_with("site,step,round,loss,ce,balance,lr,grad_norm,tokens,"), "{text}");
+    assert!(
+        text.starts_with("site,step,round,loss,ce,balance,lr,grad_norm,tokens,"),
+        "{text}"
+    );
     assert!(text.ends_with("skip_rate\n"));
     assert_eq!(read_rows::<StepRow>(&path).unwrap().rows.len(), 0);
     // Read back while the writer is still open, after every row.
@@ -41,12 +58,21 @@ fn csv_sink_writes_header_at_creation_and_flushes_every_row() {
     assert_eq!(sink.rows(), 3);
     sink.push(&step(1, 3)).unwrap();
     assert_eq!(read_rows::<StepRow>(&path).unwrap().rows.len(), 4);
-    assert!(CsvSink::<RoundRow>::append(&path).is_err(), "header of another row type");
+    assert!(
+        CsvSink::<RoundRow>::append(&path).is_err(),
+        "header of another row type"
+    );
 
     // Option columns round-trip as empty cells.
     let rpath = dir.path().join("routing.csv");
     let mut r = CsvSink::<RoutingRow>::create(&rpath).unwrap();
-    let row = RoutingRow { round: 2, layer: 1, saturation_topk: Some(0.5), cv: 0.25, ..Default::default() };
+    let row = RoutingRow {
+        round: 2,
+        layer: 1,
+        saturation_topk: Some(0.5),
+        cv: 0.25,
+        ..Default::default()
+    };
     r.push(&row).unwrap();
     assert_eq!(read_rows::<RoutingRow>(&rpath).unwrap().rows, vec![row]);
 }
@@ -84,7 +110,10 @@ fn atomic_write_replaces_whole_files_and_cleans_stale_temporaries() {
     // use a pid far above pid_max) is removed by the next write; ours are kept.
     let stale = dir.path().join(".summary.csv.999999999-0.tmp");
     std::fs::write(&stale, b"half").unwrap();
-    assert_eq!(stale_temporaries(dir.path(), "summary.csv"), vec![stale.clone()]);
+    assert_eq!(
+        stale_temporaries(dir.path(), "summary.csv"),
+        vec![stale.clone()]
+    );
     write_atomic(&path, b"newer\n").unwrap();
     assert!(!stale.exists());
     assert!(temporaries_in(dir.path()).is_empty());
@@ -102,7 +131,9 @@ const CHILD_LINES: usize = 40_000; // 800 KB per version: a kill lands mid-write
 /// `atomic_write_leaves_old_or_new_file_when_killed` (returns at once otherwise).
 #[test]
 fn atomic_child_writer() {
-    let Ok(path) = std::env::var(CHILD_ENV) else { return };
+    let Ok(path) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let path = PathBuf::from(path);
     for v in 1.. {
         write_atomic(&path, version_text(v, CHILD_LINES).as_bytes()).unwrap();
@@ -133,7 +164,12 @@ fn atomic_write_leaves_old_or_new_file_when_killed() {
     for delay_ms in [5u64, 20, 45] {
         write_atomic(&path, version_text(0, CHILD_LINES).as_bytes()).unwrap();
         let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "results::tests::atomic_child_writer", "--test-threads=1", "--nocapture"])
+            .args([
+                "--exact",
+                "results::tests::atomic_child_writer",
+                "--test-threads=1",
+                "--nocapture",
+            ])
             .env(CHILD_ENV, &path)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -153,12 +189,22 @@ fn atomic_write_leaves_old_or_new_file_when_killed() {
         assert!(v >= 1, "the child never wrote");
         // Whatever it left behind is stale now and goes with the next write.
         write_atomic(&path, b"{}\n").unwrap();
-        assert!(temporaries_in(dir.path()).is_empty(), "{:?}", temporaries_in(dir.path()));
+        assert!(
+            temporaries_in(dir.path()).is_empty(),
+            "{:?}",
+            temporaries_in(dir.path())
+        );
     }
 }
 
 fn cfg(method: Method) -> RunConfig {
-    RunConfig { method, sites: 2, steps: 8, inner_steps: 4, ..Default::default() }
+    RunConfig {
+        method,
+        sites: 2,
+        steps: 8,
+        inner_steps: 4,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -171,9 +217,22 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     assert_eq!(run_state(&path, &c.hash()), RunState::Partial);
     let m = Manifest::read(&path.join(MANIFEST_FILE)).unwrap();
     assert_eq!(m.status, RunStatus::Running);
-    assert_eq!((m.config_hash.as_str(), m.tch_version.as_str(), m.libtorch_version.as_str()), (c.hash().as_str(), "0.26", "2.13.0"));
-    assert_eq!((m.network_backend.as_str(), m.threads, m.git_commit.as_str()), ("sim", 2, "abc"));
-    assert!(RunDir::create(&path, "diloco-s0", &c, &env()).is_err(), "not empty");
+    assert_eq!(
+        (
+            m.config_hash.as_str(),
+            m.tch_version.as_str(),
+            m.libtorch_version.as_str()
+        ),
+        (c.hash().as_str(), "0.26", "2.13.0")
+    );
+    assert_eq!(
+        (m.network_backend.as_str(), m.threads, m.git_commit.as_str()),
+        ("sim", 2, "abc")
+    );
+    assert!(
+        RunDir::create(&path, "diloco-s0", &c, &env()).is_err(),
+        "not empty"
+    );
 
     // Site 0 writes through the run dir, sites 1 and 2 as workers; site 2 crashed mid-row.
     rd.steps.push(&step(0, 1)).unwrap();
@@ -185,12 +244,18 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     let mut s2 = CsvSink::create(site_steps_path(&path, 2)).unwrap();
     s2.push(&step(2, 0)).unwrap();
     drop((s1, s2));
-    let mut f = std::fs::OpenOptions::new().append(true).open(site_steps_path(&path, 2)).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(site_steps_path(&path, 2))
+        .unwrap();
     std::io::Write::write_all(&mut f, b"2,1,0,1.5").unwrap();
     drop(f);
     rd.set_runtime("cpu", 7).unwrap();
     let m = rd.finish(&Ok(())).unwrap();
-    assert_eq!((m.status, m.error.as_deref(), m.threads), (RunStatus::Complete, None, 7));
+    assert_eq!(
+        (m.status, m.error.as_deref(), m.threads),
+        (RunStatus::Complete, None, 7)
+    );
     assert!(m.ended_at.is_some() && m.duration_s.is_some());
     assert_eq!(Manifest::read(&path.join(MANIFEST_FILE)).unwrap(), m);
     let rows = read_rows::<StepRow>(&path.join(STEPS_FILE)).unwrap().rows;
@@ -199,7 +264,12 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     assert!(!site_steps_path(&path, 1).exists() && !site_steps_path(&path, 2).exists());
     assert!(temporaries_in(&path).is_empty());
     assert_eq!(run_state(&path, &c.hash()), RunState::Complete);
-    assert_eq!(run_state(&path, "other"), RunState::OtherConfig { found_hash: c.hash() });
+    assert_eq!(
+        run_state(&path, "other"),
+        RunState::OtherConfig {
+            found_hash: c.hash()
+        }
+    );
 
     // A failed run keeps its telemetry and records the error chain on one line.
     clear_run_dir(&path).unwrap();
@@ -221,7 +291,10 @@ fn run_state_of_foreign_or_broken_directories() {
     assert!(matches!(run_state(&d, "h"), RunState::Unreadable { .. }));
     let e = clear_run_dir(&d).unwrap_err().to_string();
     assert!(e.contains("not empty and has no manifest.json"), "{e}");
-    assert!(d.join("notes.txt").exists(), "never deletes what it did not write");
+    assert!(
+        d.join("notes.txt").exists(),
+        "never deletes what it did not write"
+    );
     std::fs::write(d.join(MANIFEST_FILE), b"{\"status\": \"running\"").unwrap();
     assert!(matches!(run_state(&d, "h"), RunState::Unreadable { .. }));
     clear_run_dir(&d).unwrap();
@@ -229,12 +302,27 @@ fn run_state_of_foreign_or_broken_directories() {
 }
 
 /// A run directory with hand-made telemetry.
-fn fake_run(root: &Path, id: &str, c: &RunConfig, rounds: &[(usize, [f64; 2], u64)], status_ok: bool) -> PathBuf {
+fn fake_run(
+    root: &Path,
+    id: &str,
+    c: &RunConfig,
+    rounds: &[(usize, [f64; 2], u64)],
+    status_ok: bool,
+) -> PathBuf {
     let path = root.join(id);
     let mut rd = RunDir::create(&path, id, c, &env()).unwrap();
     for s in 0..c.sites {
         for i in 0..c.steps {
-            rd.steps.push(&StepRow { site: s, step: i, tokens: 64, clock_s: 0.5 * (i + 1) as f64, payload_sent: 3, ..Default::default() }).unwrap();
+            rd.steps
+                .push(&StepRow {
+                    site: s,
+                    step: i,
+                    tokens: 64,
+                    clock_s: 0.5 * (i + 1) as f64,
+                    payload_sent: 3,
+                    ..Default::default()
+                })
+                .unwrap();
         }
     }
     for &(round, losses, bytes) in rounds {
@@ -253,7 +341,11 @@ fn fake_run(root: &Path, id: &str, c: &RunConfig, rounds: &[(usize, [f64; 2], u6
                 .unwrap();
         }
     }
-    let outcome = if status_ok { Ok(()) } else { Err(anyhow::anyhow!("boom")) };
+    let outcome = if status_ok {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("boom"))
+    };
     rd.finish(&outcome).unwrap();
     path
 }
@@ -263,30 +355,57 @@ fn summary_of_a_run_from_its_files() {
     let root = tempfile::tempdir().unwrap();
     let mut c = cfg(Method::Diloco);
     c.target_loss = Some(3.0);
-    let p = fake_run(root.path(), "diloco-s0", &c, &[(1, [4.0, 3.5], 100), (2, [3.0, 2.8], 200)], true);
+    let p = fake_run(
+        root.path(),
+        "diloco-s0",
+        &c,
+        &[(1, [4.0, 3.5], 100), (2, [3.0, 2.8], 200)],
+        true,
+    );
     let s = summarize(&p).unwrap();
     // 2 sites × 8 steps × 64 tokens; clock: max of steps (4.0) and rounds (4.0).
     assert_eq!(s.tokens_total, 1024);
     assert_eq!(s.clock_s, Some(4.0));
     assert_eq!(s.tokens_per_s, Some(256.0));
-    assert_eq!((s.payload_bytes, s.framing_bytes, s.bytes_source), (200, 20, "rounds"));
+    assert_eq!(
+        (s.payload_bytes, s.framing_bytes, s.bytes_source),
+        (200, 20, "rounds")
+    );
     assert_eq!(s.final_round, Some(2));
     assert_eq!(s.final_eval_loss, Some(2.9));
-    assert_eq!(s.final_eval_loss_by_domain.iter().map(|d| (d.domain.as_str(), d.eval_loss)).collect::<Vec<_>>(), vec![("d0", 3.0), ("d1", 2.8)]);
+    assert_eq!(
+        s.final_eval_loss_by_domain
+            .iter()
+            .map(|d| (d.domain.as_str(), d.eval_loss))
+            .collect::<Vec<_>>(),
+        vec![("d0", 3.0), ("d1", 2.8)]
+    );
     assert_eq!(s.best_eval_loss, Some(2.9));
     // Round 1 mean 3.75 > 3, round 2 mean 2.9 ≤ 3: reached at the round-2 eval.
     assert_eq!((s.time_to_target_s, s.step_to_target), (Some(4.0), Some(8)));
 
     // A target below every eval: not reached, nothing invented.
     c.target_loss = Some(2.0);
-    let p = fake_run(root.path(), "diloco-s1", &c, &[(1, [4.0, 3.5], 100), (2, [3.0, 2.8], 200)], true);
+    let p = fake_run(
+        root.path(),
+        "diloco-s1",
+        &c,
+        &[(1, [4.0, 3.5], 100), (2, [3.0, 2.8], 200)],
+        true,
+    );
     let s = summarize(&p).unwrap();
-    assert_eq!((s.time_to_target_s, s.step_to_target, s.best_eval_loss), (None, None, Some(2.9)));
+    assert_eq!(
+        (s.time_to_target_s, s.step_to_target, s.best_eval_loss),
+        (None, None, Some(2.9))
+    );
 
     // No rounds rows: bytes from the steps (2 sites × 8 steps × 3), no losses.
     let p = fake_run(root.path(), "diloco-s2", &cfg(Method::Diloco), &[], false);
     let s = summarize(&p).unwrap();
-    assert_eq!((s.payload_bytes, s.bytes_source, s.status.as_str()), (48, "steps", "failed"));
+    assert_eq!(
+        (s.payload_bytes, s.bytes_source, s.status.as_str()),
+        (48, "steps", "failed")
+    );
     assert_eq!((s.final_eval_loss, s.time_to_target_s), (None, None));
     assert_eq!(s.error.as_deref(), Some("boom"));
 }
@@ -301,30 +420,95 @@ fn bytes_against_ddp_and_varying_knobs() {
         c
     };
     let r = |bytes| [(2usize, [3.0, 3.0], bytes)];
-    fake_run(root.path(), "ddp-bw10m-s0", &mk(Method::Ddp, "10mbit", 2), &r(8000), true);
-    fake_run(root.path(), "ddp-bw100m-s0", &mk(Method::Ddp, "100mbit", 2), &r(8000), true);
-    fake_run(root.path(), "diloco-bw100m-s0", &mk(Method::Diloco, "100mbit", 2), &r(2000), true);
-    fake_run(root.path(), "fomoe-rho1-bw100m-s0", &mk(Method::Fomoe, "100mbit", 1), &r(500), true);
-    fake_run(root.path(), "fomoe-rho2-bw100m-s0", &mk(Method::Fomoe, "100mbit", 2), &r(1000), false);
+    fake_run(
+        root.path(),
+        "ddp-bw10m-s0",
+        &mk(Method::Ddp, "10mbit", 2),
+        &r(8000),
+        true,
+    );
+    fake_run(
+        root.path(),
+        "ddp-bw100m-s0",
+        &mk(Method::Ddp, "100mbit", 2),
+        &r(8000),
+        true,
+    );
+    fake_run(
+        root.path(),
+        "diloco-bw100m-s0",
+        &mk(Method::Diloco, "100mbit", 2),
+        &r(2000),
+        true,
+    );
+    fake_run(
+        root.path(),
+        "fomoe-rho1-bw100m-s0",
+        &mk(Method::Fomoe, "100mbit", 1),
+        &r(500),
+        true,
+    );
+    fake_run(
+        root.path(),
+        "fomoe-rho2-bw100m-s0",
+        &mk(Method::Fomoe, "100mbit", 2),
+        &r(1000),
+        false,
+    );
     let rows = load_suite(root.path()).unwrap();
     let ids: Vec<&str> = rows.iter().map(|r| r.run_id.as_str()).collect();
-    assert_eq!(ids, vec!["ddp-bw100m-s0", "ddp-bw10m-s0", "diloco-bw100m-s0", "fomoe-rho1-bw100m-s0", "fomoe-rho2-bw100m-s0"]);
+    assert_eq!(
+        ids,
+        vec![
+            "ddp-bw100m-s0",
+            "ddp-bw10m-s0",
+            "diloco-bw100m-s0",
+            "fomoe-rho1-bw100m-s0",
+            "fomoe-rho2-bw100m-s0"
+        ]
+    );
     let by = |id: &str| rows.iter().find(|r| r.run_id == id).unwrap();
     let d = by("diloco-bw100m-s0");
-    assert_eq!((d.ddp_ref.as_deref(), d.ddp_ref_exact, d.bytes_reduction_vs_ddp), (Some("ddp-bw100m-s0"), Some(true), Some(4.0)));
-    assert_eq!(by("fomoe-rho1-bw100m-s0").bytes_reduction_vs_ddp, Some(16.0));
+    assert_eq!(
+        (
+            d.ddp_ref.as_deref(),
+            d.ddp_ref_exact,
+            d.bytes_reduction_vs_ddp
+        ),
+        (Some("ddp-bw100m-s0"), Some(true), Some(4.0))
+    );
+    assert_eq!(
+        by("fomoe-rho1-bw100m-s0").bytes_reduction_vs_ddp,
+        Some(16.0)
+    );
     assert_eq!(by("ddp-bw10m-s0").bytes_reduction_vs_ddp, Some(1.0));
-    assert_eq!(by("fomoe-rho2-bw100m-s0").bytes_reduction_vs_ddp, None, "failed runs get no ratio");
+    assert_eq!(
+        by("fomoe-rho2-bw100m-s0").bytes_reduction_vs_ddp,
+        None,
+        "failed runs get no ratio"
+    );
     // ρ varies among FoMoE runs only; DDP rows do not show it.
     assert!(!by("ddp-bw10m-s0").knobs.contains_key("fomoe.rho"));
-    assert_eq!(by("fomoe-rho1-bw100m-s0").knobs["fomoe.rho"], serde_json::json!(1));
-    assert_eq!(by("fomoe-rho1-bw100m-s0").knobs["network.rate"], serde_json::json!("100mbit"));
+    assert_eq!(
+        by("fomoe-rho1-bw100m-s0").knobs["fomoe.rho"],
+        serde_json::json!(1)
+    );
+    assert_eq!(
+        by("fomoe-rho1-bw100m-s0").knobs["network.rate"],
+        serde_json::json!("100mbit")
+    );
 
     // Without a DDP run at the same rate, the closest one is used and marked inexact.
     std::fs::remove_dir_all(root.path().join("ddp-bw100m-s0")).unwrap();
     let rows = load_suite(root.path()).unwrap();
-    let d = rows.iter().find(|r| r.run_id == "diloco-bw100m-s0").unwrap();
-    assert_eq!((d.ddp_ref.as_deref(), d.ddp_ref_exact), (Some("ddp-bw10m-s0"), Some(false)));
+    let d = rows
+        .iter()
+        .find(|r| r.run_id == "diloco-bw100m-s0")
+        .unwrap();
+    assert_eq!(
+        (d.ddp_ref.as_deref(), d.ddp_ref_exact),
+        (Some("ddp-bw10m-s0"), Some(false))
+    );
 
     // summary.csv: header + one record per run, columns in the documented order.
     let csv = String::from_utf8(summary_csv(&rows)).unwrap();
@@ -332,11 +516,22 @@ fn bytes_against_ddp_and_varying_knobs() {
     assert_eq!(lines.next().unwrap(), summary::SUMMARY_COLUMNS.join(","));
     assert_eq!(lines.count(), rows.len());
 
-    let configs = [mk(Method::Ddp, "10mbit", 2), mk(Method::Fomoe, "10mbit", 1), mk(Method::Fomoe, "10mbit", 2)];
+    let configs = [
+        mk(Method::Ddp, "10mbit", 2),
+        mk(Method::Fomoe, "10mbit", 1),
+        mk(Method::Fomoe, "10mbit", 2),
+    ];
     assert_eq!(varying_knobs(&configs), vec!["fomoe.rho".to_string()]);
     let mut outer = configs.clone();
     outer[2].outer = Some(crate::config::OuterOptimizer::fedavg_default());
-    assert_eq!(varying_knobs(&outer), vec!["fomoe.rho".to_string(), "outer.kind".into(), "outer.lr".into()]);
+    assert_eq!(
+        varying_knobs(&outer),
+        vec![
+            "fomoe.rho".to_string(),
+            "outer.kind".into(),
+            "outer.lr".into()
+        ]
+    );
 }
 
 #[test]
@@ -350,13 +545,21 @@ fn suite_dirs_and_load_order() {
     assert_eq!(suite_dirs(&a).unwrap(), vec![a.clone()]);
     // summary.csv order wins over names.
     write_atomic(&a.join(SUMMARY_FILE), b"run_id\nz-run\ny-run\n").unwrap();
-    let ids: Vec<String> = load_suite(&a).unwrap().into_iter().map(|s| s.run_id).collect();
+    let ids: Vec<String> = load_suite(&a)
+        .unwrap()
+        .into_iter()
+        .map(|s| s.run_id)
+        .collect();
     assert_eq!(ids, vec!["z-run", "y-run"]);
     // A broken run directory shows as unreadable, it does not stop the report.
     std::fs::write(a.join("y-run").join(ROUNDS_FILE), b"round\nnot-a-number\n").unwrap();
     let rows = load_suite(&a).unwrap();
     assert_eq!(rows[1].status, "unreadable");
-    assert!(rows[1].error.as_deref().unwrap().contains("rounds.csv: line 2"));
+    assert!(rows[1]
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("rounds.csv: line 2"));
 }
 
 #[test]
@@ -369,11 +572,21 @@ fn hgrm_percentiles() {
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].contains("Value") && lines[0].contains("1/(1-Percentile)"));
     // Last distribution row: the max at percentile 1 with every count.
-    let last = lines.iter().rev().find(|l| !l.starts_with('#') && !l.is_empty()).unwrap();
+    let last = lines
+        .iter()
+        .rev()
+        .find(|l| !l.starts_with('#') && !l.is_empty())
+        .unwrap();
     let cols: Vec<&str> = last.split_whitespace().collect();
     assert_eq!(cols[1].parse::<f64>().unwrap(), 1.0);
     assert_eq!(cols[2], "1000");
-    assert!((cols[0].parse::<f64>().unwrap() - 1000.0).abs() < 1.0, "{last}");
+    assert!(
+        (cols[0].parse::<f64>().unwrap() - 1000.0).abs() < 1.0,
+        "{last}"
+    );
     assert!(text.contains("Total count    =         1000]"), "{text}");
-    assert!(hgrm_text(&hdrhistogram::Histogram::<u64>::new(3).unwrap(), 1.0).contains("Total count    =            0]"));
+    assert!(
+        hgrm_text(&hdrhistogram::Histogram::<u64>::new(3).unwrap(), 1.0)
+            .contains("Total count    =            0]")
+    );
 }

@@ -14,7 +14,10 @@ pub struct GateSlot<'a>(&'a ComputeGate);
 
 impl ComputeGate {
     pub fn new(slots: usize) -> Self {
-        Self { free: Mutex::new(slots.max(1)), cv: Condvar::new() }
+        Self {
+            free: Mutex::new(slots.max(1)),
+            cv: Condvar::new(),
+        }
     }
 
     pub fn acquire(&self) -> GateSlot<'_> {

@@ -64,27 +64,46 @@ pub struct RunOutcome {
 /// same on every backend, so the arithmetic (and the loss) does not depend on the backend.
 pub fn threads_per_site(cfg: &RunConfig) -> usize {
     cfg.threads_per_site.unwrap_or_else(|| {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         (cores / cfg.sites.max(1)).max(1)
     })
 }
 
 fn net_options(cfg: &RunConfig, dir: &Path) -> NetOptions {
-    let mut o = NetOptions { seed: cfg.seed, ..Default::default() };
-    o.run_id = dir.file_name().map(|n| n.to_string_lossy().chars().take(100).collect()).unwrap_or_else(|| "run".into());
+    let mut o = NetOptions {
+        seed: cfg.seed,
+        ..Default::default()
+    };
+    o.run_id = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(100).collect())
+        .unwrap_or_else(|| "run".into());
     o
 }
 
 /// Execute `cfg` with its files in `dir` (created if needed).
-pub fn run_one(cfg: &RunConfig, dir: &Path, reg: &MethodRegistry, opts: &RunOptions) -> Result<RunOutcome> {
+pub fn run_one(
+    cfg: &RunConfig,
+    dir: &Path,
+    reg: &MethodRegistry,
+    opts: &RunOptions,
+) -> Result<RunOutcome> {
     cfg.validate()?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    sink::write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+    sink::write_atomic(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(cfg)?.as_bytes(),
+    )?;
     let init_path = dir.join("init.safetensors");
     if cfg.resume_from.is_none() || !init_path.exists() {
         let init = ParamStore::init(&mcfg, Residency::full(&mcfg), cfg.seed);
-        CheckpointWriter::new().model(&init).meta("seed", cfg.seed).write(&init_path)?;
+        CheckpointWriter::new()
+            .model(&init)
+            .meta("seed", cfg.seed)
+            .write(&init_path)?;
     }
     let threads = threads_per_site(cfg);
     let start = Instant::now();
@@ -96,18 +115,31 @@ pub fn run_one(cfg: &RunConfig, dir: &Path, reg: &MethodRegistry, opts: &RunOpti
     let sites = result?;
     merged?;
     fill_round_totals(dir)?;
-    Ok(RunOutcome { sites, wall_s: start.elapsed().as_secs_f64(), threads_per_site: threads })
+    Ok(RunOutcome {
+        sites,
+        wall_s: start.elapsed().as_secs_f64(),
+        threads_per_site: threads,
+    })
 }
 
 /// Body of one site (or Photon's aggregator) given its endpoint; used by threads and workers.
-pub fn run_endpoint(cfg: &RunConfig, dir: &Path, endpoint: usize, comm: &mut dyn Comm, reg: &MethodRegistry, gate: Option<&gate::ComputeGate>) -> Result<Option<SiteReport>> {
+pub fn run_endpoint(
+    cfg: &RunConfig,
+    dir: &Path,
+    endpoint: usize,
+    comm: &mut dyn Comm,
+    reg: &MethodRegistry,
+    gate: Option<&gate::ComputeGate>,
+) -> Result<Option<SiteReport>> {
     let mcfg = cfg.model_config()?;
     let all: Vec<usize> = (0..cfg.endpoints()).collect();
     if endpoint >= cfg.sites {
         let c0 = comm.link_counters();
         (reg.aggregator)(cfg, comm, dir)?;
         let c1 = comm.link_counters();
-        let sum = |c: &[crate::net::LinkCounters], f: fn(&crate::net::LinkCounters) -> u64| c.iter().map(f).sum::<u64>();
+        let sum = |c: &[crate::net::LinkCounters], f: fn(&crate::net::LinkCounters) -> u64| {
+            c.iter().map(f).sum::<u64>()
+        };
         let report = serde_json::json!({
             "payload_sent": sum(&c1, |l| l.payload_bytes_sent) - sum(&c0, |l| l.payload_bytes_sent),
             "framing_sent": sum(&c1, |l| l.framing_bytes_sent) - sum(&c0, |l| l.framing_bytes_sent),
@@ -128,9 +160,18 @@ pub fn run_endpoint(cfg: &RunConfig, dir: &Path, endpoint: usize, comm: &mut dyn
         init: &init,
         compute_gate: gate,
         checkpoint: cfg.checkpoint_every_rounds.map(|n| (dir.to_path_buf(), n)),
-        resume: cfg.resume_from.as_ref().map(|p| p.join(format!("ckpt-site{endpoint}.safetensors"))),
+        resume: cfg
+            .resume_from
+            .as_ref()
+            .map(|p| p.join(format!("ckpt-site{endpoint}.safetensors"))),
     };
-    let mut source = site::ShardSource { data: &data, site: endpoint, sites: cfg.sites, seed: cfg.seed, batch_size: mcfg.batch_size };
+    let mut source = site::ShardSource {
+        data: &data,
+        site: endpoint,
+        sites: cfg.sites,
+        seed: cfg.seed,
+        batch_size: mcfg.batch_size,
+    };
     let mut sink = sink::FileSink::create(dir, endpoint, cfg.resume_from.is_some())?;
     let report = run_site(&ctx, strategy.as_mut(), comm, &mut source, &mut sink)?;
     // Nobody leaves while a peer may still need its messages.
@@ -138,11 +179,19 @@ pub fn run_endpoint(cfg: &RunConfig, dir: &Path, endpoint: usize, comm: &mut dyn
     Ok(Some(report))
 }
 
-fn run_sim(cfg: &RunConfig, _mcfg: &ModelConfig, dir: &Path, reg: &MethodRegistry, threads: usize) -> Result<Vec<SiteReport>> {
+fn run_sim(
+    cfg: &RunConfig,
+    _mcfg: &ModelConfig,
+    dir: &Path,
+    reg: &MethodRegistry,
+    threads: usize,
+) -> Result<Vec<SiteReport>> {
     tch::set_num_threads(threads as i32);
     let links = cfg.link_matrix()?;
     let net = crate::net::build_local(Backend::Sim, &links, &net_options(cfg, dir))?;
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let gate = gate::ComputeGate::new(cores / threads);
     let results: Vec<Result<Option<SiteReport>>> = std::thread::scope(|s| {
         let handles: Vec<_> = net
@@ -151,20 +200,35 @@ fn run_sim(cfg: &RunConfig, _mcfg: &ModelConfig, dir: &Path, reg: &MethodRegistr
             .enumerate()
             .map(|(i, mut comm)| {
                 let gate = &gate;
-                s.spawn(move || run_endpoint(cfg, dir, i, comm.as_mut(), reg, Some(gate)).with_context(|| format!("site {i}")))
+                s.spawn(move || {
+                    run_endpoint(cfg, dir, i, comm.as_mut(), reg, Some(gate))
+                        .with_context(|| format!("site {i}"))
+                })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("a site thread panicked")))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a site thread panicked")))
+            })
+            .collect()
     });
     // Report every failed site: the root cause (e.g. a crash) and its consequences
     // (peers whose links closed) are all named.
-    let errors: Vec<String> = results.iter().filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}"))).collect();
+    let errors: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+        .collect();
     if !errors.is_empty() {
         let mut errors = errors;
         errors.sort_by_key(|e| e.contains("connection closed"));
         bail!(errors.join("; "));
     }
-    Ok(results.into_iter().filter_map(|r| r.ok().flatten()).collect())
+    Ok(results
+        .into_iter()
+        .filter_map(|r| r.ok().flatten())
+        .collect())
 }
 
 /// The network of a run whose sites are processes; it must outlive every worker.
@@ -199,15 +263,26 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     // Declared before the workers, so dropped after them on every path.
     let network = match cfg.network.backend {
         Backend::Netns => ProcessNet::Netns(Box::new(
-            crate::net::netns::NetnsNetwork::start(&links, &net, &Default::default()).context("network.backend = netns")?,
+            crate::net::netns::NetnsNetwork::start(&links, &net, &Default::default())
+                .context("network.backend = netns")?,
         )),
-        _ => ProcessNet::Relay(crate::net::relay::RelayNetwork::start(&links, &net, &Default::default())?),
+        _ => ProcessNet::Relay(crate::net::relay::RelayNetwork::start(
+            &links,
+            &net,
+            &Default::default(),
+        )?),
     };
     for (i, sc) in network.site_configs().iter().enumerate() {
-        sink::write_atomic(&dir.join(format!("net-site{i}.json")), serde_json::to_string(sc)?.as_bytes())?;
+        sink::write_atomic(
+            &dir.join(format!("net-site{i}.json")),
+            serde_json::to_string(sc)?.as_bytes(),
+        )?;
     }
     if let ProcessNet::Netns(n) = &network {
-        sink::write_atomic(&dir.join("netns.json"), serde_json::to_string_pretty(&n.record())?.as_bytes())?;
+        sink::write_atomic(
+            &dir.join("netns.json"),
+            serde_json::to_string_pretty(&n.record())?.as_bytes(),
+        )?;
     }
     let exe = match &opts.worker_exe {
         Some(p) => p.clone(),
@@ -217,11 +292,21 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     for i in 0..cfg.endpoints() {
         let _ = std::fs::remove_file(dir.join(format!("error-site{i}.txt")));
         let log_path = dir.join(format!("worker-site{i}.log"));
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(&exe);
-        cmd.arg("worker").arg("--run-dir").arg(dir).arg("--site").arg(i.to_string()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+        cmd.arg("worker")
+            .arg("--run-dir")
+            .arg(dir)
+            .arg("--site")
+            .arg(i.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
         if let ProcessNet::Netns(n) = &network {
-            n.lab().command_in_site(i, &mut cmd).with_context(|| format!("site {i}: entering its namespace"))?;
+            n.lab()
+                .command_in_site(i, &mut cmd)
+                .with_context(|| format!("site {i}: entering its namespace"))?;
         }
         match cmd.spawn() {
             Ok(c) => workers.0.push((i, c)),
@@ -271,7 +356,8 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     let mut reports = Vec::new();
     for i in 0..cfg.sites {
         let p = dir.join(format!("site{i}.json"));
-        let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
         reports.push(serde_json::from_str(&text)?);
     }
     Ok(reports)
@@ -290,16 +376,22 @@ fn kill_all(children: &mut Vec<(usize, Child)>) {
 /// Entry point of `fomoe worker`: one endpoint of a run on a real backend.
 pub fn worker_main(dir: &Path, endpoint: usize, reg: &MethodRegistry) -> Result<()> {
     let result = (|| -> Result<()> {
-        let cfg: RunConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).context("reading config.json")?)?;
+        let cfg: RunConfig = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("config.json")).context("reading config.json")?,
+        )?;
         tch::set_num_threads(threads_per_site(&cfg) as i32);
-        let sc: crate::net::tcp::SiteNetConfig =
-            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("net-site{endpoint}.json")))?)?;
+        let sc: crate::net::tcp::SiteNetConfig = serde_json::from_str(&std::fs::read_to_string(
+            dir.join(format!("net-site{endpoint}.json")),
+        )?)?;
         let mut comm = crate::net::tcp::TcpComm::connect(&sc)?;
         run_endpoint(&cfg, dir, endpoint, &mut comm, reg, None)?;
         Ok(())
     })();
     if let Err(e) = &result {
-        let _ = sink::write_atomic(&dir.join(format!("error-site{endpoint}.txt")), format!("{e:#}").as_bytes());
+        let _ = sink::write_atomic(
+            &dir.join(format!("error-site{endpoint}.txt")),
+            format!("{e:#}").as_bytes(),
+        );
     }
     result
 }
@@ -318,14 +410,24 @@ fn fill_round_totals(dir: &Path) -> Result<()> {
     if !p.exists() {
         return Ok(());
     }
-    let steps: Vec<StepRow> = csv::Reader::from_path(dir.join("steps.csv"))?.deserialize().collect::<Result<_, _>>()?;
-    let mut rounds: Vec<RoundRow> = csv::Reader::from_path(&p)?.deserialize().collect::<Result<_, _>>()?;
+    let steps: Vec<StepRow> = csv::Reader::from_path(dir.join("steps.csv"))?
+        .deserialize()
+        .collect::<Result<_, _>>()?;
+    let mut rounds: Vec<RoundRow> = csv::Reader::from_path(&p)?
+        .deserialize()
+        .collect::<Result<_, _>>()?;
     // Photon's aggregator: every round moves the same bytes, so its share up to round r
     // is (r + 1) / rounds of its total.
     let agg: Option<(u64, u64, usize)> = std::fs::read_to_string(dir.join("aggregator.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| Some((v["payload_sent"].as_u64()?, v["framing_sent"].as_u64()?, v["rounds"].as_u64()? as usize)));
+        .and_then(|v| {
+            Some((
+                v["payload_sent"].as_u64()?,
+                v["framing_sent"].as_u64()?,
+                v["rounds"].as_u64()? as usize,
+            ))
+        });
     for r in &mut rounds {
         let upto = steps.iter().filter(|s| s.step <= r.step);
         r.payload_bytes_total = upto.clone().map(|s| s.payload_sent).sum();

@@ -16,12 +16,20 @@ use crate::strategy::MethodRegistry;
 use crate::telemetry::StepRow;
 
 /// Execute `cfg` in a suite run directory (what `fomoe run` calls for every run).
-pub fn execute_in_run_dir(cfg: &RunConfig, dir: &mut RunDir, reg: &MethodRegistry, opts: &RunOptions) -> Result<()> {
+pub fn execute_in_run_dir(
+    cfg: &RunConfig,
+    dir: &mut RunDir,
+    reg: &MethodRegistry,
+    opts: &RunOptions,
+) -> Result<()> {
     dir.set_runtime("cpu", threads_per_site(cfg))?;
     let path = dir.path().to_path_buf();
     let outcome = run_one(cfg, &path, reg, opts);
     if let Ok(o) = &outcome {
-        super::sink::write_atomic(&path.join("sites.json"), serde_json::to_string_pretty(o)?.as_bytes())?;
+        super::sink::write_atomic(
+            &path.join("sites.json"),
+            serde_json::to_string_pretty(o)?.as_bytes(),
+        )?;
     }
     // Routing metrics from whatever probe records exist (also after a failure).
     let routing = routing_from_probes(cfg, &path, dir);
@@ -36,7 +44,9 @@ fn routing_from_probes(cfg: &RunConfig, path: &Path, dir: &mut RunDir) -> Result
     let mut records: Vec<ProbeRecord> = Vec::new();
     for s in 0..cfg.sites {
         let p = path.join(format!("probe-site{s}.jsonl"));
-        let Ok(f) = std::fs::File::open(&p) else { continue };
+        let Ok(f) = std::fs::File::open(&p) else {
+            continue;
+        };
         for line in std::io::BufReader::new(f).lines() {
             let line = line?;
             match serde_json::from_str::<ProbeRecord>(&line) {
@@ -59,13 +69,26 @@ fn routing_from_probes(cfg: &RunConfig, path: &Path, dir: &mut RunDir) -> Result
         n_experts: mcfg.n_experts,
         top_k: k,
         sites: cfg.sites,
-        domains: tokens.iter().map(|(&d, &t)| ProbeDomain { name: data.domains()[d].name.clone(), tokens: t }).collect(),
+        domains: tokens
+            .iter()
+            .map(|(&d, &t)| ProbeDomain {
+                name: data.domains()[d].name.clone(),
+                tokens: t,
+            })
+            .collect(),
     };
     // (round, layer, router) → ids concatenated over domains in domain order.
     let mut grouped: BTreeMap<(usize, usize, Router), BTreeMap<usize, Vec<i64>>> = BTreeMap::new();
     for r in records {
-        let router = if r.kind == "global" { Router::Global } else { Router::Site(r.site) };
-        grouped.entry((r.round, r.layer, router)).or_default().insert(r.domain, r.ids);
+        let router = if r.kind == "global" {
+            Router::Global
+        } else {
+            Router::Site(r.site)
+        };
+        grouped
+            .entry((r.round, r.layer, router))
+            .or_default()
+            .insert(r.domain, r.ids);
     }
     let mut w = dir.probe_dump(header.clone())?;
     for ((round, layer, router), per_domain) in &grouped {
@@ -89,7 +112,9 @@ fn routing_from_probes(cfg: &RunConfig, path: &Path, dir: &mut RunDir) -> Result
         e.1 += 1;
     }
     let dump = ProbeDump::read(path.join("probe_topk.bin")).context("reading probe_topk.bin")?;
-    let rows = routing_rows(&dump, |round, _| skip.get(&round).map_or(0.0, |(s, n)| s / *n as f64))?;
+    let rows = routing_rows(&dump, |round, _| {
+        skip.get(&round).map_or(0.0, |(s, n)| s / *n as f64)
+    })?;
     for r in &rows {
         dir.routing.push(r)?;
     }

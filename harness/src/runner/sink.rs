@@ -62,8 +62,13 @@ impl<T: Serialize> CsvFile<T> {
             .truncate(!exists)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        let w = csv::WriterBuilder::new().has_headers(!exists).from_writer(f);
-        Ok(Self { w, _t: std::marker::PhantomData })
+        let w = csv::WriterBuilder::new()
+            .has_headers(!exists)
+            .from_writer(f);
+        Ok(Self {
+            w,
+            _t: std::marker::PhantomData,
+        })
     }
     pub fn write(&mut self, row: &T) -> Result<()> {
         self.w.serialize(row)?;
@@ -74,7 +79,10 @@ impl<T: Serialize> CsvFile<T> {
 
 /// Write `bytes` to `path` atomically: temporary file, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp{}", std::process::id()));
     let tmp = path.with_file_name(name);
     {
@@ -82,7 +90,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -99,11 +108,26 @@ impl FileSink {
     /// `append`: continue the files of an interrupted run (resume).
     pub fn create(dir: &Path, site: usize, append: bool) -> Result<Self> {
         let steps = CsvFile::open(&dir.join(format!("steps-site{site}.csv")), append)?;
-        let rounds = if site == 0 { Some(CsvFile::open(&dir.join("rounds.csv"), append)?) } else { None };
+        let rounds = if site == 0 {
+            Some(CsvFile::open(&dir.join("rounds.csv"), append)?)
+        } else {
+            None
+        };
         let p = dir.join(format!("probe-site{site}.jsonl"));
-        let f = std::fs::OpenOptions::new().create(true).write(true).append(append).truncate(!append).open(&p);
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&p);
         let probe = BufWriter::new(f.with_context(|| format!("creating {}", p.display()))?);
-        Ok(Self { dir: dir.to_path_buf(), site, steps, rounds, probe })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            site,
+            steps,
+            rounds,
+            probe,
+        })
     }
 }
 
@@ -132,7 +156,14 @@ impl SiteSink for FileSink {
     fn probe(&mut self, round: usize, kind: &str, ids: &[Vec<Vec<i64>>]) -> Result<()> {
         for (domain, layers) in ids.iter().enumerate() {
             for (layer, v) in layers.iter().enumerate() {
-                let rec = ProbeRecord { round, kind: kind.into(), site: self.site, domain, layer, ids: v.clone() };
+                let rec = ProbeRecord {
+                    round,
+                    kind: kind.into(),
+                    site: self.site,
+                    domain,
+                    layer,
+                    ids: v.clone(),
+                };
                 serde_json::to_writer(&mut self.probe, &rec)?;
                 self.probe.write_all(b"\n")?;
             }
@@ -141,6 +172,9 @@ impl SiteSink for FileSink {
         Ok(())
     }
     fn finish(&mut self, report: &SiteReport) -> Result<()> {
-        write_atomic(&self.dir.join(format!("site{}.json", self.site)), serde_json::to_string_pretty(report)?.as_bytes())
+        write_atomic(
+            &self.dir.join(format!("site{}.json", self.site)),
+            serde_json::to_string_pretty(report)?.as_bytes(),
+        )
     }
 }

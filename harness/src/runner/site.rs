@@ -47,7 +47,13 @@ pub struct ShardSource<'a> {
 
 impl BatchSource for ShardSource<'_> {
     fn batch(&mut self, step: usize) -> Result<Batch> {
-        Ok(self.data.site_batch(self.site, self.sites, self.seed, step as u64, self.batch_size)?)
+        Ok(self.data.site_batch(
+            self.site,
+            self.sites,
+            self.seed,
+            step as u64,
+            self.batch_size,
+        )?)
     }
 }
 
@@ -82,17 +88,30 @@ pub struct SiteReport {
 
 pub fn batch_tensors(b: &Batch) -> (Tensor, Tensor) {
     let shape = b.shape();
-    (Tensor::from_slice(&b.inputs).view(shape), Tensor::from_slice(&b.targets).view(shape))
+    (
+        Tensor::from_slice(&b.inputs).view(shape),
+        Tensor::from_slice(&b.targets).view(shape),
+    )
 }
 
 fn sent(c: &[LinkCounters]) -> (u64, u64, u64, u64) {
     c.iter().fold((0, 0, 0, 0), |a, l| {
-        (a.0 + l.payload_bytes_sent, a.1 + l.framing_bytes_sent, a.2 + l.payload_bytes_received, a.3 + l.framing_bytes_received)
+        (
+            a.0 + l.payload_bytes_sent,
+            a.1 + l.framing_bytes_sent,
+            a.2 + l.payload_bytes_received,
+            a.3 + l.framing_bytes_received,
+        )
     })
 }
 
 /// Mean CE per domain of `model` on the eval sets (no grad).
-pub fn eval_domains(model: &MoeModel, data: &Dataset, max_sequences: usize, batch_size: usize) -> Result<Vec<f64>> {
+pub fn eval_domains(
+    model: &MoeModel,
+    data: &Dataset,
+    max_sequences: usize,
+    batch_size: usize,
+) -> Result<Vec<f64>> {
     let _g = tch::no_grad_guard();
     let mut out = Vec::with_capacity(data.n_domains());
     for d in 0..data.n_domains() {
@@ -107,7 +126,11 @@ pub fn eval_domains(model: &MoeModel, data: &Dataset, max_sequences: usize, batc
             total += ce * b.batch_size as f64;
             count += b.batch_size;
         }
-        out.push(if count == 0 { f64::NAN } else { total / count as f64 });
+        out.push(if count == 0 {
+            f64::NAN
+        } else {
+            total / count as f64
+        });
     }
     Ok(out)
 }
@@ -120,7 +143,12 @@ pub fn probe_topk(model: &MoeModel, data: &Dataset) -> Result<Vec<Vec<Vec<i64>>>
         let b = data.probe_batch(d)?;
         let (x, y) = batch_tensors(&b);
         let f = model.forward(&x, &y);
-        out.push(f.routing.iter().map(|r| Vec::<i64>::try_from(&r.topk_ids.reshape([-1])).unwrap_or_default()).collect());
+        out.push(
+            f.routing
+                .iter()
+                .map(|r| Vec::<i64>::try_from(&r.topk_ids.reshape([-1])).unwrap_or_default())
+                .collect(),
+        );
     }
     Ok(out)
 }
@@ -141,9 +169,19 @@ pub struct SiteContext<'a> {
 }
 
 /// Save the site's full state at a round boundary (atomic write).
-pub fn save_site_checkpoint(path: &Path, st: &SiteState, strategy: &dyn Strategy, step: usize, cfg_hash: &str) -> Result<()> {
+pub fn save_site_checkpoint(
+    path: &Path,
+    st: &SiteState,
+    strategy: &dyn Strategy,
+    step: usize,
+    cfg_hash: &str,
+) -> Result<()> {
     let mut w = crate::checkpoint::CheckpointWriter::new();
-    w.model(&st.model.store).adamw(&st.model.store.layout, &st.inner).meta("step", step).meta("config_hash", cfg_hash).meta("site", st.site);
+    w.model(&st.model.store)
+        .adamw(&st.model.store.layout, &st.inner)
+        .meta("step", step)
+        .meta("config_hash", cfg_hash)
+        .meta("site", st.site);
     strategy.save_state(&mut w, &st.model.store.layout);
     w.write(path)
 }
@@ -153,7 +191,11 @@ struct Timer {
 }
 
 /// Runs `f` as compute: under the gate on sim (and advancing the virtual clock).
-fn compute<T>(gate: Option<&super::gate::ComputeGate>, comm: &mut dyn Comm, f: impl FnOnce() -> T) -> (T, Duration) {
+fn compute<T>(
+    gate: Option<&super::gate::ComputeGate>,
+    comm: &mut dyn Comm,
+    f: impl FnOnce() -> T,
+) -> (T, Duration) {
     let guard = gate.map(|g| g.acquire());
     let t = Instant::now();
     let out = f();
@@ -166,7 +208,11 @@ fn compute<T>(gate: Option<&super::gate::ComputeGate>, comm: &mut dyn Comm, f: i
 impl Timer {
     /// Duration of a communication section (virtual on sim, wall otherwise) and the host
     /// wall time it took.
-    fn comm<T>(&self, comm: &mut dyn Comm, f: impl FnOnce(&mut dyn Comm) -> T) -> (T, Duration, Duration) {
+    fn comm<T>(
+        &self,
+        comm: &mut dyn Comm,
+        f: impl FnOnce(&mut dyn Comm) -> T,
+    ) -> (T, Duration, Duration) {
         let a = comm.now();
         let t = Instant::now();
         let cpu0 = thread_cpu_time();
@@ -181,7 +227,10 @@ impl Timer {
 
 /// CPU time consumed by the calling thread.
 fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     if rc != 0 {
@@ -203,39 +252,71 @@ pub fn run_site(
     let site = ctx.site;
     let residency = strategy.residency(mcfg);
     let mut store = ParamStore::zeros(mcfg, residency.clone());
-    store.copy_from(ctx.init).map_err(anyhow::Error::msg).context("loading the shared initial model")?;
+    store
+        .copy_from(ctx.init)
+        .map_err(anyhow::Error::msg)
+        .context("loading the shared initial model")?;
     let model = MoeModel::from_store(mcfg, store);
-    let inner = AdamW::new(cfg.optim.clone(), model.store.numel(), model.store.layout.decayed.clone());
-    let mut st = SiteState { site, sites: cfg.sites, model, inner };
+    let inner = AdamW::new(
+        cfg.optim.clone(),
+        model.store.numel(),
+        model.store.layout.decayed.clone(),
+    );
+    let mut st = SiteState {
+        site,
+        sites: cfg.sites,
+        model,
+        inner,
+    };
     strategy.init(&mut st)?;
     let mut step = 0usize;
     if let Some(path) = &ctx.resume {
         let ck = crate::checkpoint::Checkpoint::open(path)?;
         if ck.meta("config_hash").as_deref() != Some(cfg.hash().as_str()) {
-            anyhow::bail!("{}: checkpoint of a different run configuration (config hash differs)", path.display());
+            anyhow::bail!(
+                "{}: checkpoint of a different run configuration (config hash differs)",
+                path.display()
+            );
         }
         ck.read_model(&st.model.store)?;
         ck.read_adamw(&st.model.store.layout, &mut st.inner)?;
         strategy.load_state(&ck, &st.model.store.layout)?;
-        step = ck.meta("step").and_then(|s| s.parse().ok()).context("checkpoint metadata `step` missing")?;
+        step = ck
+            .meta("step")
+            .and_then(|s| s.parse().ok())
+            .context("checkpoint metadata `step` missing")?;
         if step % cfg.inner_steps != 0 || step > cfg.steps {
-            anyhow::bail!("{}: step {step} is not a round boundary of this run", path.display());
+            anyhow::bail!(
+                "{}: step {step} is not a round boundary of this run",
+                path.display()
+            );
         }
     }
 
-    let timer = Timer { kind: comm.clock_kind() };
+    let timer = Timer {
+        kind: comm.clock_kind(),
+    };
     let h = cfg.inner_steps;
     let rounds = cfg.rounds();
     let tokens_per_step = mcfg.batch_size * mcfg.seq_len;
-    let mut report = SiteReport { site, ..Default::default() };
+    let mut report = SiteReport {
+        site,
+        ..Default::default()
+    };
     let mut eval_bytes = 0u64;
     let mut train_bytes = (0u64, 0u64);
     let mut last_loss = f64::NAN;
     for round in step / h..rounds {
         for _ in 0..h {
-            if let Some(f) = cfg.faults.iter().find(|f| f.site == site && f.at_step == step + 1) {
+            if let Some(f) = cfg
+                .faults
+                .iter()
+                .find(|f| f.site == site && f.at_step == step + 1)
+            {
                 match f.kind {
-                    crate::config::FaultKind::Crash => anyhow::bail!("injected fault: site {site} crashed at step {}", step + 1),
+                    crate::config::FaultKind::Crash => {
+                        anyhow::bail!("injected fault: site {site} crashed at step {}", step + 1)
+                    }
                 }
             }
             let t_step = Instant::now();
@@ -256,7 +337,8 @@ pub fn run_site(
             });
             strategy.observe_routing(&out.routing);
             let c0 = sent(&comm.link_counters());
-            let (sync, comm_dt, host_dt) = timer.comm(comm, |c| strategy.on_gradient(&mut st, &mut grad, c));
+            let (sync, comm_dt, host_dt) =
+                timer.comm(comm, |c| strategy.on_gradient(&mut st, &mut grad, c));
             let sync = sync?;
             let (mut comm_dt, mut host_dt) = (comm_dt, host_dt);
             let (norm, opt_dt) = compute(ctx.compute_gate, comm, || {
@@ -299,7 +381,11 @@ pub fn run_site(
             let ce = out.ce.double_value(&[]);
             last_loss = ce;
             let skipped: i64 = out.routing.iter().map(|r| r.skipped_slots).sum();
-            let slots: i64 = out.routing.iter().map(|r| r.tokens * mcfg.top_k as i64).sum();
+            let slots: i64 = out
+                .routing
+                .iter()
+                .map(|r| r.tokens * mcfg.top_k as i64)
+                .sum();
             let wall = match timer.kind {
                 ClockKind::Virtual => comm.now().saturating_sub(clock0),
                 _ => t_step.elapsed(),
@@ -327,7 +413,11 @@ pub fn run_site(
                 payload_recv: c1.2 - c0.2,
                 framing_sent: c1.1 - c0.1,
                 framing_recv: c1.3 - c0.3,
-                skip_rate: if slots > 0 { skipped as f64 / slots as f64 } else { 0.0 },
+                skip_rate: if slots > 0 {
+                    skipped as f64 / slots as f64
+                } else {
+                    0.0
+                },
             };
             train_bytes.0 += row.payload_sent;
             train_bytes.1 += row.framing_sent;
@@ -338,7 +428,16 @@ pub fn run_site(
             if let Some((local, local_probe)) = eval_rows {
                 let e0 = sent(&comm.link_counters());
                 sink.probe(round, "local", &local_probe)?;
-                let global = evaluate_global(ctx, &st, strategy, comm, &local, round, step, sync_ms(comm_dt))?;
+                let global = evaluate_global(
+                    ctx,
+                    &st,
+                    strategy,
+                    comm,
+                    &local,
+                    round,
+                    step,
+                    sync_ms(comm_dt),
+                )?;
                 if let Some((rows, probe)) = global {
                     sink.probe(round, "global", &probe)?;
                     // Byte totals are filled in when the run's files are merged (site 0 sees
@@ -395,15 +494,15 @@ fn evaluate_global(
     let sites = cfg.sites;
     let site = ctx.site;
     // Who holds what (every site can compute every site's residency from the config).
-    let residencies: Vec<Residency> = (0..sites)
-        .map(|s| strategy.residency_of(mcfg, s))
-        .collect();
+    let residencies: Vec<Residency> = (0..sites).map(|s| strategy.residency_of(mcfg, s)).collect();
     let mine = &residencies[0];
     let lacking: Vec<(usize, usize, usize)> = (0..mcfg.n_layers)
         .flat_map(|l| (0..mcfg.n_experts).map(move |e| (l, e)))
         .filter(|&(l, e)| !mine.holds(l, e))
         .map(|(l, e)| {
-            let src = (0..sites).find(|&s| residencies[s].holds(l, e)).expect("every expert has a holder");
+            let src = (0..sites)
+                .find(|&s| residencies[s].holds(l, e))
+                .expect("every expert has a holder");
             (l, e, src)
         })
         .collect();
@@ -413,7 +512,11 @@ fn evaluate_global(
         for &(l, e, src) in &lacking {
             if src == site {
                 let r = st.model.store.layout.experts[&(l, e)].clone();
-                let v = crate::model::params::tensor_to_vec(&st.model.store.flat.narrow(0, r.start as i64, r.len() as i64));
+                let v = crate::model::params::tensor_to_vec(&st.model.store.flat.narrow(
+                    0,
+                    r.start as i64,
+                    r.len() as i64,
+                ));
                 comm.send(0, v.iter().flat_map(|x| x.to_le_bytes()).collect())?;
             }
         }
@@ -422,7 +525,11 @@ fn evaluate_global(
     let mut locals = vec![local.to_vec()];
     for s in 1..sites {
         let msg = comm.recv(s)?;
-        locals.push(msg.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect());
+        locals.push(
+            msg.chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        );
     }
     let global_model;
     let model = if lacking.is_empty() {
@@ -432,18 +539,32 @@ fn evaluate_global(
         full.copy_held_from(&st.model.store);
         for &(l, e, src) in &lacking {
             let msg = comm.recv(src)?;
-            let v: Vec<f32> = msg.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+            let v: Vec<f32> = msg
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
             let r = full.layout.experts[&(l, e)].clone();
             if v.len() != r.len() {
-                anyhow::bail!("expert ({l},{e}) from site {src}: {} values, expected {}", v.len(), r.len());
+                anyhow::bail!(
+                    "expert ({l},{e}) from site {src}: {} values, expected {}",
+                    v.len(),
+                    r.len()
+                );
             }
-            tch::no_grad(|| full.flat.narrow(0, r.start as i64, r.len() as i64).copy_(&Tensor::from_slice(&v)));
+            tch::no_grad(|| {
+                full.flat
+                    .narrow(0, r.start as i64, r.len() as i64)
+                    .copy_(&Tensor::from_slice(&v))
+            });
         }
         global_model = MoeModel::from_store(mcfg, full);
         &global_model
     };
     let (res, _) = compute(ctx.compute_gate, comm, || {
-        (eval_domains(model, ctx.data, cfg.eval_sequences, mcfg.batch_size), probe_topk(model, ctx.data))
+        (
+            eval_domains(model, ctx.data, cfg.eval_sequences, mcfg.batch_size),
+            probe_topk(model, ctx.data),
+        )
     });
     let (global_losses, probe) = (res.0?, res.1?);
     let rows = ctx

@@ -28,12 +28,12 @@ use tch::Tensor;
 use super::group_sync::{groups_for_site, outer_sync, SyncGroup};
 use super::outer::OuterOptimizerState;
 use super::{SiteState, Strategy, SyncReport};
-use crate::config::{FomoeConfig, Placement, RunConfig};
 use crate::collective::{ring_allreduce, WireDtype};
+use crate::config::{FomoeConfig, Placement, RunConfig};
 use crate::model::params::{tensor_to_vec, ParamStore};
 use crate::model::{ModelConfig, MoeModel, Residency};
-use crate::optim::AdamW;
 use crate::net::Comm;
+use crate::optim::AdamW;
 
 /// Which sites hold which experts in one layer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +60,10 @@ impl ExpertPlacement {
         let p = Self::from_held(n_experts, held);
         for (e, h) in p.holders.iter().enumerate() {
             if h.len() != rho {
-                bail!("round_robin placement gives expert {e} {} holders, expected rho = {rho}", h.len());
+                bail!(
+                    "round_robin placement gives expert {e} {} holders, expected rho = {rho}",
+                    h.len()
+                );
             }
         }
         Ok(p)
@@ -132,7 +135,8 @@ pub struct Fomoe {
 impl Fomoe {
     pub fn new(cfg: &RunConfig, site: usize) -> Result<Self> {
         let m = cfg.model_config()?;
-        let placement = vec![ExpertPlacement::round_robin(m.n_experts, cfg.sites, cfg.fomoe.rho)?; m.n_layers];
+        let placement =
+            vec![ExpertPlacement::round_robin(m.n_experts, cfg.sites, cfg.fomoe.rho)?; m.n_layers];
         Ok(Self {
             site,
             sites: cfg.sites,
@@ -152,24 +156,41 @@ impl Fomoe {
     }
 
     fn residency_for(&self, cfg: &ModelConfig, site: usize) -> Residency {
-        Residency { per_layer: self.placement.iter().map(|p| p.held[site].clone()).collect(), n_experts: cfg.n_experts }
+        Residency {
+            per_layer: self
+                .placement
+                .iter()
+                .map(|p| p.held[site].clone())
+                .collect(),
+            n_experts: cfg.n_experts,
+        }
     }
 
     fn make_groups(&mut self, st: &SiteState) {
         let p = &self.placement;
-        self.groups = groups_for_site(&st.model.store.layout, self.sites, |l, e| p[l].holders_of(e).to_vec());
+        self.groups = groups_for_site(&st.model.store.layout, self.sites, |l, e| {
+            p[l].holders_of(e).to_vec()
+        });
     }
 
     /// Load-aware re-placement after the sync; returns the payload bytes this site sent.
     fn replace_experts(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<u64> {
         let all: Vec<usize> = (0..self.sites).collect();
         let mut counts: Vec<f32> = self.load.iter().flatten().map(|&c| c as f32).collect();
-        ring_allreduce(comm, &all, WireDtype::F32, &mut counts).context("load-aware: summing routing counts")?;
-        let mut sent = crate::bytes::ring_allreduce_traffic(counts.len(), &all, WireDtype::F32).payload_sent_by(self.site);
+        ring_allreduce(comm, &all, WireDtype::F32, &mut counts)
+            .context("load-aware: summing routing counts")?;
+        let mut sent = crate::bytes::ring_allreduce_traffic(counts.len(), &all, WireDtype::F32)
+            .payload_sent_by(self.site);
         let e = st.model.cfg.n_experts;
         let new: Vec<ExpertPlacement> = counts
             .chunks(e)
-            .map(|l| ExpertPlacement::load_aware(&l.iter().map(|&c| c as f64).collect::<Vec<_>>(), self.sites, self.knobs.rho))
+            .map(|l| {
+                ExpertPlacement::load_aware(
+                    &l.iter().map(|&c| c as f64).collect::<Vec<_>>(),
+                    self.sites,
+                    self.knobs.rho,
+                )
+            })
             .collect();
         for l in &mut self.load {
             l.iter_mut().for_each(|c| *c = 0.0);
@@ -185,10 +206,14 @@ impl Fomoe {
         for (l, (old_p, new_p)) in self.placement.iter().zip(&new).enumerate() {
             for x in 0..e {
                 let src = old_p.holders[x][0];
-                for &dst in new_p.holders[x].iter().filter(|d| !old_p.holders[x].contains(d)) {
+                for &dst in new_p.holders[x]
+                    .iter()
+                    .filter(|d| !old_p.holders[x].contains(d))
+                {
                     if self.site == src {
                         let r = old_layout.experts[&(l, x)].clone();
-                        let mut v = tensor_to_vec(&outer.global.narrow(0, r.start as i64, r.len() as i64));
+                        let mut v =
+                            tensor_to_vec(&outer.global.narrow(0, r.start as i64, r.len() as i64));
                         if let Some(m) = momentum {
                             v.extend(tensor_to_vec(&m.narrow(0, r.start as i64, r.len() as i64)));
                         }
@@ -197,7 +222,12 @@ impl Fomoe {
                         comm.send(dst, bytes)?;
                     } else if self.site == dst {
                         let msg = comm.recv(src)?;
-                        received.insert((l, x), msg.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect());
+                        received.insert(
+                            (l, x),
+                            msg.chunks_exact(4)
+                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect(),
+                        );
                     }
                 }
             }
@@ -210,7 +240,11 @@ impl Fomoe {
         let n = new_layout.total;
         let (mut model_v, mut m_v, mut v_v) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
         let mut mom_v = vec![0f32; n];
-        let (old_model, old_m, old_v) = (tensor_to_vec(&st.model.store.flat), tensor_to_vec(&st.inner.exp_avg), tensor_to_vec(&st.inner.exp_avg_sq));
+        let (old_model, old_m, old_v) = (
+            tensor_to_vec(&st.model.store.flat),
+            tensor_to_vec(&st.inner.exp_avg),
+            tensor_to_vec(&st.inner.exp_avg_sq),
+        );
         let old_mom = momentum.map(tensor_to_vec);
         for spec in &new_layout.specs {
             let dst = spec.offset..spec.offset + spec.numel;
@@ -285,7 +319,10 @@ impl Strategy for Fomoe {
     fn init(&mut self, st: &mut SiteState) -> Result<()> {
         st.model.skip_policy = Some(self.knobs.skip_policy);
         st.model.aux_scope = self.knobs.aux_scope;
-        self.outer = Some(OuterOptimizerState::new(self.outer_kind, &st.model.store.flat));
+        self.outer = Some(OuterOptimizerState::new(
+            self.outer_kind,
+            &st.model.store.flat,
+        ));
         self.make_groups(st);
         Ok(())
     }
@@ -299,20 +336,30 @@ impl Strategy for Fomoe {
         if !self.keep_inner_state {
             st.inner.reset();
         }
-        Ok(SyncReport { expected_payload_sent: expected })
+        Ok(SyncReport {
+            expected_payload_sent: expected,
+        })
     }
 
     fn state_bytes(&self) -> usize {
         self.outer.as_ref().map_or(0, |o| o.bytes())
     }
 
-    fn save_state(&self, w: &mut crate::checkpoint::CheckpointWriter, layout: &crate::model::ParamLayout) {
+    fn save_state(
+        &self,
+        w: &mut crate::checkpoint::CheckpointWriter,
+        layout: &crate::model::ParamLayout,
+    ) {
         if let Some(o) = &self.outer {
             o.save(w, layout);
         }
     }
 
-    fn load_state(&mut self, ck: &crate::checkpoint::Checkpoint, layout: &crate::model::ParamLayout) -> Result<()> {
+    fn load_state(
+        &mut self,
+        ck: &crate::checkpoint::Checkpoint,
+        layout: &crate::model::ParamLayout,
+    ) -> Result<()> {
         match &mut self.outer {
             Some(o) => o.load(ck, layout),
             None => Ok(()),
@@ -326,7 +373,14 @@ mod tests {
 
     #[test]
     fn round_robin_gives_every_expert_rho_holders() {
-        for (e, m, rho) in [(8, 4, 1), (8, 4, 2), (8, 4, 4), (6, 4, 2), (16, 8, 3), (8, 3, 3)] {
+        for (e, m, rho) in [
+            (8, 4, 1),
+            (8, 4, 2),
+            (8, 4, 4),
+            (6, 4, 2),
+            (16, 8, 3),
+            (8, 3, 3),
+        ] {
             let p = ExpertPlacement::round_robin(e, m, rho).unwrap();
             assert!(p.held.iter().flatten().count() == e * rho);
             assert!(p.holders.iter().all(|h| h.len() == rho), "{e} {m} {rho}");

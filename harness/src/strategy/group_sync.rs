@@ -52,7 +52,10 @@ pub fn groups_for_site(
 ) -> Vec<SyncGroup> {
     let mut by_members: BTreeMap<Vec<usize>, Vec<Range<usize>>> = BTreeMap::new();
     let everyone: Vec<usize> = (0..sites).collect();
-    by_members.entry(everyone).or_default().push(layout.dense.clone());
+    by_members
+        .entry(everyone)
+        .or_default()
+        .push(layout.dense.clone());
     for (&(layer, expert), r) in &layout.experts {
         let mut h = holders_of(layer, expert);
         h.sort_unstable();
@@ -70,7 +73,10 @@ pub fn groups_for_site(
                     _ => merged.push(r),
                 }
             }
-            SyncGroup { members, ranges: merged }
+            SyncGroup {
+                members,
+                ranges: merged,
+            }
         })
         .collect()
 }
@@ -79,7 +85,9 @@ pub fn groups_for_site(
 pub fn expected_payload_sent(groups: &[SyncGroup], site: usize, wire: WireDtype) -> u64 {
     groups
         .iter()
-        .map(|g| crate::bytes::ring_allreduce_traffic(g.numel(), &g.members, wire).payload_sent_by(site))
+        .map(|g| {
+            crate::bytes::ring_allreduce_traffic(g.numel(), &g.members, wire).payload_sent_by(site)
+        })
         .sum()
 }
 

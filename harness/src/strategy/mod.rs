@@ -65,7 +65,12 @@ pub trait Strategy: Send {
     }
 
     /// After backward, before clipping and the inner step.
-    fn on_gradient(&mut self, _st: &mut SiteState, _grad: &mut Tensor, _comm: &mut dyn Comm) -> Result<SyncReport> {
+    fn on_gradient(
+        &mut self,
+        _st: &mut SiteState,
+        _grad: &mut Tensor,
+        _comm: &mut dyn Comm,
+    ) -> Result<SyncReport> {
         Ok(SyncReport::default())
     }
 
@@ -81,10 +86,19 @@ pub trait Strategy: Send {
     }
 
     /// Add the strategy's state (outer optimiser) to a checkpoint.
-    fn save_state(&self, _w: &mut crate::checkpoint::CheckpointWriter, _layout: &crate::model::ParamLayout) {}
+    fn save_state(
+        &self,
+        _w: &mut crate::checkpoint::CheckpointWriter,
+        _layout: &crate::model::ParamLayout,
+    ) {
+    }
 
     /// Restore what [`Strategy::save_state`] wrote (after `init`).
-    fn load_state(&mut self, _ck: &crate::checkpoint::Checkpoint, _layout: &crate::model::ParamLayout) -> Result<()> {
+    fn load_state(
+        &mut self,
+        _ck: &crate::checkpoint::Checkpoint,
+        _layout: &crate::model::ParamLayout,
+    ) -> Result<()> {
         Ok(())
     }
 }

@@ -27,7 +27,11 @@ impl OuterOptimizerState {
             OuterOptimizer::Nesterov { .. } => Some(initial.zeros_like()),
             OuterOptimizer::Fedavg { .. } => None,
         };
-        Self { kind, global: initial.detach().copy(), momentum }
+        Self {
+            kind,
+            global: initial.detach().copy(),
+            momentum,
+        }
     }
 
     /// Bytes held: global copy and momentum.
@@ -53,14 +57,22 @@ impl OuterOptimizerState {
 }
 
 impl OuterOptimizerState {
-    pub fn save(&self, w: &mut crate::checkpoint::CheckpointWriter, layout: &crate::model::ParamLayout) {
+    pub fn save(
+        &self,
+        w: &mut crate::checkpoint::CheckpointWriter,
+        layout: &crate::model::ParamLayout,
+    ) {
         w.params("outer.global.", layout, &self.global);
         if let Some(m) = &self.momentum {
             w.params("outer.momentum.", layout, m);
         }
     }
 
-    pub fn load(&mut self, ck: &crate::checkpoint::Checkpoint, layout: &crate::model::ParamLayout) -> anyhow::Result<()> {
+    pub fn load(
+        &mut self,
+        ck: &crate::checkpoint::Checkpoint,
+        layout: &crate::model::ParamLayout,
+    ) -> anyhow::Result<()> {
         ck.read_params("outer.global.", layout, &self.global)?;
         if let Some(m) = &self.momentum {
             ck.read_params("outer.momentum.", layout, m)?;
@@ -86,11 +98,20 @@ mod tests {
     #[test]
     fn nesterov_matches_hand_computation_and_fedavg_lr1_is_the_mean() {
         let init = Tensor::from_slice(&[1.0f32, 2.0]);
-        let mut o = OuterOptimizerState::new(OuterOptimizer::Nesterov { lr: 0.5, momentum: 0.9 }, &init);
+        let mut o = OuterOptimizerState::new(
+            OuterOptimizer::Nesterov {
+                lr: 0.5,
+                momentum: 0.9,
+            },
+            &init,
+        );
         o.apply(&Tensor::from_slice(&[0.2f32, -0.4]));
         // v = Δ; step = Δ + 0.9Δ = 1.9Δ; θ = θ − 0.5·1.9Δ
         let got = to_vec(&o.global);
-        assert!((got[0] - (1.0 - 0.95 * 0.2)).abs() < 1e-6 && (got[1] - (2.0 + 0.95 * 0.4)).abs() < 1e-6);
+        assert!(
+            (got[0] - (1.0 - 0.95 * 0.2)).abs() < 1e-6
+                && (got[1] - (2.0 + 0.95 * 0.4)).abs() < 1e-6
+        );
         o.apply(&Tensor::from_slice(&[0.2f32, -0.4]));
         // v = 0.9·Δ + Δ = 1.9Δ; step = Δ + 0.9·1.9Δ = 2.71Δ
         let got2 = to_vec(&o.global);

@@ -42,7 +42,10 @@ fn expansion_size_order_and_ids() {
     assert_eq!(s.name, "t");
     // ddp and diloco ignore ρ: 2 rates × 2 seeds each; fomoe 3 ρ × 2 rates × 2 seeds.
     assert_eq!(s.runs.len(), 4 + 4 + 12);
-    assert_eq!(s.varied, vec!["fomoe.rho".to_string(), "network.rate".to_string()]);
+    assert_eq!(
+        s.varied,
+        vec!["fomoe.rho".to_string(), "network.rate".to_string()]
+    );
     assert_eq!(
         ids(&s),
         vec![
@@ -75,7 +78,10 @@ fn expansion_size_order_and_ids() {
 
     let r = s.run("fomoe-rho4-bw100m-s1").unwrap();
     assert_eq!(r.config.method, Method::Fomoe);
-    assert_eq!((r.config.fomoe.rho, r.config.seed, r.config.sites), (4, 1, 4));
+    assert_eq!(
+        (r.config.fomoe.rho, r.config.seed, r.config.sites),
+        (4, 1, 4)
+    );
     assert_eq!(r.config.network.rate.as_deref(), Some("100mbit"));
     // DDP keeps the base ρ (default 2), whatever the grid says.
     assert_eq!(s.run("ddp-bw10m-s0").unwrap().config.fomoe.rho, 2);
@@ -135,10 +141,16 @@ network.delay = ["20ms", "0.1s"]
     )
     .unwrap();
     // wire_dtype has one value: applied, not spelled.
-    assert!(s.runs.iter().all(|r| r.config.wire_dtype == crate::collective::WireDtype::Bf16));
+    assert!(s
+        .runs
+        .iter()
+        .all(|r| r.config.wire_dtype == crate::collective::WireDtype::Bf16));
     assert_eq!(s.runs.len(), 8);
     assert_eq!(s.runs[0].id, "diloco-sim-d20ms-het_iid-s0");
-    assert_eq!(s.runs[7].id, "diloco-relay-d100ms-het_dirichlet_alpha0.5-s0");
+    assert_eq!(
+        s.runs[7].id,
+        "diloco-relay-d100ms-het_dirichlet_alpha0.5-s0"
+    );
     assert_eq!(s.runs[7].config.network.backend, Backend::Relay);
     // The data table of the base (defaults) stays: only heterogeneity changed.
     assert_eq!(s.runs[7].config.data.kind, crate::data::DataKind::Synthetic);
@@ -191,7 +203,10 @@ fn validation_errors_name_file_key_value_and_allowed() {
     assert!(e.starts_with("t.toml: line 2, column"), "{e}");
     // Unknown top-level key.
     let e = err("seed = 3\n");
-    assert!(e.contains("t.toml: seed: unknown field `seed`, expected one of"), "{e}");
+    assert!(
+        e.contains("t.toml: seed: unknown field `seed`, expected one of"),
+        "{e}"
+    );
     assert!(e.contains("`seeds`"), "{e}");
     // Unknown key in [suite].
     let e = err("[suite]\nnmae = \"x\"\n");
@@ -204,59 +219,129 @@ fn validation_errors_name_file_key_value_and_allowed() {
     assert_eq!(e, "t.toml: base.fomoe.rhoo: unknown field `rhoo`, expected one of `rho`, `placement`, `skip_policy`, `aux_scope`");
     // Wrong type in base.
     let e = err("[base]\nsites = \"four\"\n");
-    assert_eq!(e, "t.toml: base.sites: invalid type: string \"four\", expected usize");
+    assert_eq!(
+        e,
+        "t.toml: base.sites: invalid type: string \"four\", expected usize"
+    );
     // A grid key that names no field, at the top and nested.
     let e = err("[grid]\nsitez = [1]\n");
-    assert!(e.starts_with("t.toml: grid key sitez = 1: sitez: unknown field `sitez`, expected one of"), "{e}");
+    assert!(
+        e.starts_with("t.toml: grid key sitez = 1: sitez: unknown field `sitez`, expected one of"),
+        "{e}"
+    );
     let e = err("[grid]\nfomoe.rhoo = [1]\n");
-    assert!(e.starts_with("t.toml: grid key fomoe.rhoo = 1: fomoe.rhoo: unknown field `rhoo`"), "{e}");
+    assert!(
+        e.starts_with("t.toml: grid key fomoe.rhoo = 1: fomoe.rhoo: unknown field `rhoo`"),
+        "{e}"
+    );
     let e = err("[grid]\n\"preset.size\" = [1]\n");
-    assert_eq!(e, "t.toml: grid key preset.size = 1: preset.size: `preset` is not a table");
+    assert_eq!(
+        e,
+        "t.toml: grid key preset.size = 1: preset.size: `preset` is not a table"
+    );
     // A grid value of the wrong kind.
     let e = err("[grid]\nmethod = [\"ddp\", \"dpp\"]\n");
-    assert!(e.starts_with("t.toml: grid key method = \"dpp\": method: unknown variant `dpp`, expected one of"), "{e}");
+    assert!(
+        e.starts_with(
+            "t.toml: grid key method = \"dpp\": method: unknown variant `dpp`, expected one of"
+        ),
+        "{e}"
+    );
     // A value that is not a list, an empty list, the seed in the grid.
-    assert_eq!(err("[grid]\nsites = 4\n"), "t.toml: grid.sites: must be a list of values, e.g. sites = [4]");
-    assert_eq!(err("[grid]\nsites = []\n"), "t.toml: grid.sites: empty list: give at least one value");
-    assert_eq!(err("[grid]\nseed = [1, 2]\n"), "t.toml: grid.seed: set the seeds with the top-level `seeds = [...]`");
-    assert!(err("[grid]\nsites = [2]\n\"sites\" = [4]\n").contains("line"), "duplicate key is a TOML error");
-    assert_eq!(err("[grid]\n\"fomoe.rho\" = [1]\n[grid.fomoe]\nrho = [2]\n"), "t.toml: grid.fomoe.rho: given twice");
+    assert_eq!(
+        err("[grid]\nsites = 4\n"),
+        "t.toml: grid.sites: must be a list of values, e.g. sites = [4]"
+    );
+    assert_eq!(
+        err("[grid]\nsites = []\n"),
+        "t.toml: grid.sites: empty list: give at least one value"
+    );
+    assert_eq!(
+        err("[grid]\nseed = [1, 2]\n"),
+        "t.toml: grid.seed: set the seeds with the top-level `seeds = [...]`"
+    );
+    assert!(
+        err("[grid]\nsites = [2]\n\"sites\" = [4]\n").contains("line"),
+        "duplicate key is a TOML error"
+    );
+    assert_eq!(
+        err("[grid]\n\"fomoe.rho\" = [1]\n[grid.fomoe]\nrho = [2]\n"),
+        "t.toml: grid.fomoe.rho: given twice"
+    );
     // Seeds.
-    assert_eq!(err("seeds = [1]\n[base]\nseed = 2\n"), "t.toml: base.seed: set the seeds with the top-level `seeds = [...]` instead");
-    assert_eq!(err("seeds = []\n"), "t.toml: seeds: must list at least one seed");
-    assert_eq!(err("seeds = [3, 3]\n"), "t.toml: seeds: seed 3 listed twice");
+    assert_eq!(
+        err("seeds = [1]\n[base]\nseed = 2\n"),
+        "t.toml: base.seed: set the seeds with the top-level `seeds = [...]` instead"
+    );
+    assert_eq!(
+        err("seeds = []\n"),
+        "t.toml: seeds: must list at least one seed"
+    );
+    assert_eq!(
+        err("seeds = [3, 3]\n"),
+        "t.toml: seeds: seed 3 listed twice"
+    );
     // Cross-field validation of an expanded run: E·ρ not divisible by M.
     let e = err("[base]\nmethod = \"fomoe\"\npreset = \"tiny\"\n[grid]\nsites = [3, 4]\n");
     assert_eq!(e, "t.toml: run fomoe-m3-s0: invalid fomoe.rho = 2: n_experts·rho = 8·2 must be divisible by sites = 3");
     // ρ > M.
     let e = err("[base]\nmethod = \"fomoe\"\nsites = 2\n[grid]\nfomoe.rho = [1, 4]\n");
-    assert_eq!(e, "t.toml: run fomoe-rho4-s0: invalid fomoe.rho = 4: must be in 1..=2 (sites)");
+    assert_eq!(
+        e,
+        "t.toml: run fomoe-rho4-s0: invalid fomoe.rho = 4: must be in 1..=2 (sites)"
+    );
     // steps not a multiple of H, a bad rate, a bad preset.
     let e = err("[base]\nsteps = 10\n[grid]\ninner_steps = [5, 4]\n");
-    assert_eq!(e, "t.toml: run diloco-h4-s0: invalid steps = 10: must be a multiple of inner_steps = 4");
+    assert_eq!(
+        e,
+        "t.toml: run diloco-h4-s0: invalid steps = 10: must be a multiple of inner_steps = 4"
+    );
     let e = err("[grid]\nnetwork.rate = [\"fast\"]\n");
-    assert!(e.starts_with("t.toml: run diloco-s0: invalid network.rate = fast: "), "{e}");
+    assert!(
+        e.starts_with("t.toml: run diloco-s0: invalid network.rate = fast: "),
+        "{e}"
+    );
     let e = err("[grid]\npreset = [\"tiny\", \"huge\"]\n");
-    assert!(e.starts_with("t.toml: run diloco-huge-s0: invalid preset = huge: one of tiny, small"), "{e}");
+    assert!(
+        e.starts_with("t.toml: run diloco-huge-s0: invalid preset = huge: one of tiny, small"),
+        "{e}"
+    );
     let e = err("[base.optim]\nlr = -1.0\n");
-    assert_eq!(e, "t.toml: run diloco-s0: invalid optim.lr = -1: must be a finite number > 0");
+    assert_eq!(
+        e,
+        "t.toml: run diloco-s0: invalid optim.lr = -1: must be a finite number > 0"
+    );
     // Two values with the same short form.
     let e = err("[grid]\nnetwork.rate = [\"100mbit\", \"100000kbit\"]\n");
-    assert!(e.starts_with("t.toml: run id diloco-bw100m-s0 names two different configs"), "{e}");
+    assert!(
+        e.starts_with("t.toml: run id diloco-bw100m-s0 names two different configs"),
+        "{e}"
+    );
     // Excludes: not a grid key, matching nothing, removing everything.
     let e = err("[grid]\nsites = [2, 4]\n[[exclude]]\nsteps = 8\n");
-    assert_eq!(e, "t.toml: exclude[0].steps: not a grid key; grid keys: sites");
+    assert_eq!(
+        e,
+        "t.toml: exclude[0].steps: not a grid key; grid keys: sites"
+    );
     let e = err("[grid]\nsites = [2, 4]\n[[exclude]]\nsites = [8]\n");
     assert_eq!(e, "t.toml: exclude #0 (sites=8) matches no grid point");
-    assert_eq!(err("[grid]\nsites = [4]\n[[exclude]]\nsites = 4\n"), "t.toml: the suite expands to no runs");
+    assert_eq!(
+        err("[grid]\nsites = [4]\n[[exclude]]\nsites = 4\n"),
+        "t.toml: the suite expands to no runs"
+    );
     // Include keys are checked like grid keys.
     let e = err("[[include]]\nmethdo = \"ddp\"\n");
-    assert!(e.starts_with("t.toml: grid key methdo = \"ddp\": methdo: unknown field `methdo`"), "{e}");
+    assert!(
+        e.starts_with("t.toml: grid key methdo = \"ddp\": methdo: unknown field `methdo`"),
+        "{e}"
+    );
     // A combination that only fails together: a partial outer table.
     let e = err("[grid]\nouter.lr = [0.5]\n");
     assert!(e.contains("outer: missing field `kind`"), "{e}");
     // A missing file.
-    let e = Suite::load(Path::new("/nonexistent/x.toml")).unwrap_err().to_string();
+    let e = Suite::load(Path::new("/nonexistent/x.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("/nonexistent/x.toml: No such file"), "{e}");
 }
 
@@ -270,9 +355,15 @@ fn every_experiment_file_validates() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     files.sort();
-    let names: Vec<String> = files.iter().map(|p| p.file_stem().unwrap().to_str().unwrap().to_string()).collect();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_str().unwrap().to_string())
+        .collect();
     for want in ["smoke", "quick", "paper", "wan-sweep"] {
-        assert!(names.iter().any(|n| n == want), "experiments/{want}.toml missing");
+        assert!(
+            names.iter().any(|n| n == want),
+            "experiments/{want}.toml missing"
+        );
     }
     for f in &files {
         let s = Suite::load(f).unwrap_or_else(|e| panic!("{e}"));
@@ -283,24 +374,48 @@ fn every_experiment_file_validates() {
     // smoke: all four methods, tiny, 2–4 sites, both sim and relay.
     let smoke = Suite::load(&dir.join("smoke.toml")).unwrap();
     let methods: BTreeSet<&str> = smoke.runs.iter().map(|r| r.config.method.name()).collect();
-    assert_eq!(methods, ["ddp", "diloco", "fomoe", "photon"].into_iter().collect());
-    assert!(smoke.runs.iter().all(|r| r.config.preset == "tiny" && (2..=4).contains(&r.config.sites)));
+    assert_eq!(
+        methods,
+        ["ddp", "diloco", "fomoe", "photon"].into_iter().collect()
+    );
+    assert!(smoke
+        .runs
+        .iter()
+        .all(|r| r.config.preset == "tiny" && (2..=4).contains(&r.config.sites)));
     for b in [Backend::Sim, Backend::Relay] {
-        assert!(smoke.runs.iter().any(|r| r.config.network.backend == b), "smoke lacks {b}");
+        assert!(
+            smoke.runs.iter().any(|r| r.config.network.backend == b),
+            "smoke lacks {b}"
+        );
     }
     // quick: all four methods, small, 4 sites, one link scenario.
     let quick = Suite::load(&dir.join("quick.toml")).unwrap();
     let methods: BTreeSet<&str> = quick.runs.iter().map(|r| r.config.method.name()).collect();
-    assert_eq!(methods, ["ddp", "diloco", "fomoe", "photon"].into_iter().collect());
-    assert!(quick.runs.iter().all(|r| r.config.preset == "small" && r.config.sites == 4));
-    let links: BTreeSet<String> = quick.runs.iter().map(|r| format!("{:?}", r.config.link_spec().unwrap())).collect();
+    assert_eq!(
+        methods,
+        ["ddp", "diloco", "fomoe", "photon"].into_iter().collect()
+    );
+    assert!(quick
+        .runs
+        .iter()
+        .all(|r| r.config.preset == "small" && r.config.sites == 4));
+    let links: BTreeSet<String> = quick
+        .runs
+        .iter()
+        .map(|r| format!("{:?}", r.config.link_spec().unwrap()))
+        .collect();
     assert_eq!(links.len(), 1);
 }
 
 const HASH_CHILD_ENV: &str = "FOMOE_TEST_SUITE_HASH_CHILD";
 
 fn id_hash_lines() -> String {
-    parse(GRID).unwrap().runs.iter().map(|r| format!("{} {}\n", r.id, r.hash)).collect()
+    parse(GRID)
+        .unwrap()
+        .runs
+        .iter()
+        .map(|r| format!("{} {}\n", r.id, r.hash))
+        .collect()
 }
 
 /// Not a test on its own: the child of `hashes_are_stable_across_processes`.
@@ -318,7 +433,11 @@ fn hashes_are_stable_across_processes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("hashes.txt");
     let status = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "suite::tests::suite_hash_child", "--test-threads=1"])
+        .args([
+            "--exact",
+            "suite::tests::suite_hash_child",
+            "--test-threads=1",
+        ])
         .env(HASH_CHILD_ENV, &out)
         .stdout(std::process::Stdio::null())
         .status()
