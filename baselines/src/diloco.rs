@@ -8,21 +8,15 @@
 //! with ρ = M is bit-identical to it (pinned by a test).
 
 use anyhow::Result;
-use harness::collective::WireDtype;
-use harness::config::{OuterOptimizer, RunConfig};
+use harness::config::RunConfig;
 use harness::net::Comm;
-use harness::strategy::group_sync::{groups_for_site, outer_sync, SyncGroup};
-use harness::strategy::outer::OuterOptimizerState;
+use harness::strategy::group_sync::{groups_for_site, GroupOuterSync};
 use harness::strategy::{SiteState, Strategy, SyncReport};
 
 pub struct Diloco {
     name: &'static str,
     sites: usize,
-    wire: WireDtype,
-    keep_inner_state: bool,
-    outer_kind: OuterOptimizer,
-    outer: Option<OuterOptimizerState>,
-    groups: Vec<SyncGroup>,
+    sync: GroupOuterSync,
 }
 
 impl Diloco {
@@ -35,11 +29,7 @@ impl Diloco {
         Self {
             name,
             sites: cfg.sites,
-            wire: cfg.wire_dtype,
-            keep_inner_state: cfg.keep_inner_state,
-            outer_kind: cfg.outer_optimizer(),
-            outer: None,
-            groups: Vec::new(),
+            sync: GroupOuterSync::new(cfg),
         }
     }
 }
@@ -50,28 +40,22 @@ impl Strategy for Diloco {
     }
 
     fn init(&mut self, st: &mut SiteState) -> Result<()> {
-        self.outer = Some(OuterOptimizerState::new(
-            self.outer_kind,
-            &st.model.store.flat,
-        ));
         let all: Vec<usize> = (0..self.sites).collect();
-        self.groups = groups_for_site(&st.model.store.layout, self.sites, |_, _| all.clone());
+        let groups = groups_for_site(&st.model.store.layout, self.sites, |_, _| all.clone());
+        self.sync.start(st, groups);
         Ok(())
     }
 
     fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<SyncReport> {
-        let outer = self.outer.as_mut().expect("init ran");
-        let expected = outer_sync(st, outer, &self.groups, comm, self.wire)?;
-        if !self.keep_inner_state {
-            st.inner.reset();
-        }
+        let expected = self.sync.sync(st, comm)?;
+        self.sync.finish_round(st);
         Ok(SyncReport {
             expected_payload_sent: expected,
         })
     }
 
     fn state_bytes(&self) -> usize {
-        self.outer.as_ref().map_or(0, |o| o.bytes())
+        self.sync.state_bytes()
     }
 
     fn save_state(
@@ -79,9 +63,7 @@ impl Strategy for Diloco {
         w: &mut harness::checkpoint::CheckpointWriter,
         layout: &harness::model::ParamLayout,
     ) {
-        if let Some(o) = &self.outer {
-            o.save(w, layout);
-        }
+        self.sync.save(w, layout);
     }
 
     fn load_state(
@@ -89,9 +71,6 @@ impl Strategy for Diloco {
         ck: &harness::checkpoint::Checkpoint,
         layout: &harness::model::ParamLayout,
     ) -> Result<()> {
-        match &mut self.outer {
-            Some(o) => o.load(ck, layout),
-            None => Ok(()),
-        }
+        self.sync.load(ck, layout)
     }
 }

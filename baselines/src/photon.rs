@@ -18,7 +18,7 @@ use harness::collective::{broadcast, star_reduce, WireDtype};
 use harness::config::RunConfig;
 use harness::model::params::tensor_to_vec;
 use harness::net::Comm;
-use harness::strategy::outer::{from_slice, OuterOptimizerState};
+use harness::strategy::outer::OuterOptimizerState;
 use harness::strategy::{SiteState, Strategy, SyncReport};
 use tch::Tensor;
 
@@ -104,7 +104,7 @@ pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Resul
             &mut mean,
         )
         .context("aggregator gather")?;
-        let delta = &outer.global - from_slice(&mean);
+        let delta = &outer.global - Tensor::from_slice(&mean);
         outer.apply(&delta);
         let mut theta = tensor_to_vec(&outer.global);
         broadcast(

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use harness::results::run_dir::{ROUNDS_FILE, ROUTING_FILE, STEPS_FILE};
 use harness::results::{
-    annotate_suite, read_rows, summarize, Summary, MANIFEST_FILE, SUMMARY_FILE,
+    annotate_suite, read_rows, site_step_files, summarize, Summary, MANIFEST_FILE, SUMMARY_FILE,
 };
 use harness::telemetry::{RoundRow, RoutingRow, StepRow};
 
@@ -179,18 +179,7 @@ pub fn load_run(dir: &Path) -> Result<RunData, PaperError> {
     let steps_path = dir.join(STEPS_FILE);
     let mut steps: Vec<StepRow> = rows(&steps_path)?.unwrap_or_default();
     let has_steps_file = steps_path.exists();
-    let mut site_files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("steps-site") && n.ends_with(".csv"))
-        })
-        .collect();
-    site_files.sort();
-    for p in site_files {
+    for (_, p) in site_step_files(dir)? {
         steps.extend(read_rows::<StepRow>(&p)?.rows);
     }
     let rounds_path = dir.join(ROUNDS_FILE);

@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 pub use atomic::write_atomic;
 pub use csv_sink::{read_rows, CsvSink, Rows};
 pub use manifest::{Manifest, RunEnv, RunStatus, MANIFEST_FILE};
-pub use run_dir::{clear_run_dir, merge_site_steps, run_state, site_steps_path, RunDir, RunState};
+pub use run_dir::{
+    clear_run_dir, merge_site_steps, run_state, site_step_files, site_steps_path, RunDir, RunState,
+};
 pub use summary::{annotate_suite, summarize, summary_csv, Summary};
 
 /// summary.csv in a suite directory.

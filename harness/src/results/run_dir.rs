@@ -268,6 +268,28 @@ impl RunDir {
     }
 }
 
+/// The per-site step files (`steps-site<i>.csv`) in `dir`, as (site, path) sorted by site.
+pub fn site_step_files(dir: &Path) -> Result<Vec<(usize, PathBuf)>, ResultsError> {
+    let mut files: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(|error| ResultsError::Io {
+            path: dir.to_path_buf(),
+            error,
+        })?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_str()?.to_string();
+            let site = name
+                .strip_prefix("steps-site")?
+                .strip_suffix(".csv")?
+                .parse()
+                .ok()?;
+            Some((site, e.path()))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// What [`merge_site_steps`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergeReport {
@@ -281,24 +303,7 @@ pub struct MergeReport {
 /// sorted by (step, site), written atomically; then remove the per-site files.
 /// Without per-site files it does nothing.
 pub fn merge_site_steps(dir: &Path) -> Result<MergeReport, ResultsError> {
-    let io = |error| ResultsError::Io {
-        path: dir.to_path_buf(),
-        error,
-    };
-    let mut site_files: Vec<(usize, PathBuf)> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            let site = name
-                .strip_prefix("steps-site")?
-                .strip_suffix(".csv")?
-                .parse()
-                .ok()?;
-            Some((site, e.path()))
-        })
-        .collect();
-    site_files.sort();
+    let site_files = site_step_files(dir)?;
     let mut report = MergeReport {
         site_files: site_files.len(),
         rows: 0,

@@ -141,22 +141,7 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
     s.target_loss = cfg.target_loss;
 
     let mut steps: Vec<StepRow> = read_optional(&dir.join(STEPS_FILE))?;
-    let io = |error| ResultsError::Io {
-        path: dir.to_path_buf(),
-        error,
-    };
-    let mut site_files: Vec<_> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("steps-site") && n.ends_with(".csv"))
-        })
-        .collect();
-    site_files.sort();
-    for p in site_files {
+    for (_, p) in super::site_step_files(dir)? {
         steps.extend(read_rows::<StepRow>(&p)?.rows);
     }
     let rounds: Vec<RoundRow> = read_optional(&dir.join(ROUNDS_FILE))?;

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::checkpoint::CheckpointWriter;
-use crate::config::{Method, RunConfig};
+use crate::config::RunConfig;
 use crate::data::Dataset;
 use crate::model::params::ParamStore;
 use crate::model::{ModelConfig, Residency};
@@ -93,7 +93,7 @@ pub fn run_one(
     cfg.validate()?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    sink::write_atomic(
+    crate::results::write_atomic(
         &dir.join("config.json"),
         serde_json::to_string_pretty(cfg)?.as_bytes(),
     )?;
@@ -111,7 +111,8 @@ pub fn run_one(
         Backend::Sim => run_sim(cfg, &mcfg, dir, reg, threads),
         Backend::Relay | Backend::Netns => run_processes(cfg, dir, opts),
     };
-    let merged = merge_steps(dir, cfg);
+    // Merge the per-site step files also after a failure, so partial results stay readable.
+    let merged = crate::results::merge_site_steps(dir);
     let sites = result?;
     merged?;
     fill_round_totals(dir)?;
@@ -145,7 +146,7 @@ pub fn run_endpoint(
             "framing_sent": sum(&c1, |l| l.framing_bytes_sent) - sum(&c0, |l| l.framing_bytes_sent),
             "rounds": cfg.rounds(),
         });
-        sink::write_atomic(&dir.join("aggregator.json"), report.to_string().as_bytes())?;
+        crate::results::write_atomic(&dir.join("aggregator.json"), report.to_string().as_bytes())?;
         crate::collective::barrier(comm, &all)?;
         return Ok(None);
     }
@@ -273,13 +274,13 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
         )?),
     };
     for (i, sc) in network.site_configs().iter().enumerate() {
-        sink::write_atomic(
+        crate::results::write_atomic(
             &dir.join(format!("net-site{i}.json")),
             serde_json::to_string(sc)?.as_bytes(),
         )?;
     }
     if let ProcessNet::Netns(n) = &network {
-        sink::write_atomic(
+        crate::results::write_atomic(
             &dir.join("netns.json"),
             serde_json::to_string_pretty(&n.record())?.as_bytes(),
         )?;
@@ -388,19 +389,12 @@ pub fn worker_main(dir: &Path, endpoint: usize, reg: &MethodRegistry) -> Result<
         Ok(())
     })();
     if let Err(e) = &result {
-        let _ = sink::write_atomic(
+        let _ = crate::results::write_atomic(
             &dir.join(format!("error-site{endpoint}.txt")),
             format!("{e:#}").as_bytes(),
         );
     }
     result
-}
-
-/// Merge `steps-site<i>.csv` into `steps.csv` sorted by (step, site) (runs after failures
-/// too, so partial results stay readable; a half-written last row is dropped).
-pub fn merge_steps(dir: &Path, _cfg: &RunConfig) -> Result<()> {
-    crate::results::merge_site_steps(dir)?;
-    Ok(())
 }
 
 /// Fill rounds.csv's cumulative byte totals from steps.csv (all sites' training traffic
@@ -442,11 +436,6 @@ fn fill_round_totals(dir: &Path) -> Result<()> {
     for r in &rounds {
         w.serialize(r)?;
     }
-    sink::write_atomic(&p, &w.into_inner()?)?;
+    crate::results::write_atomic(&p, &w.into_inner()?)?;
     Ok(())
-}
-
-/// Methods whose sites all hold the same model after every sync.
-pub fn replicates_fully(cfg: &RunConfig) -> bool {
-    cfg.method != Method::Fomoe || cfg.fomoe.rho == cfg.sites
 }

@@ -26,7 +26,7 @@ pub fn execute_in_run_dir(
     let path = dir.path().to_path_buf();
     let outcome = run_one(cfg, &path, reg, opts);
     if let Ok(o) = &outcome {
-        super::sink::write_atomic(
+        crate::results::write_atomic(
             &path.join("sites.json"),
             serde_json::to_string_pretty(o)?.as_bytes(),
         )?;

@@ -15,6 +15,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::site::SiteReport;
+use crate::results::run_dir::ROUNDS_FILE;
+use crate::results::{site_steps_path, CsvSink};
 use crate::telemetry::{RoundRow, StepRow};
 
 pub trait SiteSink {
@@ -42,74 +44,28 @@ impl SiteSink for NullSink {
     }
 }
 
-/// A CSV file with a header, flushed after every row.
-pub struct CsvFile<T: Serialize> {
-    w: csv::Writer<File>,
-    _t: std::marker::PhantomData<T>,
-}
-
-impl<T: Serialize> CsvFile<T> {
-    pub fn create(path: &Path) -> Result<Self> {
-        Self::open(path, false)
-    }
-    /// `append`: continue an existing file (no second header) when it exists.
-    pub fn open(path: &Path, append: bool) -> Result<Self> {
-        let exists = append && path.exists();
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .append(exists)
-            .truncate(!exists)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let w = csv::WriterBuilder::new()
-            .has_headers(!exists)
-            .from_writer(f);
-        Ok(Self {
-            w,
-            _t: std::marker::PhantomData,
-        })
-    }
-    pub fn write(&mut self, row: &T) -> Result<()> {
-        self.w.serialize(row)?;
-        self.w.flush()?;
-        Ok(())
-    }
-}
-
-/// Write `bytes` to `path` atomically: temporary file, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp{}", std::process::id()));
-    let tmp = path.with_file_name(name);
-    {
-        let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
-
 /// Per-site files in a run directory.
 pub struct FileSink {
     dir: PathBuf,
     site: usize,
-    steps: CsvFile<StepRow>,
-    rounds: Option<CsvFile<RoundRow>>,
+    steps: CsvSink<StepRow>,
+    rounds: Option<CsvSink<RoundRow>>,
     probe: BufWriter<File>,
 }
 
 impl FileSink {
     /// `append`: continue the files of an interrupted run (resume).
     pub fn create(dir: &Path, site: usize, append: bool) -> Result<Self> {
-        let steps = CsvFile::open(&dir.join(format!("steps-site{site}.csv")), append)?;
+        fn open<T: Serialize + Default>(p: PathBuf, append: bool) -> Result<CsvSink<T>> {
+            Ok(if append {
+                CsvSink::append(p)?
+            } else {
+                CsvSink::create(p)?
+            })
+        }
+        let steps = open(site_steps_path(dir, site), append)?;
         let rounds = if site == 0 {
-            Some(CsvFile::open(&dir.join("rounds.csv"), append)?)
+            Some(open(dir.join(ROUNDS_FILE), append)?)
         } else {
             None
         };
@@ -143,12 +99,12 @@ pub struct ProbeRecord {
 
 impl SiteSink for FileSink {
     fn step(&mut self, row: &StepRow) -> Result<()> {
-        self.steps.write(row)
+        Ok(self.steps.push(row)?)
     }
     fn rounds(&mut self, rows: &[RoundRow]) -> Result<()> {
         if let Some(r) = &mut self.rounds {
             for row in rows {
-                r.write(row)?;
+                r.push(row)?;
             }
         }
         Ok(())
@@ -172,9 +128,10 @@ impl SiteSink for FileSink {
         Ok(())
     }
     fn finish(&mut self, report: &SiteReport) -> Result<()> {
-        write_atomic(
+        crate::results::write_atomic(
             &self.dir.join(format!("site{}.json", self.site)),
             serde_json::to_string_pretty(report)?.as_bytes(),
-        )
+        )?;
+        Ok(())
     }
 }

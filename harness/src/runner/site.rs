@@ -436,7 +436,7 @@ pub fn run_site(
                     &local,
                     round,
                     step,
-                    sync_ms(comm_dt),
+                    comm_dt.as_secs_f64() * 1e3,
                 )?;
                 if let Some((rows, probe)) = global {
                     sink.probe(round, "global", &probe)?;
@@ -468,10 +468,6 @@ pub fn run_site(
     };
     sink.finish(&report)?;
     Ok(report)
-}
-
-fn sync_ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 /// After the sync of an eval round: site 0 gathers the other sites' local losses and, when

@@ -25,7 +25,7 @@
 use anyhow::{bail, Context, Result};
 use tch::Tensor;
 
-use super::group_sync::{groups_for_site, outer_sync, SyncGroup};
+use super::group_sync::{groups_for_site, GroupOuterSync, SyncGroup};
 use super::outer::OuterOptimizerState;
 use super::{SiteState, Strategy, SyncReport};
 use crate::collective::{ring_allreduce, WireDtype};
@@ -125,11 +125,7 @@ pub struct Fomoe {
     placement: Vec<ExpertPlacement>,
     /// Routed slots per (layer, expert) this round (load-aware placement).
     load: Vec<Vec<f64>>,
-    keep_inner_state: bool,
-    wire: WireDtype,
-    outer_kind: crate::config::OuterOptimizer,
-    outer: Option<OuterOptimizerState>,
-    groups: Vec<SyncGroup>,
+    sync: GroupOuterSync,
 }
 
 impl Fomoe {
@@ -143,11 +139,7 @@ impl Fomoe {
             knobs: cfg.fomoe.clone(),
             placement,
             load: vec![vec![0.0; m.n_experts]; m.n_layers],
-            keep_inner_state: cfg.keep_inner_state,
-            wire: cfg.wire_dtype,
-            outer_kind: cfg.outer_optimizer(),
-            outer: None,
-            groups: Vec::new(),
+            sync: GroupOuterSync::new(cfg),
         })
     }
 
@@ -166,11 +158,12 @@ impl Fomoe {
         }
     }
 
-    fn make_groups(&mut self, st: &SiteState) {
+    /// The site's holder groups under the current placement.
+    fn groups_of(&self, st: &SiteState) -> Vec<SyncGroup> {
         let p = &self.placement;
-        self.groups = groups_for_site(&st.model.store.layout, self.sites, |l, e| {
+        groups_for_site(&st.model.store.layout, self.sites, |l, e| {
             p[l].holders_of(e).to_vec()
-        });
+        })
     }
 
     /// Load-aware re-placement after the sync; returns the payload bytes this site sent.
@@ -198,7 +191,7 @@ impl Fomoe {
         if new == self.placement {
             return Ok(sent);
         }
-        let outer = self.outer.as_ref().expect("init ran");
+        let outer = self.sync.outer.as_ref().expect("init ran");
         let old_layout = st.model.store.layout.clone();
         let momentum = outer.momentum.as_ref();
         // Moves, in one canonical order on every site: (layer, expert, new holder).
@@ -277,19 +270,19 @@ impl Fomoe {
             inner.exp_avg.copy_(&Tensor::from_slice(&m_v));
             inner.exp_avg_sq.copy_(&Tensor::from_slice(&v_v));
         });
-        let mut outer = OuterOptimizerState::new(self.outer_kind, &model.store.flat);
+        let mut outer = OuterOptimizerState::new(self.sync.kind, &model.store.flat);
         if let Some(m) = outer.momentum.as_mut() {
             tch::no_grad(|| m.copy_(&Tensor::from_slice(&mom_v)));
         }
         st.model = model;
         st.inner = inner;
-        self.outer = Some(outer);
-        self.make_groups(st);
+        self.sync.outer = Some(outer);
+        self.sync.groups = self.groups_of(st);
         Ok(sent)
     }
 
     pub fn groups(&self) -> &[SyncGroup] {
-        &self.groups
+        &self.sync.groups
     }
 }
 
@@ -319,30 +312,24 @@ impl Strategy for Fomoe {
     fn init(&mut self, st: &mut SiteState) -> Result<()> {
         st.model.skip_policy = Some(self.knobs.skip_policy);
         st.model.aux_scope = self.knobs.aux_scope;
-        self.outer = Some(OuterOptimizerState::new(
-            self.outer_kind,
-            &st.model.store.flat,
-        ));
-        self.make_groups(st);
+        let groups = self.groups_of(st);
+        self.sync.start(st, groups);
         Ok(())
     }
 
     fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<SyncReport> {
-        let outer = self.outer.as_mut().expect("init ran");
-        let mut expected = outer_sync(st, outer, &self.groups, comm, self.wire)?;
+        let mut expected = self.sync.sync(st, comm)?;
         if self.knobs.placement == Placement::LoadAware {
             expected += self.replace_experts(st, comm)?;
         }
-        if !self.keep_inner_state {
-            st.inner.reset();
-        }
+        self.sync.finish_round(st);
         Ok(SyncReport {
             expected_payload_sent: expected,
         })
     }
 
     fn state_bytes(&self) -> usize {
-        self.outer.as_ref().map_or(0, |o| o.bytes())
+        self.sync.state_bytes()
     }
 
     fn save_state(
@@ -350,9 +337,7 @@ impl Strategy for Fomoe {
         w: &mut crate::checkpoint::CheckpointWriter,
         layout: &crate::model::ParamLayout,
     ) {
-        if let Some(o) = &self.outer {
-            o.save(w, layout);
-        }
+        self.sync.save(w, layout);
     }
 
     fn load_state(
@@ -360,10 +345,7 @@ impl Strategy for Fomoe {
         ck: &crate::checkpoint::Checkpoint,
         layout: &crate::model::ParamLayout,
     ) -> Result<()> {
-        match &mut self.outer {
-            Some(o) => o.load(ck, layout),
-            None => Ok(()),
-        }
+        self.sync.load(ck, layout)
     }
 }
 

@@ -23,10 +23,11 @@ use std::ops::Range;
 
 use anyhow::{Context, Result};
 
-use super::outer::{from_slice, to_vec, OuterOptimizerState};
+use super::outer::OuterOptimizerState;
 use super::SiteState;
 use crate::collective::{ring_allreduce, WireDtype};
-use crate::model::params::ParamLayout;
+use crate::config::{OuterOptimizer, RunConfig};
+use crate::model::params::{tensor_to_vec, ParamLayout};
 use crate::net::Comm;
 
 /// Ranges of the flat buffer held by exactly `members`.
@@ -99,7 +100,7 @@ pub fn outer_sync(
     comm: &mut dyn Comm,
     wire: WireDtype,
 ) -> Result<u64> {
-    let mut delta = to_vec(&(&outer.global - &st.model.store.flat));
+    let mut delta = tensor_to_vec(&(&outer.global - &st.model.store.flat));
     let mut buf = Vec::new();
     for g in groups {
         buf.clear();
@@ -117,7 +118,67 @@ pub fn outer_sync(
             off += r.len();
         }
     }
-    outer.apply(&from_slice(&delta));
+    outer.apply(&tch::Tensor::from_slice(&delta));
     tch::no_grad(|| st.model.store.flat.shallow_clone().copy_(&outer.global));
     Ok(expected_payload_sent(groups, st.site, wire))
+}
+
+/// One site's share of a group synchronisation, as DiLoCo and FoMoE hold it: the outer
+/// optimiser over what the site holds, the site's holder groups, and the knobs that decide
+/// what a round does. The strategies differ only in the groups they give it.
+pub struct GroupOuterSync {
+    pub kind: OuterOptimizer,
+    pub wire: WireDtype,
+    pub keep_inner_state: bool,
+    /// `None` until [`GroupOuterSync::start`].
+    pub outer: Option<OuterOptimizerState>,
+    pub groups: Vec<SyncGroup>,
+}
+
+impl GroupOuterSync {
+    pub fn new(cfg: &RunConfig) -> Self {
+        Self {
+            kind: cfg.outer_optimizer(),
+            wire: cfg.wire_dtype,
+            keep_inner_state: cfg.keep_inner_state,
+            outer: None,
+            groups: Vec::new(),
+        }
+    }
+
+    /// Start from the site's current parameters (θ_g = θ_site, zero momentum).
+    pub fn start(&mut self, st: &SiteState, groups: Vec<SyncGroup>) {
+        self.outer = Some(OuterOptimizerState::new(self.kind, &st.model.store.flat));
+        self.groups = groups;
+    }
+
+    /// [`outer_sync`] over the site's groups; the expected payload bytes it sent.
+    pub fn sync(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<u64> {
+        let outer = self.outer.as_mut().expect("GroupOuterSync::start ran");
+        outer_sync(st, outer, &self.groups, comm, self.wire)
+    }
+
+    /// End of a round: forget the inner AdamW moments unless they are kept.
+    pub fn finish_round(&self, st: &mut SiteState) {
+        if !self.keep_inner_state {
+            st.inner.reset();
+        }
+    }
+
+    pub fn state_bytes(&self) -> usize {
+        self.outer.as_ref().map_or(0, |o| o.bytes())
+    }
+
+    pub fn save(&self, w: &mut crate::checkpoint::CheckpointWriter, layout: &ParamLayout) {
+        if let Some(o) = &self.outer {
+            o.save(w, layout);
+        }
+    }
+
+    pub fn load(&mut self, ck: &crate::checkpoint::Checkpoint, layout: &ParamLayout) -> Result<()> {
+        match &mut self.outer {
+            Some(o) => o.load(ck, layout),
+            None => Ok(()),
+        }
+    }
 }

@@ -9,7 +9,7 @@
 //! lr 1, θ_g ← θ_site (training is unchanged by the sync).
 //! Every holder applies the same update to bit-identical Δ, so holders stay bit-identical.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::config::OuterOptimizer;
 
@@ -81,19 +81,10 @@ impl OuterOptimizerState {
     }
 }
 
-/// Copy a flat f32 tensor into a Vec.
-pub fn to_vec(t: &Tensor) -> Vec<f32> {
-    crate::model::params::tensor_to_vec(t)
-}
-
-/// A flat f32 tensor from a slice.
-pub fn from_slice(v: &[f32]) -> Tensor {
-    Tensor::from_slice(v).to_kind(Kind::Float)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::params::tensor_to_vec;
 
     #[test]
     fn nesterov_matches_hand_computation_and_fedavg_lr1_is_the_mean() {
@@ -107,20 +98,20 @@ mod tests {
         );
         o.apply(&Tensor::from_slice(&[0.2f32, -0.4]));
         // v = Δ; step = Δ + 0.9Δ = 1.9Δ; θ = θ − 0.5·1.9Δ
-        let got = to_vec(&o.global);
+        let got = tensor_to_vec(&o.global);
         assert!(
             (got[0] - (1.0 - 0.95 * 0.2)).abs() < 1e-6
                 && (got[1] - (2.0 + 0.95 * 0.4)).abs() < 1e-6
         );
         o.apply(&Tensor::from_slice(&[0.2f32, -0.4]));
         // v = 0.9·Δ + Δ = 1.9Δ; step = Δ + 0.9·1.9Δ = 2.71Δ
-        let got2 = to_vec(&o.global);
+        let got2 = tensor_to_vec(&o.global);
         assert!((got2[0] - (got[0] - 0.5 * 2.71 * 0.2)).abs() < 1e-6);
 
         let mut f = OuterOptimizerState::new(OuterOptimizer::Fedavg { lr: 1.0 }, &init);
         // Δ = θ_g − mean(θ_site) with sites at 0 and 4 for coordinate 0: mean 2 → Δ = −1.
         f.apply(&Tensor::from_slice(&[-1.0f32, 0.0]));
-        assert_eq!(to_vec(&f.global), vec![2.0, 2.0]);
+        assert_eq!(tensor_to_vec(&f.global), vec![2.0, 2.0]);
         assert_eq!(o.bytes(), 16);
         assert_eq!(f.bytes(), 8);
     }
