@@ -91,6 +91,7 @@ pub fn run_one(
     opts: &RunOptions,
 ) -> Result<RunOutcome> {
     cfg.validate()?;
+    check_memory(cfg)?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::results::write_atomic(
@@ -121,6 +122,16 @@ pub fn run_one(
         wall_s: start.elapsed().as_secs_f64(),
         threads_per_site: threads,
     })
+}
+
+/// Refuse a run whose estimated memory exceeds what this machine has available
+/// ([`crate::sysmodel::run_memory`]), before anything is allocated or written; a machine
+/// whose memory cannot be read is not checked.
+pub fn check_memory(cfg: &RunConfig) -> Result<()> {
+    if let Some(machine) = crate::sysmodel::machine::detect() {
+        crate::sysmodel::run_memory::check_fits(cfg, &machine)?;
+    }
+    Ok(())
 }
 
 /// Body of one site (or Photon's aggregator) given its endpoint; used by threads and workers.

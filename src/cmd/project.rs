@@ -1,0 +1,614 @@
+//! `fomoe project`: the system model ([`harness::sysmodel`]) from the command line.
+//!
+//! - `fomoe project --preset P --sites M --rho R --inner-steps H [...]`: memory, bytes and
+//!   time of DDP, DiLoCo, Photon and FoMoE as a table; `--json` prints the [`Projection`]
+//!   the table is made from (the same numbers, unrounded).
+//! - `--sweep KNOB=v1,v2,… [--sweep …] [--csv PATH]`: one CSV row per grid point and method
+//!   (columns: `harness::sysmodel::sweep::CSV_COLUMNS`), written atomically to PATH or stdout.
+//! - `--validate RESULTS_DIR`: predictions against every run's measured bytes, memory (both
+//!   exact: a mismatch fails the command, naming the run) and time (relative error per method
+//!   and backend, reported); `--json` for the full record.
+//! - `--headline`: for which s, ρ/M and H the abstract's 1.42× and 45.44× follow, the same
+//!   ratios for paper-1b/10b/100b, and memory per site per method at 100B.
+//!
+//! Input: a preset or shapes (flags), a deployment (flags), or `--config FILE.toml` with
+//! `[model]` and `[deployment]` tables (per-site links live there); flags override the file.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use harness::sysmodel::deployment::{ProjectSpec, StarLink};
+use harness::sysmodel::headline::Headline;
+use harness::sysmodel::run_memory::decimal_bytes;
+use harness::sysmodel::validate::Validation;
+use harness::sysmodel::{deployment::Links, project, sweep, Projection};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// TOML file with [model] and [deployment] tables (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model preset (tiny, small, proxy-s, proxy-m, paper-1b, paper-10b, paper-100b).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Name of the configuration in tables and CSV.
+    #[arg(long)]
+    label: Option<String>,
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    #[arg(long)]
+    d_model: Option<usize>,
+    #[arg(long)]
+    n_layers: Option<usize>,
+    #[arg(long)]
+    n_heads: Option<usize>,
+    #[arg(long)]
+    n_experts: Option<usize>,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    d_expert: Option<usize>,
+    #[arg(long)]
+    seq_len: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// M: sites (default 8).
+    #[arg(long)]
+    sites: Option<usize>,
+    /// FoMoE ρ (default 2).
+    #[arg(long)]
+    rho: Option<usize>,
+    /// H: inner steps per round (default 32).
+    #[arg(long)]
+    inner_steps: Option<usize>,
+    /// Link scenario (same-region, cross-region, cross-continent, consumer, internet, lan).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Link rate, e.g. 1gbit (uniform links).
+    #[arg(long)]
+    rate: Option<String>,
+    /// One-way delay, e.g. 20ms (uniform links).
+    #[arg(long)]
+    delay: Option<String>,
+    /// Photon's aggregator link: shared (default) or per-client.
+    #[arg(long, value_parser = parse_star_link)]
+    star_link: Option<StarLink>,
+    /// Peak FLOP/s of one site (default 8 × 989.4e12, one 8-GPU H100 node).
+    #[arg(long)]
+    peak_flops: Option<f64>,
+    /// Model FLOP utilisation (default 0.4).
+    #[arg(long)]
+    mfu: Option<f64>,
+    /// Measured training tokens/s of one site holding the full model (instead of FLOPs).
+    #[arg(long)]
+    tokens_per_s: Option<f64>,
+    /// Compute/communication overlap in [0, 1] (default 0).
+    #[arg(long)]
+    overlap: Option<f64>,
+    /// Wire dtype: f32 (default), bf16, f16, int8.
+    #[arg(long, value_parser = parse_wire)]
+    wire: Option<harness::collective::WireDtype>,
+    /// Tokens per step per site (default batch_size·seq_len).
+    #[arg(long)]
+    tokens_per_step: Option<u64>,
+    /// Training tokens of all sites together (default 20 per parameter).
+    #[arg(long)]
+    token_budget: Option<f64>,
+    /// FoMoE: share of routed slots that hit experts a site does not hold (default 1 − ρ/M).
+    #[arg(long)]
+    skip_rate: Option<f64>,
+    /// Photon topology: star (default) or ring.
+    #[arg(long, value_parser = parse_photon_topology)]
+    photon_topology: Option<harness::config::PhotonTopology>,
+    /// Sweep a knob: KNOB=v1,v2,… (repeatable; the grid is the product). Writes CSV.
+    #[arg(long, value_name = "KNOB=V1,V2,...")]
+    sweep: Vec<String>,
+    /// Where --sweep writes its CSV (default: stdout).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Check the model against every run under this results directory.
+    #[arg(long, value_name = "RESULTS_DIR")]
+    validate: Option<PathBuf>,
+    /// The headline tables: where the abstract's 1.42× and 45.44× come from.
+    #[arg(long)]
+    headline: bool,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_star_link(s: &str) -> Result<StarLink, String> {
+    match s {
+        "shared" => Ok(StarLink::Shared),
+        "per-client" => Ok(StarLink::PerClient),
+        other => Err(format!("invalid star-link = {other}: shared, per-client")),
+    }
+}
+
+fn parse_wire(s: &str) -> Result<harness::collective::WireDtype, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("invalid wire = {s}: f32, bf16, f16, int8"))
+}
+
+fn parse_photon_topology(s: &str) -> Result<harness::config::PhotonTopology, String> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| format!("invalid photon-topology = {s}: star, ring"))
+}
+
+/// The input: the file's tables, then the flags over them.
+fn spec(a: &Args) -> Result<ProjectSpec> {
+    let mut spec = match &a.config {
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<ProjectSpec>(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message()))?
+        }
+        None => ProjectSpec::default(),
+    };
+    let m = &mut spec.model;
+    macro_rules! over {
+        ($slot:expr, $v:expr) => {
+            if let Some(v) = $v.clone() {
+                $slot = Some(v);
+            }
+        };
+    }
+    over!(m.preset, a.preset);
+    over!(m.label, a.label);
+    over!(m.vocab_size, a.vocab_size);
+    over!(m.d_model, a.d_model);
+    over!(m.n_layers, a.n_layers);
+    over!(m.n_heads, a.n_heads);
+    over!(m.n_experts, a.n_experts);
+    over!(m.top_k, a.top_k);
+    over!(m.d_expert, a.d_expert);
+    over!(m.seq_len, a.seq_len);
+    over!(m.batch_size, a.batch_size);
+    let d = &mut spec.deployment;
+    over!(d.sites, a.sites);
+    over!(d.rho, a.rho);
+    over!(d.inner_steps, a.inner_steps);
+    over!(d.scenario, a.scenario);
+    over!(d.rate, a.rate);
+    over!(d.delay, a.delay);
+    over!(d.star_link, a.star_link);
+    over!(d.peak_flops, a.peak_flops);
+    over!(d.mfu, a.mfu);
+    over!(d.tokens_per_s, a.tokens_per_s);
+    over!(d.overlap, a.overlap);
+    over!(d.wire, a.wire);
+    over!(d.tokens_per_step, a.tokens_per_step);
+    over!(d.token_budget, a.token_budget);
+    over!(d.skip_rate, a.skip_rate);
+    over!(d.photon_topology, a.photon_topology);
+    Ok(spec)
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let modes = [a.validate.is_some(), a.headline, !a.sweep.is_empty()];
+    if modes.iter().filter(|&&m| m).count() > 1 {
+        anyhow::bail!("--validate, --headline and --sweep are separate modes: give one");
+    }
+    if a.csv.is_some() && a.sweep.is_empty() {
+        anyhow::bail!("--csv is where --sweep writes: give --sweep KNOB=v1,v2,…");
+    }
+    if let Some(dir) = &a.validate {
+        return validate(dir, a.json);
+    }
+    if a.headline {
+        let h = harness::sysmodel::headline::headline()?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&h)?);
+        } else {
+            print!("{}", headline_text(&h));
+        }
+        return Ok(());
+    }
+    let spec = spec(&a)?;
+    if !a.sweep.is_empty() {
+        let axes = a
+            .sweep
+            .iter()
+            .map(|s| sweep::parse_axis(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let projections = sweep::sweep(&spec, &axes)?;
+        let csv = sweep::csv_text(&projections)?;
+        match &a.csv {
+            Some(p) => {
+                harness::results::write_atomic(p, &csv)?;
+                eprintln!(
+                    "{} rows ({} configurations × 4 methods) -> {}",
+                    projections.len() * 4,
+                    projections.len(),
+                    p.display()
+                );
+            }
+            None => print!("{}", String::from_utf8_lossy(&csv)),
+        }
+        return Ok(());
+    }
+    let (label, model) = spec.model.resolve()?;
+    let dep = spec.deployment.resolve(&model)?;
+    let p = project(&label, &model, &dep)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{}", projection_text(&p));
+    }
+    Ok(())
+}
+
+/// Counts with three significant digits: `98.9B`, `31.2M`, `950`.
+pub fn count(x: f64) -> String {
+    for (unit, name) in [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")] {
+        if x >= unit {
+            return format!("{}{name}", sig3(x / unit));
+        }
+    }
+    sig3(x)
+}
+
+fn sig3(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// Seconds as the largest sensible unit: `850 ms`, `12.3 s`, `4.20 h`, `31.0 d`.
+pub fn duration(s: f64) -> String {
+    if !s.is_finite() {
+        return "-".into();
+    }
+    if s < 1.0 {
+        format!("{} ms", sig3(s * 1e3))
+    } else if s < 120.0 {
+        format!("{} s", sig3(s))
+    } else if s < 7200.0 {
+        format!("{} min", sig3(s / 60.0))
+    } else if s < 172_800.0 {
+        format!("{} h", sig3(s / 3600.0))
+    } else {
+        format!("{} d", sig3(s / 86_400.0))
+    }
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The rows of the projection table: a name and one cell per method.
+pub fn projection_rows(p: &Projection) -> Vec<(String, Vec<String>)> {
+    let cells = |f: &dyn Fn(&harness::sysmodel::MethodProjection) -> String| {
+        p.methods.iter().map(f).collect::<Vec<_>>()
+    };
+    vec![
+        ("params held / site".into(), cells(&|m| count(m.params_held_per_site as f64))),
+        ("memory / site".into(), cells(&|m| decimal_bytes(m.memory_per_site.total as f64))),
+        ("  parameters".into(), cells(&|m| decimal_bytes(m.memory_per_site.params as f64))),
+        ("  gradients".into(), cells(&|m| decimal_bytes(m.memory_per_site.grads as f64))),
+        ("  AdamW moments".into(), cells(&|m| decimal_bytes(m.memory_per_site.inner_optimizer as f64))),
+        ("  outer state".into(), cells(&|m| decimal_bytes(m.memory_per_site.outer_state as f64))),
+        ("fits 80 GB / 141 GB".into(), cells(&|m| format!("{} / {}", yes_no(m.fits_80gb), yes_no(m.fits_141gb)))),
+        ("80 GB / 141 GB accelerators".into(), cells(&|m| format!("{} / {}", m.accelerators_80gb, m.accelerators_141gb))),
+        ("syncs / round".into(), cells(&|m| m.syncs_per_round.to_string())),
+        ("payload / round / site".into(), cells(&|m| decimal_bytes(m.payload_bytes_per_round_per_site))),
+        ("payload / token / site".into(), cells(&|m| decimal_bytes(m.payload_bytes_per_token_per_site))),
+        (
+            "aggregator payload / round".into(),
+            cells(&|m| m.aggregator_payload_bytes_per_round.map_or("-".into(), |b| decimal_bytes(b as f64))),
+        ),
+        ("bytes vs DDP".into(), cells(&|m| format!("{}x", sig3(m.bytes_reduction_vs_ddp)))),
+        ("comm / round".into(), cells(&|m| duration(m.comm_s_per_round))),
+        ("compute / round".into(), cells(&|m| duration(m.compute_s_per_round))),
+        ("wall / round".into(), cells(&|m| duration(m.wall_s_per_round))),
+        ("tokens/s (all sites)".into(), cells(&|m| count(m.tokens_per_s))),
+        ("rounds to budget".into(), cells(&|m| count(m.rounds_to_budget))),
+        ("time to budget".into(), cells(&|m| duration(m.time_to_budget_s))),
+        ("payload to budget / site".into(), cells(&|m| decimal_bytes(m.payload_bytes_to_budget_per_site))),
+    ]
+}
+
+fn links_text(links: &Links) -> String {
+    match links {
+        Links::Uniform { link } => format!("{link} (every pair)"),
+        Links::PerSite { sites, .. } => format!("per site ({} access links)", sites.len()),
+    }
+}
+
+/// The projection as printed.
+pub fn projection_text(p: &Projection) -> String {
+    use std::fmt::Write as _;
+    let m = &p.model;
+    let c = &p.counts;
+    let d = &p.deployment;
+    let mut out = String::new();
+    let _ = writeln!(out, "projection: {} (a model, not a measurement)", p.label);
+    let _ = writeln!(
+        out,
+        "model       V {}, d {}, L {}, heads {}, E {}, top-{}, d_e {}, S {}, batch {}",
+        m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_experts, m.top_k, m.d_expert, m.seq_len, m.batch_size
+    );
+    let _ = writeln!(
+        out,
+        "params      N {} = dense {} + experts {} (s = {:.3}), active {} per token",
+        count(c.total as f64),
+        count(c.dense as f64),
+        count(c.expert as f64),
+        c.expert_share,
+        count(c.active as f64)
+    );
+    let compute = match d.compute {
+        harness::sysmodel::deployment::ComputeRate::Flops { peak_flops, mfu } => {
+            format!("{peak_flops:.3e} FLOP/s × MFU {mfu} per site")
+        }
+        harness::sysmodel::deployment::ComputeRate::TokensPerS { tokens_per_s } => {
+            format!("{} tokens/s per site (full replica, measured)", count(tokens_per_s))
+        }
+    };
+    let _ = writeln!(
+        out,
+        "deployment  M {}, rho {}, H {}, links {}, wire {}, Photon {} ({} aggregator link)",
+        d.sites,
+        d.rho,
+        d.inner_steps,
+        links_text(&d.links),
+        d.wire.name(),
+        match d.photon_topology {
+            harness::config::PhotonTopology::Star => "star",
+            harness::config::PhotonTopology::Ring => "ring",
+        },
+        match d.star_link {
+            StarLink::Shared => "shared",
+            StarLink::PerClient => "per-client",
+        }
+    );
+    let _ = writeln!(
+        out,
+        "            compute {compute}, overlap {}, FoMoE skip rate {}, {} tokens/step/site, budget {} tokens{}",
+        d.overlap,
+        d.skip_rate,
+        count(d.tokens_per_step as f64),
+        count(d.token_budget),
+        if d.token_budget_default { " (20 per parameter)" } else { "" }
+    );
+    let rows = projection_rows(p);
+    let names: Vec<&str> = p.methods.iter().map(|m| m.method).collect();
+    let w0 = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..names.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.1[i].chars().count())
+                .chain([names[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let _ = write!(out, "\n{:w0$}", "");
+    for (n, w) in names.iter().zip(&widths) {
+        let _ = write!(out, "  {n:>w$}");
+    }
+    out.push('\n');
+    for (name, cells) in &rows {
+        let _ = write!(out, "{name:w0$}");
+        for (cell, w) in cells.iter().zip(&widths) {
+            let _ = write!(out, "  {cell:>w$}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:+.1}%", 100.0 * x)
+    } else {
+        "-".into()
+    }
+}
+
+fn validate(dir: &std::path::Path, json: bool) -> Result<()> {
+    let v = harness::sysmodel::validate::validate(dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", validation_text(&v));
+    }
+    let failed = v.failures();
+    if !failed.is_empty() {
+        let names: Vec<String> = failed
+            .iter()
+            .map(|r| format!("{}/{}", r.suite, r.run_id))
+            .collect();
+        anyhow::bail!(
+            "{} of {} runs fail validation (bytes or memory differ from the model, or files are missing): {}",
+            failed.len(),
+            v.runs.len(),
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The validation report as printed.
+pub fn validation_text(v: &Validation) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let checked = v.runs.iter().filter(|r| r.skipped.is_none()).count();
+    let _ = writeln!(
+        out,
+        "validation of {} ({} runs: {} checked, {} skipped)",
+        v.dir.display(),
+        v.runs.len(),
+        checked,
+        v.runs.len() - checked
+    );
+    let _ = writeln!(
+        out,
+        "{:<28} {:<7} {:<6} {:>16} {:>7} {:>22} {:>22}",
+        "run", "method", "net", "payload", "bytes", "comm pred/meas", "time pred/meas"
+    );
+    for r in &v.runs {
+        let id = format!("{}/{}", r.suite, r.run_id);
+        if let Some(why) = &r.skipped {
+            let _ = writeln!(out, "{id:<28} {:<7} {:<6} skipped: {why}", r.method, r.backend);
+            continue;
+        }
+        let bytes = if r.unreadable.is_some() {
+            "ERROR"
+        } else if r.mismatches.is_empty() {
+            "exact"
+        } else {
+            "DIFFER"
+        };
+        let (comm, time) = match &r.time {
+            Some(t) => (
+                format!("{}/{} {}", duration(t.comm_predicted_s), duration(t.comm_measured_s), pct(t.comm_error)),
+                format!("{}/{} {}", duration(t.time_predicted_s), duration(t.time_measured_s), pct(t.time_error)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let _ = writeln!(
+            out,
+            "{id:<28} {:<7} {:<6} {:>16} {bytes:>7} {comm:>22} {time:>22}",
+            r.method,
+            r.backend,
+            decimal_bytes(r.payload_measured_total as f64)
+        );
+        for m in &r.mismatches {
+            let _ = writeln!(
+                out,
+                "  FAIL {}: predicted {}, measured {}",
+                m.what, m.predicted, m.measured
+            );
+        }
+        if let Some(e) = &r.unreadable {
+            let _ = writeln!(out, "  FAIL {e}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n|relative error| per method and backend (mean / max; compute is the run's own, so this is the communication model's error)"
+    );
+    let _ = writeln!(out, "{:<8} {:<6} {:>4} {:>18} {:>18}", "method", "net", "runs", "comm", "time");
+    for s in &v.summary {
+        let _ = writeln!(
+            out,
+            "{:<8} {:<6} {:>4} {:>18} {:>18}",
+            s.method,
+            s.backend,
+            s.runs,
+            format!("{:.1}% / {:.1}%", 100.0 * s.comm_mean_abs_error, 100.0 * s.comm_max_abs_error),
+            format!("{:.1}% / {:.1}%", 100.0 * s.time_mean_abs_error, 100.0 * s.time_max_abs_error)
+        );
+    }
+    out
+}
+
+/// The headline tables as printed.
+pub fn headline_text(h: &Headline) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Where the abstract's {}x (vs DiLoCo/Photon) and {}x (vs DDP) come from: bytes per round,",
+        h.claim_vs_diloco, h.claim_vs_ddp
+    );
+    let _ = writeln!(
+        out,
+        "DiLoCo/FoMoE -> 1/(1 - s(1 - rho/M)) for large M, DDP/FoMoE = H x that (harness/src/bytes.rs)."
+    );
+    let _ = writeln!(out, "\nrho/M   s giving {}x   H giving {}x", h.claim_vs_diloco, h.claim_vs_ddp);
+    for s in &h.solve {
+        let share = s
+            .share_for_claim
+            .map_or("none (> 1)".to_string(), |x| format!("{x:.3}"));
+        let _ = writeln!(out, "{:<7.3} {:<14} {:.1}", s.rho_over_m, share, s.inner_steps_for_claim);
+    }
+    let ratios: Vec<f64> = {
+        let mut r: Vec<f64> = h.limits.iter().map(|l| l.rho_over_m).collect();
+        r.dedup();
+        r.sort_by(f64::total_cmp);
+        r.dedup();
+        r
+    };
+    let _ = write!(out, "\nlarge-M DiLoCo/FoMoE (DDP/FoMoE at H = 32)\ns      ");
+    for r in &ratios {
+        let _ = write!(out, " {:>18}", format!("rho/M = {r:.3}"));
+    }
+    out.push('\n');
+    let mut shares: Vec<f64> = h.limits.iter().map(|l| l.expert_share).collect();
+    shares.dedup();
+    for s in shares {
+        let _ = write!(out, "{s:<7.3}");
+        for r in &ratios {
+            if let Some(l) = h.limits.iter().find(|l| l.expert_share == s && l.rho_over_m == *r) {
+                let _ = write!(out, " {:>18}", format!("{:.3} ({:.2})", l.vs_diloco, l.vs_ddp_h32));
+            }
+        }
+        out.push('\n');
+    }
+    let _ = writeln!(out, "\nexact at M sites, rho = M/2, s = 0.592 (H = 32)");
+    let _ = writeln!(out, "{:>5} {:>5} {:>10} {:>10} {:>10}", "M", "rho", "vs DiLoCo", "vs Photon", "vs DDP");
+    for f in &h.finite {
+        let _ = writeln!(
+            out,
+            "{:>5} {:>5} {:>10.3} {:>10.3} {:>10.2}",
+            f.sites, f.rho, f.vs_diloco, f.vs_photon, f.vs_ddp_h32
+        );
+    }
+    let _ = writeln!(out, "\npaper-like presets (projections, H = 32; FoMoE payload per site per round)");
+    let _ = writeln!(
+        out,
+        "{:<11} {:>7} {:>6} {:>4} {:>4} {:>10} {:>10} {:>10} {:>9} {:>12}",
+        "preset", "N", "s", "M", "rho", "FoMoE", "vs DiLoCo", "vs Photon", "vs DDP", "large-M lim"
+    );
+    for r in &h.paper {
+        let _ = writeln!(
+            out,
+            "{:<11} {:>7} {:>6.3} {:>4} {:>4} {:>10} {:>10.3} {:>10.3} {:>9.1} {:>12.3}",
+            r.label,
+            count(r.total_params as f64),
+            r.expert_share,
+            r.sites,
+            r.rho,
+            decimal_bytes(r.fomoe_payload_bytes_per_round_per_site),
+            r.vs_diloco,
+            r.vs_photon,
+            r.vs_ddp,
+            r.vs_diloco_large_m
+        );
+    }
+    let _ = writeln!(out, "\nmemory per site at 100B (paper-100b, M = 8; f32 state)");
+    let _ = writeln!(
+        out,
+        "{:<8} {:>4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "method", "rho", "params", "grads", "AdamW", "outer", "total", "80GB x", "141GB x"
+    );
+    for r in &h.memory_100b {
+        let m = &r.memory_per_site;
+        let rho = if r.method == "fomoe" { r.rho.to_string() } else { "-".into() };
+        let _ = writeln!(
+            out,
+            "{:<8} {:>4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+            r.method,
+            rho,
+            decimal_bytes(m.params as f64),
+            decimal_bytes(m.grads as f64),
+            decimal_bytes(m.inner_optimizer as f64),
+            decimal_bytes(m.outer_state as f64),
+            decimal_bytes(m.total as f64),
+            r.accelerators_80gb,
+            r.accelerators_141gb
+        );
+    }
+    out
+}
