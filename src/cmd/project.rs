@@ -526,6 +526,20 @@ pub fn headline_text(h: &Headline) -> String {
         out,
         "DiLoCo/FoMoE -> 1/(1 - s(1 - rho/M)) for large M, DDP/FoMoE = H x that (harness/src/bytes.rs)."
     );
+    if let (Some(half), Some(f8)) = (
+        h.solve.iter().find(|s| s.rho_over_m == 0.5),
+        h.finite.iter().find(|f| f.sites == 8),
+    ) {
+        let _ = writeln!(
+            out,
+            "Reading: both follow at rho/M = 1/2 with s = {:.3} and H = {:.0}, in the large-M limit; at M = 8 the\n\
+             same s and rho/M give {:.2}x against DiLoCo and {:.2}x against Photon (the limit is approached from above).",
+            half.share_for_claim.unwrap_or(f64::NAN),
+            half.inner_steps_for_claim,
+            f8.vs_diloco,
+            f8.vs_photon
+        );
+    }
     let _ = writeln!(out, "\nrho/M   s giving {}x   H giving {}x", h.claim_vs_diloco, h.claim_vs_ddp);
     for s in &h.solve {
         let share = s
