@@ -35,7 +35,7 @@ enum Command {
     Netcheck(cmd::netcheck::Args),
     /// System model: memory, bytes and time of every method for a model and deployment
     /// (--sweep CSV, --validate against measured runs, --headline claims table).
-    Project(cmd::project::Args),
+    Project(Box<cmd::project::Args>),
     /// Internal: one site of a run, started by the orchestrator.
     #[command(hide = true)]
     Worker(cmd::worker::Args),
@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         Command::RunOne(a) => cmd::run_one::run(a),
         Command::BenchStep(a) => cmd::bench_step::run(a),
         Command::Netcheck(a) => cmd::netcheck::run(a),
-        Command::Project(a) => cmd::project::run(a),
+        Command::Project(a) => cmd::project::run(*a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     match result {

@@ -29,7 +29,11 @@ fn one_line_error(o: &Output, needle: &str) -> String {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "one line expected: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     err
 }
@@ -68,7 +72,10 @@ fn the_done_when_command_prints_the_table_and_json_has_its_numbers() {
     assert_eq!(v["label"], "paper-100b");
     assert_eq!(v["counts"]["total"], 98_875_250_688u64);
     let methods = v["methods"].as_array().unwrap();
-    let names: Vec<&str> = methods.iter().map(|m| m["method"].as_str().unwrap()).collect();
+    let names: Vec<&str> = methods
+        .iter()
+        .map(|m| m["method"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["ddp", "diloco", "photon", "fomoe"]);
     let header: Vec<&str> = table
         .lines()
@@ -89,8 +96,14 @@ fn the_done_when_command_prints_the_table_and_json_has_its_numbers() {
             })
             .collect()
     };
-    assert_eq!(row(&table, "memory / site"), col(&["memory_per_site", "total"]));
-    assert_eq!(row(&table, "  outer state"), col(&["memory_per_site", "outer_state"]));
+    assert_eq!(
+        row(&table, "memory / site"),
+        col(&["memory_per_site", "total"])
+    );
+    assert_eq!(
+        row(&table, "  outer state"),
+        col(&["memory_per_site", "outer_state"])
+    );
     assert_eq!(
         row(&table, "payload / round / site"),
         col(&["payload_bytes_per_round_per_site"])
@@ -111,7 +124,10 @@ fn the_done_when_command_prints_the_table_and_json_has_its_numbers() {
     let held = 8_680_937_472u64 + 90_194_313_216 / 4;
     assert_eq!(fomoe["params_held_per_site"], held);
     assert_eq!(fomoe["memory_per_site"]["total"], 24 * held);
-    assert_eq!(methods[0]["memory_per_site"]["total"], 16 * 98_875_250_688u64);
+    assert_eq!(
+        methods[0]["memory_per_site"]["total"],
+        16 * 98_875_250_688u64
+    );
     assert_eq!(methods[1]["bytes_reduction_vs_ddp"], 32.0);
 }
 
@@ -160,19 +176,40 @@ fn a_toml_input_with_per_site_links() {
          { up = \"1gbit\", down = \"1gbit\", delay = \"5ms\" },\n]\n",
     )
     .unwrap();
-    let out = stdout(&fomoe(&["project", "--config", p.to_str().unwrap(), "--json"]));
+    let out = stdout(&fomoe(&[
+        "project",
+        "--config",
+        p.to_str().unwrap(),
+        "--json",
+    ]));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["deployment"]["links"]["kind"], "per-site");
     // The slow uplink of site 2 sets the pace: a uniform 1 Gbit/s deployment is faster.
     let uniform = stdout(&fomoe(&[
-        "project", "--preset", "paper-1b", "--sites", "4", "--rho", "2", "--inner-steps", "16",
-        "--rate", "1gbit", "--delay", "10ms", "--json",
+        "project",
+        "--preset",
+        "paper-1b",
+        "--sites",
+        "4",
+        "--rho",
+        "2",
+        "--inner-steps",
+        "16",
+        "--rate",
+        "1gbit",
+        "--delay",
+        "10ms",
+        "--json",
     ]));
     let u: serde_json::Value = serde_json::from_str(&uniform).unwrap();
     for i in 0..4 {
         let slow = v["methods"][i]["comm_s_per_round"].as_f64().unwrap();
         let fast = u["methods"][i]["comm_s_per_round"].as_f64().unwrap();
-        assert!(slow > fast, "{}: {slow} vs {fast}", v["methods"][i]["method"]);
+        assert!(
+            slow > fast,
+            "{}: {slow} vs {fast}",
+            v["methods"][i]["method"]
+        );
         assert_eq!(
             v["methods"][i]["payload_bytes_per_round_per_site"],
             u["methods"][i]["payload_bytes_per_round_per_site"]
@@ -338,6 +375,24 @@ fn projected_bytes_equal_measured_payload_for_every_method() {
     assert!(payload("fomoe-rho1-s0") < payload("fomoe-s0"));
     assert!(payload("fomoe-s0") < payload("fomoe-rho4-s0"));
 
+    // Compute predicted from a full-replica rate instead of taken from the run.
+    let w: serde_json::Value = serde_json::from_str(&stdout(&fomoe(&[
+        "project",
+        "--validate",
+        suite.to_str().unwrap(),
+        "--tokens-per-s",
+        "10000",
+        "--json",
+    ])))
+    .unwrap();
+    for r in w["runs"].as_array().unwrap() {
+        let t = &r["time"];
+        assert_eq!(t["compute_source"], "tokens_per_s", "{r}");
+        // tiny: 8 steps of 8·64 tokens at 10k tokens/s is 0.41 s at most (FoMoE skips some).
+        let c = t["compute_predicted_s"].as_f64().unwrap();
+        assert!(c > 0.0 && c <= 8.0 * 512.0 / 1e4 + 1e-12, "{r}");
+    }
+
     // A run whose measured payload disagrees fails, with the run and the endpoint named.
     let site1 = suite.join("fomoe-s0/site1.json");
     let mut report: serde_json::Value =
@@ -348,7 +403,10 @@ fn projected_bytes_equal_measured_payload_for_every_method() {
     let err = one_line_error(&o, "1 of 9 runs fail validation");
     assert!(err.contains("validate/fomoe-s0"), "{err}");
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("FAIL site 1 payload_sent: predicted"), "{text}");
+    assert!(
+        text.contains("FAIL site 1 payload_sent: predicted"),
+        "{text}"
+    );
 }
 
 /// A run file with `extra` added to a single-site run of `tiny`.
@@ -356,7 +414,12 @@ fn run_one_with(dir: &Path, extra: &str) -> (Output, std::path::PathBuf) {
     let p = dir.join("c.toml");
     std::fs::write(&p, format!("method = \"single\"\nsites = 1\n{extra}\n")).unwrap();
     let out = dir.join("out");
-    let o = fomoe(&["run-one", p.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = fomoe(&[
+        "run-one",
+        p.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     (o, out)
 }
 
@@ -364,14 +427,26 @@ fn run_one_with(dir: &Path, extra: &str) -> (Output, std::path::PathBuf) {
 fn absurd_sizes_are_refused_before_anything_runs() {
     let d = tempfile::tempdir().unwrap();
     let cases = [
-        ("[model]\nbatch_size = 1000000000", "invalid model.batch_size = 1000000000: this run needs an estimated"),
-        ("[model]\nn_experts = 100000000", "invalid model.n_experts = 100000000: this run needs an estimated"),
+        (
+            "[model]\nbatch_size = 1000000000",
+            "invalid model.batch_size = 1000000000: this run needs an estimated",
+        ),
+        (
+            "[model]\nn_experts = 100000000",
+            "invalid model.n_experts = 100000000: this run needs an estimated",
+        ),
         (
             "[data]\nkind = \"synthetic\"\neval_sequences = 1000000000000",
             "invalid data.eval_sequences = 1000000000000: this run needs an estimated",
         ),
-        ("[model]\nseq_len = 100000000", "invalid model.seq_len = 100000000: must be at most 1048576"),
-        ("preset = \"paper-100b\"", "invalid preset = paper-100b: this run needs an estimated"),
+        (
+            "[model]\nseq_len = 100000000",
+            "invalid model.seq_len = 100000000: must be at most 1048576",
+        ),
+        (
+            "preset = \"paper-100b\"",
+            "invalid preset = paper-100b: this run needs an estimated",
+        ),
     ];
     for (extra, needle) in cases {
         let (o, out) = run_one_with(d.path(), extra);
@@ -386,7 +461,12 @@ fn absurd_sizes_are_refused_before_anything_runs() {
     )
     .unwrap();
     let out = d.path().join("results");
-    let o = fomoe(&["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let o = fomoe(&[
+        "run",
+        suite.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     let err = one_line_error(&o, "invalid model.batch_size = 1000000000");
     assert!(err.contains("run diloco"), "{err}");
     assert!(!out.exists(), "the results directory was written");

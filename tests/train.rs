@@ -167,7 +167,11 @@ fn bad_input_gives_one_line_errors() {
         d.path(),
         "method = \"single\"\nsites = 1\n[model]\ntop_k = 9\n",
     );
-    assert_one_line(c, &e, "invalid model.top_k = 9: must be at most n_experts = 8");
+    assert_one_line(
+        c,
+        &e,
+        "invalid model.top_k = 9: must be at most n_experts = 8",
+    );
     let (c, e) = run_toml(
         d.path(),
         "method = \"single\"\nsites = 1\n[model]\nn_heads = 3\n",

@@ -321,10 +321,15 @@ mod tests {
         for n in [0usize, 1, 2, 5, 7, 13, 64, 1001] {
             for g in 2..=9 {
                 for p in 0..g {
-                    let per_step: Vec<usize> =
-                        (0..ring_steps(g)).map(|k| ring_step_values(n, g, p, k)).collect();
+                    let per_step: Vec<usize> = (0..ring_steps(g))
+                        .map(|k| ring_step_values(n, g, p, k))
+                        .collect();
                     let (values, messages) = ring_allreduce_sent_by_position(n, g, p);
-                    assert_eq!(per_step.iter().sum::<usize>() as u64, values, "n {n} g {g} p {p}");
+                    assert_eq!(
+                        per_step.iter().sum::<usize>() as u64,
+                        values,
+                        "n {n} g {g} p {p}"
+                    );
                     assert_eq!(
                         per_step.iter().filter(|&&v| v > 0).count() as u64,
                         messages,

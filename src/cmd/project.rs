@@ -79,7 +79,8 @@ pub struct Args {
     /// Model FLOP utilisation (default 0.4).
     #[arg(long)]
     mfu: Option<f64>,
-    /// Measured training tokens/s of one site holding the full model (instead of FLOPs).
+    /// Measured training tokens/s of one site holding the full model (instead of FLOPs;
+    /// with --validate: predict the runs' compute from it).
     #[arg(long)]
     tokens_per_s: Option<f64>,
     /// Compute/communication overlap in [0, 1] (default 0).
@@ -194,7 +195,7 @@ pub fn run(a: Args) -> Result<()> {
         anyhow::bail!("--csv is where --sweep writes: give --sweep KNOB=v1,v2,…");
     }
     if let Some(dir) = &a.validate {
-        return validate(dir, a.json);
+        return validate(dir, a.tokens_per_s, a.json);
     }
     if a.headline {
         let h = harness::sysmodel::headline::headline()?;
@@ -291,29 +292,89 @@ pub fn projection_rows(p: &Projection) -> Vec<(String, Vec<String>)> {
         p.methods.iter().map(f).collect::<Vec<_>>()
     };
     vec![
-        ("params held / site".into(), cells(&|m| count(m.params_held_per_site as f64))),
-        ("memory / site".into(), cells(&|m| decimal_bytes(m.memory_per_site.total as f64))),
-        ("  parameters".into(), cells(&|m| decimal_bytes(m.memory_per_site.params as f64))),
-        ("  gradients".into(), cells(&|m| decimal_bytes(m.memory_per_site.grads as f64))),
-        ("  AdamW moments".into(), cells(&|m| decimal_bytes(m.memory_per_site.inner_optimizer as f64))),
-        ("  outer state".into(), cells(&|m| decimal_bytes(m.memory_per_site.outer_state as f64))),
-        ("fits 80 GB / 141 GB".into(), cells(&|m| format!("{} / {}", yes_no(m.fits_80gb), yes_no(m.fits_141gb)))),
-        ("80 GB / 141 GB accelerators".into(), cells(&|m| format!("{} / {}", m.accelerators_80gb, m.accelerators_141gb))),
-        ("syncs / round".into(), cells(&|m| m.syncs_per_round.to_string())),
-        ("payload / round / site".into(), cells(&|m| decimal_bytes(m.payload_bytes_per_round_per_site))),
-        ("payload / token / site".into(), cells(&|m| decimal_bytes(m.payload_bytes_per_token_per_site))),
+        (
+            "params held / site".into(),
+            cells(&|m| count(m.params_held_per_site as f64)),
+        ),
+        (
+            "memory / site".into(),
+            cells(&|m| decimal_bytes(m.memory_per_site.total as f64)),
+        ),
+        (
+            "  parameters".into(),
+            cells(&|m| decimal_bytes(m.memory_per_site.params as f64)),
+        ),
+        (
+            "  gradients".into(),
+            cells(&|m| decimal_bytes(m.memory_per_site.grads as f64)),
+        ),
+        (
+            "  AdamW moments".into(),
+            cells(&|m| decimal_bytes(m.memory_per_site.inner_optimizer as f64)),
+        ),
+        (
+            "  outer state".into(),
+            cells(&|m| decimal_bytes(m.memory_per_site.outer_state as f64)),
+        ),
+        (
+            "fits 80 GB / 141 GB".into(),
+            cells(&|m| format!("{} / {}", yes_no(m.fits_80gb), yes_no(m.fits_141gb))),
+        ),
+        (
+            "80 GB / 141 GB accelerators".into(),
+            cells(&|m| format!("{} / {}", m.accelerators_80gb, m.accelerators_141gb)),
+        ),
+        (
+            "syncs / round".into(),
+            cells(&|m| m.syncs_per_round.to_string()),
+        ),
+        (
+            "payload / round / site".into(),
+            cells(&|m| decimal_bytes(m.payload_bytes_per_round_per_site)),
+        ),
+        (
+            "payload / token / site".into(),
+            cells(&|m| decimal_bytes(m.payload_bytes_per_token_per_site)),
+        ),
         (
             "aggregator payload / round".into(),
-            cells(&|m| m.aggregator_payload_bytes_per_round.map_or("-".into(), |b| decimal_bytes(b as f64))),
+            cells(&|m| {
+                m.aggregator_payload_bytes_per_round
+                    .map_or("-".into(), |b| decimal_bytes(b as f64))
+            }),
         ),
-        ("bytes vs DDP".into(), cells(&|m| format!("{}x", sig3(m.bytes_reduction_vs_ddp)))),
-        ("comm / round".into(), cells(&|m| duration(m.comm_s_per_round))),
-        ("compute / round".into(), cells(&|m| duration(m.compute_s_per_round))),
-        ("wall / round".into(), cells(&|m| duration(m.wall_s_per_round))),
-        ("tokens/s (all sites)".into(), cells(&|m| count(m.tokens_per_s))),
-        ("rounds to budget".into(), cells(&|m| count(m.rounds_to_budget))),
-        ("time to budget".into(), cells(&|m| duration(m.time_to_budget_s))),
-        ("payload to budget / site".into(), cells(&|m| decimal_bytes(m.payload_bytes_to_budget_per_site))),
+        (
+            "bytes vs DDP".into(),
+            cells(&|m| format!("{}x", sig3(m.bytes_reduction_vs_ddp))),
+        ),
+        (
+            "comm / round".into(),
+            cells(&|m| duration(m.comm_s_per_round)),
+        ),
+        (
+            "compute / round".into(),
+            cells(&|m| duration(m.compute_s_per_round)),
+        ),
+        (
+            "wall / round".into(),
+            cells(&|m| duration(m.wall_s_per_round)),
+        ),
+        (
+            "tokens/s (all sites)".into(),
+            cells(&|m| count(m.tokens_per_s)),
+        ),
+        (
+            "rounds to budget".into(),
+            cells(&|m| count(m.rounds_to_budget)),
+        ),
+        (
+            "time to budget".into(),
+            cells(&|m| duration(m.time_to_budget_s)),
+        ),
+        (
+            "payload to budget / site".into(),
+            cells(&|m| decimal_bytes(m.payload_bytes_to_budget_per_site)),
+        ),
     ]
 }
 
@@ -335,7 +396,15 @@ pub fn projection_text(p: &Projection) -> String {
     let _ = writeln!(
         out,
         "model       V {}, d {}, L {}, heads {}, E {}, top-{}, d_e {}, S {}, batch {}",
-        m.vocab_size, m.d_model, m.n_layers, m.n_heads, m.n_experts, m.top_k, m.d_expert, m.seq_len, m.batch_size
+        m.vocab_size,
+        m.d_model,
+        m.n_layers,
+        m.n_heads,
+        m.n_experts,
+        m.top_k,
+        m.d_expert,
+        m.seq_len,
+        m.batch_size
     );
     let _ = writeln!(
         out,
@@ -351,7 +420,10 @@ pub fn projection_text(p: &Projection) -> String {
             format!("{peak_flops:.3e} FLOP/s × MFU {mfu} per site")
         }
         harness::sysmodel::deployment::ComputeRate::TokensPerS { tokens_per_s } => {
-            format!("{} tokens/s per site (full replica, measured)", count(tokens_per_s))
+            format!(
+                "{} tokens/s per site (full replica, measured)",
+                count(tokens_per_s)
+            )
         }
     };
     let _ = writeln!(
@@ -415,8 +487,8 @@ fn pct(x: f64) -> String {
     }
 }
 
-fn validate(dir: &std::path::Path, json: bool) -> Result<()> {
-    let v = harness::sysmodel::validate::validate(dir)?;
+fn validate(dir: &std::path::Path, tokens_per_s: Option<f64>, json: bool) -> Result<()> {
+    let v = harness::sysmodel::validate::validate(dir, tokens_per_s)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
@@ -459,7 +531,11 @@ pub fn validation_text(v: &Validation) -> String {
     for r in &v.runs {
         let id = format!("{}/{}", r.suite, r.run_id);
         if let Some(why) = &r.skipped {
-            let _ = writeln!(out, "{id:<28} {:<7} {:<6} skipped: {why}", r.method, r.backend);
+            let _ = writeln!(
+                out,
+                "{id:<28} {:<7} {:<6} skipped: {why}",
+                r.method, r.backend
+            );
             continue;
         }
         let bytes = if r.unreadable.is_some() {
@@ -471,8 +547,18 @@ pub fn validation_text(v: &Validation) -> String {
         };
         let (comm, time) = match &r.time {
             Some(t) => (
-                format!("{}/{} {}", duration(t.comm_predicted_s), duration(t.comm_measured_s), pct(t.comm_error)),
-                format!("{}/{} {}", duration(t.time_predicted_s), duration(t.time_measured_s), pct(t.time_error)),
+                format!(
+                    "{}/{} {}",
+                    duration(t.comm_predicted_s),
+                    duration(t.comm_measured_s),
+                    pct(t.comm_error)
+                ),
+                format!(
+                    "{}/{} {}",
+                    duration(t.time_predicted_s),
+                    duration(t.time_measured_s),
+                    pct(t.time_error)
+                ),
             ),
             None => ("-".into(), "-".into()),
         };
@@ -494,11 +580,22 @@ pub fn validation_text(v: &Validation) -> String {
             let _ = writeln!(out, "  FAIL {e}");
         }
     }
+    let source = match v.tokens_per_s {
+        None => {
+            "time takes each run's own measured compute: its error is the communication model's"
+                .to_string()
+        }
+        Some(t) => format!("compute predicted from {t} tokens/s per full-replica site"),
+    };
     let _ = writeln!(
         out,
-        "\n|relative error| per method and backend (mean / max; compute is the run's own, so this is the communication model's error)"
+        "\n|relative error| per method and backend, mean / max ({source})"
     );
-    let _ = writeln!(out, "{:<8} {:<6} {:>4} {:>18} {:>18}", "method", "net", "runs", "comm", "time");
+    let _ = writeln!(
+        out,
+        "{:<8} {:<6} {:>4} {:>18} {:>18}",
+        "method", "net", "runs", "comm", "time"
+    );
     for s in &v.summary {
         let _ = writeln!(
             out,
@@ -506,8 +603,16 @@ pub fn validation_text(v: &Validation) -> String {
             s.method,
             s.backend,
             s.runs,
-            format!("{:.1}% / {:.1}%", 100.0 * s.comm_mean_abs_error, 100.0 * s.comm_max_abs_error),
-            format!("{:.1}% / {:.1}%", 100.0 * s.time_mean_abs_error, 100.0 * s.time_max_abs_error)
+            format!(
+                "{:.1}% / {:.1}%",
+                100.0 * s.comm_mean_abs_error,
+                100.0 * s.comm_max_abs_error
+            ),
+            format!(
+                "{:.1}% / {:.1}%",
+                100.0 * s.time_mean_abs_error,
+                100.0 * s.time_max_abs_error
+            )
         );
     }
     out
@@ -540,12 +645,20 @@ pub fn headline_text(h: &Headline) -> String {
             f8.vs_photon
         );
     }
-    let _ = writeln!(out, "\nrho/M   s giving {}x   H giving {}x", h.claim_vs_diloco, h.claim_vs_ddp);
+    let _ = writeln!(
+        out,
+        "\nrho/M   s giving {}x   H giving {}x",
+        h.claim_vs_diloco, h.claim_vs_ddp
+    );
     for s in &h.solve {
         let share = s
             .share_for_claim
             .map_or("none (> 1)".to_string(), |x| format!("{x:.3}"));
-        let _ = writeln!(out, "{:<7.3} {:<14} {:.1}", s.rho_over_m, share, s.inner_steps_for_claim);
+        let _ = writeln!(
+            out,
+            "{:<7.3} {:<14} {:.1}",
+            s.rho_over_m, share, s.inner_steps_for_claim
+        );
     }
     let ratios: Vec<f64> = {
         let mut r: Vec<f64> = h.limits.iter().map(|l| l.rho_over_m).collect();
@@ -564,14 +677,26 @@ pub fn headline_text(h: &Headline) -> String {
     for s in shares {
         let _ = write!(out, "{s:<7.3}");
         for r in &ratios {
-            if let Some(l) = h.limits.iter().find(|l| l.expert_share == s && l.rho_over_m == *r) {
-                let _ = write!(out, " {:>18}", format!("{:.3} ({:.2})", l.vs_diloco, l.vs_ddp_h32));
+            if let Some(l) = h
+                .limits
+                .iter()
+                .find(|l| l.expert_share == s && l.rho_over_m == *r)
+            {
+                let _ = write!(
+                    out,
+                    " {:>18}",
+                    format!("{:.3} ({:.2})", l.vs_diloco, l.vs_ddp_h32)
+                );
             }
         }
         out.push('\n');
     }
     let _ = writeln!(out, "\nexact at M sites, rho = M/2, s = 0.592 (H = 32)");
-    let _ = writeln!(out, "{:>5} {:>5} {:>10} {:>10} {:>10}", "M", "rho", "vs DiLoCo", "vs Photon", "vs DDP");
+    let _ = writeln!(
+        out,
+        "{:>5} {:>5} {:>10} {:>10} {:>10}",
+        "M", "rho", "vs DiLoCo", "vs Photon", "vs DDP"
+    );
     for f in &h.finite {
         let _ = writeln!(
             out,
@@ -579,7 +704,10 @@ pub fn headline_text(h: &Headline) -> String {
             f.sites, f.rho, f.vs_diloco, f.vs_photon, f.vs_ddp_h32
         );
     }
-    let _ = writeln!(out, "\npaper-like presets (projections, H = 32; FoMoE payload per site per round)");
+    let _ = writeln!(
+        out,
+        "\npaper-like presets (projections, H = 32; FoMoE payload per site per round)"
+    );
     let _ = writeln!(
         out,
         "{:<11} {:>7} {:>6} {:>4} {:>4} {:>10} {:>10} {:>10} {:>9} {:>12}",
@@ -601,7 +729,10 @@ pub fn headline_text(h: &Headline) -> String {
             r.vs_diloco_large_m
         );
     }
-    let _ = writeln!(out, "\nmemory per site at 100B (paper-100b, M = 8; f32 state)");
+    let _ = writeln!(
+        out,
+        "\nmemory per site at 100B (paper-100b, M = 8; f32 state)"
+    );
     let _ = writeln!(
         out,
         "{:<8} {:>4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
@@ -609,7 +740,11 @@ pub fn headline_text(h: &Headline) -> String {
     );
     for r in &h.memory_100b {
         let m = &r.memory_per_site;
-        let rho = if r.method == "fomoe" { r.rho.to_string() } else { "-".into() };
+        let rho = if r.method == "fomoe" {
+            r.rho.to_string()
+        } else {
+            "-".into()
+        };
         let _ = writeln!(
             out,
             "{:<8} {:>4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",

@@ -170,7 +170,7 @@ impl ModelConfig {
                 format!("must be at most n_experts = {}", self.n_experts),
             ));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(ConfigError::new(
                 "n_heads",
                 self.n_heads,
@@ -235,22 +235,54 @@ impl ModelConfig {
             .zip(prod(&[v + s + 1, d]))
             .and_then(|(blocks, emb)| blocks.checked_add(emb));
         let flat = experts.zip(dense).and_then(|(x, y)| x.checked_add(y));
-        let flat_field = if experts >= dense { "n_experts" } else { "d_model" };
+        let flat_field = if experts >= dense {
+            "n_experts"
+        } else {
+            "d_model"
+        };
         let tensors = [
-            ("the token embedding (vocab_size·d_model)", "vocab_size", prod(&[v, d])),
-            ("the position table (seq_len·d_model)", "seq_len", prod(&[s, d])),
-            ("an attention weight (3·d_model²)", "d_model", prod(&[3, d, d])),
+            (
+                "the token embedding (vocab_size·d_model)",
+                "vocab_size",
+                prod(&[v, d]),
+            ),
+            (
+                "the position table (seq_len·d_model)",
+                "seq_len",
+                prod(&[s, d]),
+            ),
+            (
+                "an attention weight (3·d_model²)",
+                "d_model",
+                prod(&[3, d, d]),
+            ),
             ("a router (n_experts·d_model)", "n_experts", prod(&[e, d])),
-            ("an expert matrix (d_expert·d_model)", "d_expert", prod(&[de, d])),
+            (
+                "an expert matrix (d_expert·d_model)",
+                "d_expert",
+                prod(&[de, d]),
+            ),
             ("the flat parameter buffer", flat_field, flat),
-            ("the hidden states (batch_size·seq_len·d_model)", "batch_size", prod(&[b, s, d])),
-            ("the logits (batch_size·seq_len·vocab_size)", "batch_size", prod(&[b, s, v])),
+            (
+                "the hidden states (batch_size·seq_len·d_model)",
+                "batch_size",
+                prod(&[b, s, d]),
+            ),
+            (
+                "the logits (batch_size·seq_len·vocab_size)",
+                "batch_size",
+                prod(&[b, s, v]),
+            ),
             (
                 "the expert activations (batch_size·seq_len·top_k·d_expert)",
                 "batch_size",
                 prod(&[b, s, k, de]),
             ),
-            ("the router scores (batch_size·seq_len·n_experts)", "batch_size", prod(&[b, s, e])),
+            (
+                "the router scores (batch_size·seq_len·n_experts)",
+                "batch_size",
+                prod(&[b, s, e]),
+            ),
         ];
         for (what, field, numel) in tensors {
             if numel.is_none_or(|n| n > i64::MAX as u128) {

@@ -109,7 +109,10 @@ impl ModelSpec {
                     return Err(ConfigError::new(
                         "model",
                         "shape without preset",
-                        format!("give a preset, or every shape field (missing: {})", missing.join(", ")),
+                        format!(
+                            "give a preset, or every shape field (missing: {})",
+                            missing.join(", ")
+                        ),
                     ));
                 }
                 // Every field is set below; the preset only supplies router and loss knobs.
@@ -234,7 +237,11 @@ fn bad(field: &str, value: impl ToString, allowed: impl Into<String>) -> ConfigE
 }
 
 fn unit(field: &str, e: crate::units::UnitError) -> ConfigError {
-    bad(field, e.value, format!("{}; allowed: {}", e.reason, e.allowed))
+    bad(
+        field,
+        e.value,
+        format!("{}; allowed: {}", e.reason, e.allowed),
+    )
 }
 
 fn in_unit(field: &str, v: f64, lo_open: bool) -> Result<f64, ConfigError> {
@@ -267,7 +274,7 @@ impl DeploymentSpec {
             return Err(bad("rho", rho, format!("must be in 1..={sites} (sites)")));
         }
         let e = model.n_experts;
-        if (e * rho) % sites != 0 {
+        if !(e * rho).is_multiple_of(sites) {
             return Err(bad(
                 "rho",
                 rho,
@@ -372,9 +379,11 @@ impl DeploymentSpec {
                     link.delay = crate::units::parse_duration(d).map_err(|e| unit("delay", e))?;
                 }
                 link.validate().map_err(|e| match e {
-                    crate::net::link::LinkError::Invalid { field, value, reason } => {
-                        bad(&field, value, reason)
-                    }
+                    crate::net::link::LinkError::Invalid {
+                        field,
+                        value,
+                        reason,
+                    } => bad(&field, value, reason),
                     other => bad("link", link, other.to_string()),
                 })?;
                 Ok(Links::Uniform { link })
@@ -384,7 +393,10 @@ impl DeploymentSpec {
 }
 
 /// The link of every ordered pair of `world` endpoints (sites, then the aggregator).
-pub fn links_matrix(links: &Links, world: usize) -> Result<LinkMatrix, crate::net::link::LinkError> {
+pub fn links_matrix(
+    links: &Links,
+    world: usize,
+) -> Result<LinkMatrix, crate::net::link::LinkError> {
     match links {
         Links::Uniform { link } => Topology::uniform(*link).resolve(world),
         Links::PerSite { sites, aggregator } => {

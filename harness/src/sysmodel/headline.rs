@@ -115,7 +115,12 @@ pub fn vs_photon(sites: usize, rho: usize, s: f64) -> f64 {
     (up + down) / bytes::fomoe_bytes_per_round(sites, rho, 1.0 - s, s, 1.0)
 }
 
-fn paper_projection(preset: &str, sites: usize, rho: usize, h: usize) -> anyhow::Result<Projection> {
+fn paper_projection(
+    preset: &str,
+    sites: usize,
+    rho: usize,
+    h: usize,
+) -> anyhow::Result<Projection> {
     let (label, model) = ModelSpec {
         preset: Some(preset.into()),
         ..Default::default()
@@ -266,7 +271,10 @@ mod tests {
         assert_eq!(h.paper.len(), 12);
         for r in &h.paper {
             let exact = vs_diloco(r.sites, r.rho, r.expert_share);
-            assert!((r.vs_diloco - exact).abs() < 1e-9 * exact, "{r:?} vs {exact}");
+            assert!(
+                (r.vs_diloco - exact).abs() < 1e-9 * exact,
+                "{r:?} vs {exact}"
+            );
             assert!((r.vs_ddp / r.vs_diloco - 32.0).abs() < 1e-9);
         }
         // Memory at 100B: FoMoE ρ = 2 of 8 holds dense + a quarter of the experts.

@@ -98,7 +98,10 @@ mod tests {
         let star = PhotonTopology::Star;
         assert_eq!(outer_copies(Method::Ddp, star, nesterov), 0);
         assert_eq!(outer_copies(Method::Photon, star, fedavg), 0);
-        assert_eq!(outer_copies(Method::Photon, PhotonTopology::Ring, fedavg), 1);
+        assert_eq!(
+            outer_copies(Method::Photon, PhotonTopology::Ring, fedavg),
+            1
+        );
         assert_eq!(outer_copies(Method::Diloco, star, nesterov), 2);
         assert_eq!(outer_copies(Method::Fomoe, star, fedavg), 1);
         let m = StateMemory::of(1000, 2);
@@ -109,7 +112,10 @@ mod tests {
         assert_eq!(StateMemory::of(1000, 0).total, 16_000);
         assert!(StateMemory::of(5_000_000_000, 0).fits(ACCELERATOR_80GB));
         assert!(!StateMemory::of(5_000_000_001, 0).fits(ACCELERATOR_80GB));
-        assert_eq!(StateMemory::of(5_000_000_001, 0).accelerators(ACCELERATOR_80GB), 2);
+        assert_eq!(
+            StateMemory::of(5_000_000_001, 0).accelerators(ACCELERATOR_80GB),
+            2
+        );
         assert_eq!(aggregator_state_bytes(10, nesterov), 80);
     }
 }

@@ -129,7 +129,14 @@ pub fn project(label: &str, model: &ModelConfig, dep: &Deployment) -> anyhow::Re
         let is_star = matches!(sync.plan, traffic::SyncPlan::Star { .. });
         // A site's payload: what it sends, plus (star) what the aggregator sends it.
         let per_sync: Vec<u64> = (0..m)
-            .map(|s| t.payload_sent_by(s) + if is_star { t.get(m, s).payload_bytes } else { 0 })
+            .map(|s| {
+                t.payload_sent_by(s)
+                    + if is_star {
+                        t.get(m, s).payload_bytes
+                    } else {
+                        0
+                    }
+            })
             .collect();
         let syncs = sync.syncs_per_round as u64;
         let per_round_mean = syncs as f64 * per_sync.iter().sum::<u64>() as f64 / m as f64;
@@ -232,14 +239,22 @@ mod tests {
         for w in p.windows(2) {
             assert!(w[0].counts.total < w[1].counts.total);
             for (a, b) in w[0].methods.iter().zip(&w[1].methods) {
-                assert!(a.memory_per_site.total < b.memory_per_site.total, "{}", a.method);
+                assert!(
+                    a.memory_per_site.total < b.memory_per_site.total,
+                    "{}",
+                    a.method
+                );
                 assert!(
                     a.payload_bytes_per_round_per_site < b.payload_bytes_per_round_per_site,
                     "{}",
                     a.method
                 );
                 assert!(a.comm_s_per_round < b.comm_s_per_round, "{}", a.method);
-                assert!(a.compute_s_per_round < b.compute_s_per_round, "{}", a.method);
+                assert!(
+                    a.compute_s_per_round < b.compute_s_per_round,
+                    "{}",
+                    a.method
+                );
                 assert!(a.time_to_budget_s < b.time_to_budget_s, "{}", a.method);
             }
         }
@@ -248,7 +263,10 @@ mod tests {
     #[test]
     fn monotone_in_h() {
         let hs = [1usize, 8, 32, 128];
-        let p: Vec<Projection> = hs.iter().map(|&h| projection("paper-1b", 8, 2, h)).collect();
+        let p: Vec<Projection> = hs
+            .iter()
+            .map(|&h| projection("paper-1b", 8, 2, h))
+            .collect();
         for w in p.windows(2) {
             for (a, b) in w[0].methods.iter().zip(&w[1].methods) {
                 // Per token, every round-based method sends less with a longer H; DDP the same.
@@ -257,7 +275,9 @@ mod tests {
                         a.payload_bytes_per_token_per_site,
                         b.payload_bytes_per_token_per_site
                     );
-                    assert!(a.payload_bytes_per_round_per_site < b.payload_bytes_per_round_per_site);
+                    assert!(
+                        a.payload_bytes_per_round_per_site < b.payload_bytes_per_round_per_site
+                    );
                 } else {
                     assert!(
                         a.payload_bytes_per_token_per_site > b.payload_bytes_per_token_per_site,
@@ -268,7 +288,9 @@ mod tests {
                         a.payload_bytes_per_round_per_site,
                         b.payload_bytes_per_round_per_site
                     );
-                    assert!(a.payload_bytes_to_budget_per_site > b.payload_bytes_to_budget_per_site);
+                    assert!(
+                        a.payload_bytes_to_budget_per_site > b.payload_bytes_to_budget_per_site
+                    );
                     assert!(a.time_to_budget_s > b.time_to_budget_s, "{}", a.method);
                 }
                 assert!(a.bytes_reduction_vs_ddp <= b.bytes_reduction_vs_ddp);
@@ -299,7 +321,10 @@ mod tests {
             Some(2 * 4 * 4 * p.counts.total)
         );
         // A client's upload plus its download: 2·N·b.
-        assert_eq!(photon.payload_bytes_per_round_per_site, 8.0 * p.counts.total as f64);
+        assert_eq!(
+            photon.payload_bytes_per_round_per_site,
+            8.0 * p.counts.total as f64
+        );
         assert_eq!(
             photon.payload_bytes_per_round_total,
             4 * photon.payload_bytes_per_round_per_site as u64

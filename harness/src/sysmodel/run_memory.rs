@@ -162,13 +162,17 @@ fn knob_to_blame(cfg: &RunConfig, total: f64, available: f64) -> (String, String
     }
     let o = &cfg.model;
     if let Some(v) = o.batch_size {
-        with("model.batch_size", v.to_string(), &|c| c.model.batch_size = None);
+        with("model.batch_size", v.to_string(), &|c| {
+            c.model.batch_size = None
+        });
     }
     if let Some(v) = o.seq_len {
         with("model.seq_len", v.to_string(), &|c| c.model.seq_len = None);
     }
     if let Some(v) = o.n_experts {
-        with("model.n_experts", v.to_string(), &|c| c.model.n_experts = None);
+        with("model.n_experts", v.to_string(), &|c| {
+            c.model.n_experts = None
+        });
     }
     if let Some(v) = o.top_k {
         with("model.top_k", v.to_string(), &|c| c.model.top_k = None);
@@ -220,7 +224,13 @@ fn knob_to_blame(cfg: &RunConfig, total: f64, available: f64) -> (String, String
 
 /// Decimal bytes with three significant digits (`2.05 TB`, `950 B`).
 pub fn decimal_bytes(b: f64) -> String {
-    for (unit, name) in [(1e15, "PB"), (1e12, "TB"), (1e9, "GB"), (1e6, "MB"), (1e3, "kB")] {
+    for (unit, name) in [
+        (1e15, "PB"),
+        (1e12, "TB"),
+        (1e9, "GB"),
+        (1e6, "MB"),
+        (1e3, "kB"),
+    ] {
         if b >= unit {
             let x = b / unit;
             return if x >= 1000.0 {
@@ -300,7 +310,10 @@ mod tests {
         let mut c = base.clone();
         c.model.batch_size = Some(1_000_000_000);
         let e = refused(&c);
-        assert_eq!((e.field.as_str(), e.value.as_str()), ("model.batch_size", "1000000000"));
+        assert_eq!(
+            (e.field.as_str(), e.value.as_str()),
+            ("model.batch_size", "1000000000")
+        );
         assert!(e.allowed.contains("mostly activations"), "{e}");
 
         let mut c = base.clone();
@@ -317,7 +330,10 @@ mod tests {
         let mut c = base.clone();
         c.preset = "paper-100b".into();
         let e = refused(&c);
-        assert_eq!((e.field.as_str(), e.value.as_str()), ("preset", "paper-100b"));
+        assert_eq!(
+            (e.field.as_str(), e.value.as_str()),
+            ("preset", "paper-100b")
+        );
         let line = e.to_string();
         assert_eq!(line.lines().count(), 1);
         assert!(line.starts_with("invalid preset = paper-100b: this run needs an estimated"));

@@ -35,7 +35,11 @@ pub fn parse_axis(text: &str) -> Result<Axis, ConfigError> {
         .ok_or_else(|| ConfigError::new("sweep", text, "must be KNOB=v1,v2,…"))?;
     let values: Vec<String> = values.split(',').map(|v| v.trim().to_string()).collect();
     if knob.trim().is_empty() || values.iter().any(String::is_empty) {
-        return Err(ConfigError::new("sweep", text, "must be KNOB=v1,v2,… with no empty value"));
+        return Err(ConfigError::new(
+            "sweep",
+            text,
+            "must be KNOB=v1,v2,… with no empty value",
+        ));
     }
     Ok(Axis {
         knob: knob.trim().to_string(),
@@ -73,7 +77,11 @@ pub fn with_knob(spec: &ProjectSpec, knob: &str, value: &str) -> Result<ProjectS
     section.insert(key.to_string(), toml_value(value));
     ProjectSpec::deserialize(toml::Value::Table(table)).map_err(|e| {
         let msg = e.to_string();
-        bad(msg.lines().next().unwrap_or("not a valid value").to_string())
+        bad(msg
+            .lines()
+            .next()
+            .unwrap_or("not a valid value")
+            .to_string())
     })
 }
 
@@ -230,11 +238,20 @@ mod tests {
             "label,total_params,expert_share,method,sites,rho,inner_steps,memory_per_site_bytes,payload_bytes_per_round_per_site,payload_bytes_per_token_per_site,fits_80gb,fits_141gb,"
         ));
         assert!(lines[1].starts_with("paper-1b,1197638656,"), "{}", lines[1]);
-        assert!(lines[12].starts_with("paper-100b,98875250688,"), "{}", lines[12]);
+        assert!(
+            lines[12].starts_with("paper-100b,98875250688,"),
+            "{}",
+            lines[12]
+        );
         // An impossible point stops the sweep: paper-100b has E = 8, and 8·3 is not
         // divisible by 16 sites.
-        let bad = [parse_axis("sites=8,16").unwrap(), parse_axis("rho=3").unwrap()];
-        let e = sweep(&ProjectSpec::default(), &bad).unwrap_err().to_string();
+        let bad = [
+            parse_axis("sites=8,16").unwrap(),
+            parse_axis("rho=3").unwrap(),
+        ];
+        let e = sweep(&ProjectSpec::default(), &bad)
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "invalid rho = 3: n_experts·rho = 8·3 must be divisible by sites = 16"

@@ -56,10 +56,7 @@ fn step_seconds(step: &StepLoads, links: &LinkMatrix) -> f64 {
 /// The aggregator's link under [`StarLink::Shared`]: the fastest of its pair links, with the
 /// largest delay among them.
 fn shared_link(step: &StepLoads, links: &LinkMatrix) -> LinkSpec {
-    let pairs: Vec<LinkSpec> = step
-        .keys()
-        .filter_map(|&(f, t)| links.get(f, t))
-        .collect();
+    let pairs: Vec<LinkSpec> = step.keys().filter_map(|&(f, t)| links.get(f, t)).collect();
     LinkSpec {
         rate_bps: pairs.iter().map(|l| l.rate_bps).max().unwrap_or(1),
         delay: pairs.iter().map(|l| l.delay).max().unwrap_or_default(),
@@ -175,7 +172,9 @@ mod tests {
             mfu: 0.5,
         };
         assert_eq!(compute_step_seconds(r, 1000, 1e6, 1e6), 2e-3);
-        let m = ComputeRate::TokensPerS { tokens_per_s: 500.0 };
+        let m = ComputeRate::TokensPerS {
+            tokens_per_s: 500.0,
+        };
         assert_eq!(compute_step_seconds(m, 1000, 5e5, 1e6), 1.0);
     }
 }

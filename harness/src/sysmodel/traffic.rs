@@ -102,7 +102,10 @@ pub fn holder_groups(
         for g in site_groups {
             let n = g.numel();
             let prev = groups.insert(g.members.clone(), n);
-            debug_assert!(prev.is_none_or(|p| p == n), "holders disagree on a group's size");
+            debug_assert!(
+                prev.is_none_or(|p| p == n),
+                "holders disagree on a group's size"
+            );
         }
     }
     groups
@@ -321,7 +324,11 @@ mod tests {
             let s = method_sync(&c, Method::Fomoe, 4, rho, 8, PhotonTopology::Star).unwrap();
             let t = s.plan.traffic(wire);
             let mean = (0..4).map(|i| t.payload_sent_by(i)).sum::<u64>() as f64 / 4.0;
-            assert_eq!(mean, bytes::fomoe_bytes_per_round(4, rho, nd, ne, 4.0), "rho {rho}");
+            assert_eq!(
+                mean,
+                bytes::fomoe_bytes_per_round(4, rho, nd, ne, 4.0),
+                "rho {rho}"
+            );
         }
         let ddp = method_sync(&c, Method::Ddp, 4, 2, 8, PhotonTopology::Star).unwrap();
         assert_eq!(ddp.syncs_per_round, 8);

@@ -15,6 +15,10 @@
 //!   Σ data + compute + optimiser ms: an input, so the error is the communication model's and
 //!   the waiting it does not model) and is compared with the slowest site's Σ `wall_ms`.
 //!   Relative error = (predicted − measured) / measured, summarised per method and backend.
+//!   With a measured full-replica rate (`--tokens-per-s`, e.g. from `fomoe bench-step` at the
+//!   run's threads per site) the compute is predicted instead: steps × tokens_per_step / rate
+//!   × F_site / F, F_site with the run's measured mean skip rate (FoMoE's resident fraction),
+//!   and the time error then covers the compute model too.
 //!
 //! Not predicted, and listed as skipped with the reason: runs that are not complete, FoMoE
 //! with `load_aware` placement (its groups and expert moves follow the routing), and resumed
@@ -51,8 +55,12 @@ pub struct TimeCheck {
     pub comm_predicted_s: f64,
     pub comm_measured_s: f64,
     pub comm_error: f64,
-    /// Input: mean over sites of measured data + compute + optimiser time.
+    /// Mean over sites of measured data + compute + optimiser time.
     pub compute_measured_s: f64,
+    /// The compute the prediction uses: the measured one, or from the given tokens/s.
+    pub compute_predicted_s: f64,
+    /// `measured` or `tokens_per_s`.
+    pub compute_source: &'static str,
     pub time_predicted_s: f64,
     pub time_measured_s: f64,
     pub time_error: f64,
@@ -102,6 +110,8 @@ pub struct Validation {
     pub dir: PathBuf,
     pub runs: Vec<RunCheck>,
     pub summary: Vec<ErrorSummary>,
+    /// The full-replica tokens/s compute was predicted from (None: the runs' own compute).
+    pub tokens_per_s: Option<f64>,
 }
 
 impl Validation {
@@ -120,10 +130,12 @@ struct StepTimes {
     comm_ms: f64,
     opt_ms: f64,
     wall_ms: f64,
+    skip_rate: f64,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -191,7 +203,8 @@ fn check_exact(
         let predicted = n_syncs * traffic.payload_sent_by(site);
         let measured = field_u64(&report, &["payload_sent"], &file)?;
         compare(format!("site {site} payload_sent"), predicted, measured);
-        (predicted_total, measured_total) = (predicted_total + predicted, measured_total + measured);
+        (predicted_total, measured_total) =
+            (predicted_total + predicted, measured_total + measured);
         checked += 1;
         for (name, want) in [
             ("params", mem.params),
@@ -211,7 +224,8 @@ fn check_exact(
         let predicted = n_syncs * traffic.payload_sent_by(*aggregator);
         let measured = field_u64(&report, &["payload_sent"], &file)?;
         compare("aggregator payload_sent".into(), predicted, measured);
-        (predicted_total, measured_total) = (predicted_total + predicted, measured_total + measured);
+        (predicted_total, measured_total) =
+            (predicted_total + predicted, measured_total + measured);
         checked += 1;
     }
     Ok((checked, predicted_total, measured_total))
@@ -222,12 +236,21 @@ fn relative(predicted: f64, measured: f64) -> f64 {
 }
 
 /// Predicted against measured time (see the module doc).
-fn check_time(dir: &Path, cfg: &RunConfig, plan: &SyncPlan) -> Result<TimeCheck> {
+fn check_time(
+    dir: &Path,
+    cfg: &RunConfig,
+    plan: &SyncPlan,
+    tokens_per_s: Option<f64>,
+) -> Result<TimeCheck> {
     let path = dir.join(crate::results::run_dir::STEPS_FILE);
-    let mut reader = csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut per_site: BTreeMap<usize, (f64, f64, f64)> = BTreeMap::new();
+    let (mut skip_sum, mut rows) = (0.0, 0usize);
     for row in reader.deserialize::<StepTimes>() {
         let r = row.with_context(|| format!("reading {}", path.display()))?;
+        skip_sum += r.skip_rate;
+        rows += 1;
         let e = per_site.entry(r.site).or_default();
         e.0 += r.data_ms + r.compute_ms + r.opt_ms;
         e.1 += r.comm_ms;
@@ -249,7 +272,22 @@ fn check_time(dir: &Path, cfg: &RunConfig, plan: &SyncPlan) -> Result<TimeCheck>
     let sync_s = sync_seconds(plan, cfg.wire_dtype, &links, StarLink::PerClient);
     let n_syncs = syncs(cfg);
     let comm_predicted = n_syncs as f64 * sync_s;
-    let time_predicted = compute + comm_predicted;
+    let (compute_predicted, compute_source) = match tokens_per_s {
+        None => (compute, "measured"),
+        Some(rate) => {
+            let mcfg = cfg.model_config()?;
+            let flops = super::counts::TokenFlops::of(&mcfg);
+            let skip = skip_sum / rows.max(1) as f64;
+            let step = super::time::compute_step_seconds(
+                super::deployment::ComputeRate::TokensPerS { tokens_per_s: rate },
+                mcfg.tokens_per_step() as u64,
+                flops.with_skip(skip),
+                flops.full,
+            );
+            (cfg.steps as f64 * step, "tokens_per_s")
+        }
+    };
+    let time_predicted = compute_predicted + comm_predicted;
     Ok(TimeCheck {
         syncs: n_syncs,
         sync_s,
@@ -257,14 +295,16 @@ fn check_time(dir: &Path, cfg: &RunConfig, plan: &SyncPlan) -> Result<TimeCheck>
         comm_measured_s: comm_measured,
         comm_error: relative(comm_predicted, comm_measured),
         compute_measured_s: compute,
+        compute_predicted_s: compute_predicted,
+        compute_source,
         time_predicted_s: time_predicted,
         time_measured_s: time_measured,
         time_error: relative(time_predicted, time_measured),
     })
 }
 
-/// Validate one run directory.
-pub fn check_run(suite: &str, dir: &Path) -> RunCheck {
+/// Validate one run directory (`tokens_per_s`: see the module doc).
+pub fn check_run(suite: &str, dir: &Path, tokens_per_s: Option<f64>) -> RunCheck {
     let run_id = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -296,9 +336,19 @@ pub fn check_run(suite: &str, dir: &Path) -> RunCheck {
         check.skipped = Some(reason);
         return check;
     }
-    let plan = match cfg.model_config().map_err(anyhow::Error::from).and_then(|m| {
-        method_sync(&m, cfg.method, cfg.sites, cfg.fomoe.rho, cfg.inner_steps, cfg.photon_topology)
-    }) {
+    let plan = match cfg
+        .model_config()
+        .map_err(anyhow::Error::from)
+        .and_then(|m| {
+            method_sync(
+                &m,
+                cfg.method,
+                cfg.sites,
+                cfg.fomoe.rho,
+                cfg.inner_steps,
+                cfg.photon_topology,
+            )
+        }) {
         Ok(s) => s.plan,
         Err(e) => {
             check.unreadable = Some(format!("{e:#}"));
@@ -313,7 +363,7 @@ pub fn check_run(suite: &str, dir: &Path) -> RunCheck {
         }
         Err(e) => check.unreadable = Some(format!("{e:#}")),
     }
-    match check_time(dir, cfg, &plan) {
+    match check_time(dir, cfg, &plan, tokens_per_s) {
         Ok(t) => check.time = Some(t),
         Err(e) => {
             check.unreadable.get_or_insert(format!("{e:#}"));
@@ -335,9 +385,12 @@ fn summarise(runs: &[RunCheck]) -> Vec<ErrorSummary> {
     groups
         .into_iter()
         .map(|((method, backend), ts)| {
-            let n = ts.len() as f64;
             let stats = |f: fn(&TimeCheck) -> f64| {
-                let abs: Vec<f64> = ts.iter().map(|t| f(t).abs()).filter(|x| x.is_finite()).collect();
+                let abs: Vec<f64> = ts
+                    .iter()
+                    .map(|t| f(t).abs())
+                    .filter(|x| x.is_finite())
+                    .collect();
                 (
                     abs.iter().sum::<f64>() / abs.len().max(1) as f64,
                     abs.iter().copied().fold(0.0, f64::max),
@@ -345,7 +398,6 @@ fn summarise(runs: &[RunCheck]) -> Vec<ErrorSummary> {
             };
             let (cm, cx) = stats(|t| t.comm_error);
             let (tm, tx) = stats(|t| t.time_error);
-            let _ = n;
             ErrorSummary {
                 method,
                 backend,
@@ -359,8 +411,14 @@ fn summarise(runs: &[RunCheck]) -> Vec<ErrorSummary> {
         .collect()
 }
 
-/// Validate every run under `results_dir` (a suite directory or a directory of suites).
-pub fn validate(results_dir: &Path) -> Result<Validation> {
+/// Validate every run under `results_dir` (a suite directory or a directory of suites);
+/// `tokens_per_s`, a measured full-replica rate per site, predicts compute too.
+pub fn validate(results_dir: &Path, tokens_per_s: Option<f64>) -> Result<Validation> {
+    if let Some(t) = tokens_per_s {
+        if !(t.is_finite() && t > 0.0) {
+            anyhow::bail!("invalid tokens_per_s = {t}: must be a finite number > 0");
+        }
+    }
     let suites = suite_dirs(results_dir)?;
     if suites.is_empty() {
         anyhow::bail!(
@@ -381,12 +439,13 @@ pub fn validate(results_dir: &Path) -> Result<Validation> {
             .filter(|p| p.join(MANIFEST_FILE).is_file())
             .collect();
         dirs.sort();
-        runs.extend(dirs.iter().map(|d| check_run(&suite, d)));
+        runs.extend(dirs.iter().map(|d| check_run(&suite, d, tokens_per_s)));
     }
     let summary = summarise(&runs);
     Ok(Validation {
         dir: results_dir.to_path_buf(),
         runs,
         summary,
+        tokens_per_s,
     })
 }
