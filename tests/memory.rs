@@ -43,7 +43,11 @@ fn estimate_bounds_the_peak_rss_of_real_runs() {
             .arg(d.path().join(preset))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let measured = children_max_rss() as f64;
         let estimate = harness::sysmodel::run_memory::estimate(&cfg).unwrap().total;
         assert!(

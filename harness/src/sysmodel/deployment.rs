@@ -56,8 +56,8 @@ pub const DEFAULT_PEAK_FLOPS: f64 = 8.0 * H100_BF16_FLOPS;
 pub const DEFAULT_MFU: f64 = 0.4;
 /// Default token budget, in tokens per parameter.
 pub const DEFAULT_TOKENS_PER_PARAM: f64 = 20.0;
-/// Most sites a projection accepts.
-pub const MAX_SITES: usize = 4096;
+/// Most sites a projection accepts (a ring of M sites has 2(M − 1) steps of M links).
+pub const MAX_SITES: usize = 1024;
 
 /// The model part of a projection's input.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -442,7 +442,7 @@ mod tests {
             err(d(3, 2)),
             "invalid rho = 2: n_experts·rho = 8·2 must be divisible by sites = 3"
         );
-        assert_eq!(err(d(0, 1)), "invalid sites = 0: must be in 1..=4096");
+        assert_eq!(err(d(0, 1)), "invalid sites = 0: must be in 1..=1024");
         let rate0 = DeploymentSpec {
             rate: Some("0bit".into()),
             ..Default::default()

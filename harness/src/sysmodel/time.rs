@@ -66,17 +66,17 @@ fn shared_link(step: &StepLoads, links: &LinkMatrix) -> LinkSpec {
 
 /// Seconds of one sync of `plan` (see the module doc).
 pub fn sync_seconds(plan: &SyncPlan, wire: WireDtype, links: &LinkMatrix, star: StarLink) -> f64 {
-    let steps = plan.step_loads(wire);
-    match (plan, star) {
-        (SyncPlan::Star { .. }, StarLink::Shared) => steps
-            .iter()
-            .map(|s| {
-                let total: u64 = s.values().map(|l| l.wire_bytes).sum();
-                link_seconds(shared_link(s, links), total)
-            })
-            .sum(),
-        _ => steps.iter().map(|s| step_seconds(s, links)).sum(),
-    }
+    let shared = matches!((plan, star), (SyncPlan::Star { .. }, StarLink::Shared));
+    let mut total = 0.0;
+    plan.for_each_step(wire, |s| {
+        total += if shared {
+            let bytes: u64 = s.values().map(|l| l.wire_bytes).sum();
+            link_seconds(shared_link(s, links), bytes)
+        } else {
+            step_seconds(s, links)
+        };
+    });
+    total
 }
 
 /// Seconds of one inner step's compute at `flops_per_token` (the site's) for a model whose

@@ -196,6 +196,33 @@ impl SyncPlan {
 
     /// Link loads step by step under the lockstep schedule (see the module doc).
     pub fn step_loads(&self, wire: WireDtype) -> Vec<StepLoads> {
+        let mut out = Vec::new();
+        self.for_each_step(wire, |loads| out.push(loads.clone()));
+        out
+    }
+
+    /// Number of steps of one sync: the longest group's 2(|G| − 1), or 2 for a star.
+    pub fn steps(&self) -> usize {
+        match self {
+            SyncPlan::Nothing => 0,
+            SyncPlan::Rings { groups } => groups
+                .iter()
+                .map(|g| bytes::ring_steps(g.members.len()))
+                .max()
+                .unwrap_or(0),
+            SyncPlan::Star { values, .. } => {
+                if *values == 0 {
+                    0
+                } else {
+                    2
+                }
+            }
+        }
+    }
+
+    /// Calls `f` with the link loads of every step in order, one step in memory at a time
+    /// (a ring of M sites has 2(M − 1) steps of M links each).
+    pub fn for_each_step(&self, wire: WireDtype, mut f: impl FnMut(&StepLoads)) {
         let message = |values: usize| {
             let payload = bytes::message_payload_bytes(wire, values);
             LinkLoad {
@@ -211,28 +238,30 @@ impl SyncPlan {
             l.wire_bytes += m.wire_bytes;
             l.messages += m.messages;
         };
+        let mut loads = StepLoads::new();
         match self {
-            SyncPlan::Nothing => Vec::new(),
+            SyncPlan::Nothing => {}
             SyncPlan::Rings { groups } => {
-                let steps = groups
-                    .iter()
-                    .map(|g| bytes::ring_steps(g.members.len()))
-                    .max()
-                    .unwrap_or(0);
-                let mut out = vec![StepLoads::new(); steps];
-                for g in groups {
-                    let size = g.members.len();
-                    for (k, loads) in out.iter_mut().enumerate().take(bytes::ring_steps(size)) {
+                for k in 0..self.steps() {
+                    loads.clear();
+                    for g in groups {
+                        let size = g.members.len();
+                        if k >= bytes::ring_steps(size) {
+                            continue;
+                        }
                         for p in 0..size {
                             let v = bytes::ring_step_values(g.values, size, p, k);
                             if v > 0 {
-                                let link = (g.members[p], g.members[(p + 1) % size]);
-                                add(loads, link, message(v));
+                                add(
+                                    &mut loads,
+                                    (g.members[p], g.members[(p + 1) % size]),
+                                    message(v),
+                                );
                             }
                         }
                     }
+                    f(&loads);
                 }
-                out
             }
             SyncPlan::Star {
                 aggregator,
@@ -240,14 +269,20 @@ impl SyncPlan {
                 values,
             } => {
                 if *values == 0 {
-                    return Vec::new();
+                    return;
                 }
-                let (mut up, mut down) = (StepLoads::new(), StepLoads::new());
-                for &c in clients.iter().filter(|&&c| c != *aggregator) {
-                    add(&mut up, (c, *aggregator), message(*values));
-                    add(&mut down, (*aggregator, c), message(*values));
+                for upload in [true, false] {
+                    loads.clear();
+                    for &c in clients.iter().filter(|&&c| c != *aggregator) {
+                        let link = if upload {
+                            (c, *aggregator)
+                        } else {
+                            (*aggregator, c)
+                        };
+                        add(&mut loads, link, message(*values));
+                    }
+                    f(&loads);
                 }
-                vec![up, down]
             }
         }
     }
