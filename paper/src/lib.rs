@@ -33,9 +33,12 @@
 //! the report; a target not reached is reported with the best loss and the target; a run
 //! with no payload bytes is drawn at the bottom of the log axis and labelled `0 B`.
 
+pub mod claims;
 pub mod compare;
 pub mod figures;
 pub mod load;
+pub mod paper_report;
+pub mod projection;
 pub mod quality_figures;
 pub mod raster;
 pub mod report;
@@ -125,7 +128,11 @@ pub fn write_figure(dir: &Path, name: &str, svg: &str) -> Result<[PathBuf; 2], P
 
 /// Read the suite in `suite_dir` and write its figures and report under `out`.
 pub fn generate(suite_dir: &Path, out: &Path) -> Result<Generated, PaperError> {
-    let suite = load_suite(suite_dir)?;
+    generate_from(&load_suite(suite_dir)?, out)
+}
+
+/// Write a loaded suite's figures and report under `out`.
+pub fn generate_from(suite: &SuiteData, out: &Path) -> Result<Generated, PaperError> {
     let fig_dir = figures_dir(out, &suite.name);
     std::fs::create_dir_all(&fig_dir).map_err(|error| PaperError::Io {
         path: fig_dir.clone(),
@@ -133,16 +140,16 @@ pub fn generate(suite_dir: &Path, out: &Path) -> Result<Generated, PaperError> {
     })?;
     let mut written = Vec::new();
     for (name, _) in FIGURES {
-        let svg = figures::render(name, &suite).map_err(|reason| PaperError::Plot {
+        let svg = figures::render(name, suite).map_err(|reason| PaperError::Plot {
             path: fig_dir.join(format!("{name}.svg")),
             reason,
         })?;
         written.extend(write_figure(&fig_dir, name, &svg)?);
     }
     let report = report_path(out, &suite.name);
-    write_atomic(&report, report::markdown(&suite).as_bytes())?;
+    write_atomic(&report, report::markdown(suite).as_bytes())?;
     Ok(Generated {
-        suite: suite.name,
+        suite: suite.name.clone(),
         report,
         figures: written,
     })
