@@ -334,7 +334,7 @@ fn projection_100b(p: Option<&Projection>) -> (String, String) {
     (
         format!(
             "at {label} ({} parameters, s={:.3}):<br>{}",
-            crate::figures::count_label(&largest),
+            crate::projection::param_label(&largest),
             rows[0].expert_share,
             lines.join("<br>")
         ),

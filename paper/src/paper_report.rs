@@ -286,7 +286,7 @@ pub fn markdown(spec: &ReportSpec, suite: &SuiteData, projection: Option<&Projec
             Some(format!(
                 "`{}` ({} parameters, s = {:.3})",
                 c.preset,
-                crate::figures::count_label(&(model.total_params() as f64)),
+                crate::projection::param_label(&(model.total_params() as f64)),
                 model.expert_share()
             ))
         })

@@ -135,6 +135,16 @@ pub fn render(name: &str, p: &Projection) -> Result<String, String> {
     Ok(crate::figures::tidy_svg(&svg))
 }
 
+/// Parameter counts as researchers write them: 1.5B, 100B, 7M.
+pub fn param_label(v: &f64) -> String {
+    for (unit, name) in [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")] {
+        if v.abs() >= unit {
+            return format!("{}{name}", crate::figures::trim_float(v / unit));
+        }
+    }
+    crate::figures::trim_float(*v)
+}
+
 fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && *v > 0.0)
@@ -180,7 +190,7 @@ fn chart(root: &Area, p: &Projection, memory: bool) -> DrawResult {
         .build_cartesian_2d((x_lo..x_hi).log_scale(), (y_lo..y_hi).log_scale())?;
     chart
         .configure_mesh()
-        .x_label_formatter(&|v| count_label(v))
+        .x_label_formatter(&|v| param_label(v))
         .y_label_formatter(&|v| human_bytes(*v))
         .x_desc("total parameters (log scale)")
         .y_desc(if memory {
