@@ -77,7 +77,7 @@ pub fn read_projection(path: &Path) -> Result<Projection, PaperError> {
     let mut rows = Vec::new();
     for (i, rec) in r.deserialize::<ProjectionRow>().enumerate() {
         let row = rec.map_err(|e| malformed(i + 2, e.to_string()))?;
-        if !(row.total_params > 0.0) {
+        if row.total_params.is_nan() || row.total_params <= 0.0 {
             return Err(malformed(
                 i + 2,
                 format!("total_params {} (allowed: > 0)", row.total_params),

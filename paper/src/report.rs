@@ -268,7 +268,7 @@ fn figure_sources(name: &str, suite: &SuiteData) -> String {
                 if name == "eval_loss_tokens" {
                     format!("the training tokens up to the round: `<run>/{STEPS_FILE}` Σ `tokens` over the rows with `step` ≤ the round's `step`")
                 } else {
-                    format!("the round's `clock_s` (virtual on the sim backend)")
+                    "the round's `clock_s` (virtual on the sim backend)".to_string()
                 }
             ),
             no_data(suite, |r| !r.eval.is_empty()),
