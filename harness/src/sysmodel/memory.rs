@@ -4,8 +4,9 @@
 //! as the harness keeps it (`runner::site::SiteMemory` reports the same fields, measured from
 //! what was allocated):
 //! - parameters 4n, gradients 4n, AdamW moments m and v 8n;
-//! - outer state: the global copy θ_g (4n) plus, for Nesterov, the momentum v (4n). DiLoCo
-//!   and FoMoE (Nesterov by default) keep 8n, Photon in ring mode (FedAvg) 4n, DDP and
+//! - outer state: the global copy θ_g (4n) plus the momentum v (4n) over the whole buffer
+//!   when any parameter group (dense, router, experts: `outer_groups`) uses Nesterov.
+//!   DiLoCo and FoMoE (Nesterov by default) keep 8n, Photon in ring mode (FedAvg) 4n, DDP and
 //!   Photon's star clients none (the aggregator keeps θ_g: 4N, plus 4N with Nesterov).
 //!
 //! So a site holds 16n (DDP, Photon star client) or 24n (DiLoCo, FoMoE with Nesterov)
@@ -21,7 +22,7 @@
 
 use serde::Serialize;
 
-use crate::config::{Method, OuterOptimizer, PhotonTopology};
+use crate::config::{Method, OuterOptimizer, PhotonTopology, ResolvedOuter};
 
 /// Bytes per parameter value of each f32 buffer.
 pub const F32_BYTES: u64 = 4;
@@ -41,13 +42,12 @@ pub struct StateMemory {
 }
 
 /// f32 copies of the held parameters the outer optimiser keeps on a site of `method`.
-pub fn outer_copies(method: Method, topology: PhotonTopology, outer: OuterOptimizer) -> u64 {
+pub fn outer_copies(method: Method, topology: PhotonTopology, outer: ResolvedOuter) -> u64 {
+    let nesterov = |k: OuterOptimizer| matches!(k, OuterOptimizer::Nesterov { .. });
     match (method, topology) {
         (Method::Single | Method::Ddp, _) | (Method::Photon, PhotonTopology::Star) => 0,
-        _ => match outer {
-            OuterOptimizer::Nesterov { .. } => 2,
-            OuterOptimizer::Fedavg { .. } => 1,
-        },
+        _ if nesterov(outer.dense) || nesterov(outer.router) || nesterov(outer.experts) => 2,
+        _ => 1,
     }
 }
 
@@ -93,9 +93,15 @@ mod tests {
 
     #[test]
     fn sixteen_or_twenty_four_bytes_per_held_value() {
-        let nesterov = OuterOptimizer::diloco_default();
-        let fedavg = OuterOptimizer::fedavg_default();
+        let nesterov = ResolvedOuter::uniform(OuterOptimizer::diloco_default());
+        let fedavg = ResolvedOuter::uniform(OuterOptimizer::fedavg_default());
         let star = PhotonTopology::Star;
+        // One Nesterov group puts a momentum over the whole buffer.
+        let experts_only = ResolvedOuter {
+            experts: OuterOptimizer::diloco_default(),
+            ..fedavg
+        };
+        assert_eq!(outer_copies(Method::Fomoe, star, experts_only), 2);
         assert_eq!(outer_copies(Method::Ddp, star, nesterov), 0);
         assert_eq!(outer_copies(Method::Photon, star, fedavg), 0);
         assert_eq!(
@@ -116,6 +122,6 @@ mod tests {
             StateMemory::of(5_000_000_001, 0).accelerators(ACCELERATOR_80GB),
             2
         );
-        assert_eq!(aggregator_state_bytes(10, nesterov), 80);
+        assert_eq!(aggregator_state_bytes(10, OuterOptimizer::diloco_default()), 80);
     }
 }

@@ -101,13 +101,12 @@ impl Projection {
     }
 }
 
-/// The outer optimiser a method uses by default (`RunConfig::outer_optimizer`).
-fn default_outer(method: Method) -> crate::config::OuterOptimizer {
+/// A run of `method` with every other knob at its default (outer optimisers, topology).
+fn default_run(method: Method) -> RunConfig {
     RunConfig {
         method,
         ..Default::default()
     }
-    .outer_optimizer()
 }
 
 /// Project every method of [`METHODS`] for `model` under `dep` (both validated).
@@ -119,11 +118,11 @@ pub fn project(label: &str, model: &ModelConfig, dep: &Deployment) -> anyhow::Re
     let mut rows: Vec<MethodProjection> = Vec::new();
     for method in METHODS {
         let sync = traffic::method_sync(model, method, m, rho, h, dep.photon_topology)?;
-        let outer = default_outer(method);
+        let run = default_run(method);
         let held = counts::params_held(model, method, m, rho);
         let mem = StateMemory::of(
             held,
-            memory::outer_copies(method, dep.photon_topology, outer),
+            memory::outer_copies(method, dep.photon_topology, run.resolved_outer()),
         );
         let t = sync.plan.traffic(dep.wire);
         let is_star = matches!(sync.plan, traffic::SyncPlan::Star { .. });
@@ -178,7 +177,7 @@ pub fn project(label: &str, model: &ModelConfig, dep: &Deployment) -> anyhow::Re
             accelerators_141gb: mem.accelerators(ACCELERATOR_141GB),
             memory_per_site: mem,
             aggregator_state_bytes: is_star
-                .then(|| memory::aggregator_state_bytes(counts.total, outer)),
+                .then(|| memory::aggregator_state_bytes(counts.total, run.outer_optimizer())),
             syncs_per_round: sync.syncs_per_round,
             payload_bytes_per_round_per_site: per_round_mean,
             payload_bytes_per_round_per_site_max: per_round_max,

@@ -103,7 +103,7 @@ fn estimate_with(cfg: &RunConfig, model: &ModelConfig) -> RunEstimate {
     let (sites, rho) = (cfg.sites.max(1), cfg.fomoe.rho.clamp(1, cfg.sites.max(1)));
     let n_full = model.total_params() as f64;
     let held = params_held(model, cfg.method, sites, rho) as f64;
-    let copies = outer_copies(cfg.method, cfg.photon_topology, cfg.outer_optimizer());
+    let copies = outer_copies(cfg.method, cfg.photon_topology, cfg.resolved_outer());
     let tokens = model.batch_size as f64 * model.seq_len as f64;
     let row = 16.0 * model.seq_len as f64;
     let mut data = row * (cfg.data.eval_sequences as f64 + cfg.data.probe_sequences as f64);

@@ -200,7 +200,7 @@ fn check_exact(
     let held = params_held(&mcfg, cfg.method, cfg.sites, cfg.fomoe.rho);
     let mem = StateMemory::of(
         held,
-        outer_copies(cfg.method, cfg.photon_topology, cfg.outer_optimizer()),
+        outer_copies(cfg.method, cfg.photon_topology, cfg.resolved_outer()),
     );
     let mut compare = |what: String, predicted: u64, measured: u64| {
         if predicted != measured {
