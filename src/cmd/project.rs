@@ -218,9 +218,9 @@ pub fn run(a: Args) -> Result<()> {
         match &a.csv {
             Some(p) => {
                 harness::results::write_atomic(p, &csv)?;
+                let rows = csv.iter().filter(|&&b| b == b'\n').count() - 1;
                 eprintln!(
-                    "{} rows ({} configurations × 4 methods) -> {}",
-                    projections.len() * 4,
+                    "{rows} rows ({} configurations, 4 methods) -> {}",
                     projections.len(),
                     p.display()
                 );

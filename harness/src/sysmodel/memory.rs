@@ -122,6 +122,9 @@ mod tests {
             StateMemory::of(5_000_000_001, 0).accelerators(ACCELERATOR_80GB),
             2
         );
-        assert_eq!(aggregator_state_bytes(10, OuterOptimizer::diloco_default()), 80);
+        assert_eq!(
+            aggregator_state_bytes(10, OuterOptimizer::diloco_default()),
+            80
+        );
     }
 }

@@ -12,8 +12,10 @@
 //! CSV columns ([`CSV_COLUMNS`]): the first twelve are the figure contract
 //! (`label,total_params,expert_share,method,sites,rho,inner_steps,memory_per_site_bytes,
 //! payload_bytes_per_round_per_site,payload_bytes_per_token_per_site,fits_80gb,fits_141gb`),
-//! then counts, link, time and budget columns. `rate_bps` and `delay_s` are empty for per-site
-//! links.
+//! then counts, link, time and budget columns. `rho` is empty for the methods it does not
+//! apply to (DDP, DiLoCo, Photon), and a row equal to one already written (those methods
+//! under a sweep of ρ or of the FoMoE skip rate) is written once; `rate_bps` and `delay_s`
+//! are empty for per-site links.
 
 use serde::{Deserialize as _, Serialize};
 
@@ -146,6 +148,7 @@ pub const CSV_COLUMNS: &[&str] = &[
 pub fn csv_text(projections: &[Projection]) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(CSV_COLUMNS)?;
+    let mut written: std::collections::HashSet<Vec<String>> = Default::default();
     for p in projections {
         let d = &p.deployment;
         let (rate, delay) = match &d.links {
@@ -162,7 +165,11 @@ pub fn csv_text(projections: &[Projection]) -> anyhow::Result<Vec<u8>> {
                 p.counts.expert_share.to_string(),
                 m.method.to_string(),
                 d.sites.to_string(),
-                d.rho.to_string(),
+                if m.method == "fomoe" {
+                    d.rho.to_string()
+                } else {
+                    String::new()
+                },
                 d.inner_steps.to_string(),
                 m.memory_per_site.total.to_string(),
                 m.payload_bytes_per_round_per_site.to_string(),
@@ -192,7 +199,9 @@ pub fn csv_text(projections: &[Projection]) -> anyhow::Result<Vec<u8>> {
                 m.payload_bytes_to_budget_per_site.to_string(),
             ];
             debug_assert_eq!(row.len(), CSV_COLUMNS.len());
-            w.write_record(&row)?;
+            if written.insert(row.clone()) {
+                w.write_record(&row)?;
+            }
         }
     }
     Ok(w.into_inner()?)
@@ -243,6 +252,13 @@ mod tests {
             "{}",
             lines[12]
         );
+        // ρ is FoMoE's: the other methods leave it empty, and a sweep of ρ adds FoMoE rows only.
+        assert!(lines[1].contains(",ddp,8,,32,"), "{}", lines[1]);
+        assert!(lines[4].contains(",fomoe,8,2,32,"), "{}", lines[4]);
+        let rho = [parse_axis("rho=1,2,4").unwrap()];
+        let p = sweep(&ProjectSpec::default(), &rho).unwrap();
+        let text = String::from_utf8(csv_text(&p).unwrap()).unwrap();
+        assert_eq!(text.lines().count(), 1 + 3 + 3);
         // An impossible point stops the sweep: paper-100b has E = 8, and 8·3 is not
         // divisible by 16 sites.
         let bad = [
