@@ -17,13 +17,15 @@
 //!
 //! **How the `sim` backend relates.** `sim` sends each message over its own directed pair
 //! link, busy for 8·w/R, arriving δ later, and a ring step's receive waits for the
-//! predecessor's send. With the same compute on every site, no jitter and each group's steps
-//! run as the lockstep schedule says, a sync on `sim` takes T_sync up to its 1 ns rounding per
-//! message; it differs where sites finish their compute at different times (every sync waits
-//! for the slowest site), where groups run one after another instead of in lockstep (the sum
-//! over groups of their steps), and where a step's dependencies let a ring run ahead of the
+//! predecessor's send; the groups of a round run in the same lockstep schedule
+//! (`collective::ring_allreduce_groups`). With every site arriving at the sync at once and
+//! no jitter, a sync on `sim` takes T_sync up to its 1 ns rounding per message. It differs
+//! where sites arrive apart (their compute and local evaluation differ, and site 0 evaluates
+//! the global model after a sync while the others go on: the sync then also holds that wait,
+//! which the model leaves out), and where a step's dependencies let a ring run ahead of its
 //! slowest link. `relay` adds TCP and the token bucket; neither models congestion control.
-//! `fomoe project --validate` reports the resulting error per method and backend.
+//! `fomoe project --validate` reports the resulting error per method and backend, and the
+//! arrival wait beside it.
 //!
 //! **Compute** per inner step: tokens_per_step · F_site / (MFU · peak) with F_site from
 //! [`super::counts::TokenFlops`] (FoMoE: expert FLOPs × (1 − skip_rate)), or from a measured
