@@ -34,22 +34,31 @@ pub struct Args {
     /// Name of the configuration in tables and CSV.
     #[arg(long)]
     label: Option<String>,
+    /// Shape: vocabulary V (changes the preset, or with every shape flag replaces it).
     #[arg(long)]
     vocab_size: Option<usize>,
+    /// Shape: model width d.
     #[arg(long)]
     d_model: Option<usize>,
+    /// Shape: blocks L.
     #[arg(long)]
     n_layers: Option<usize>,
+    /// Shape: attention heads.
     #[arg(long)]
     n_heads: Option<usize>,
+    /// Shape: experts per layer E.
     #[arg(long)]
     n_experts: Option<usize>,
+    /// Shape: experts per token k.
     #[arg(long)]
     top_k: Option<usize>,
+    /// Shape: expert width d_e.
     #[arg(long)]
     d_expert: Option<usize>,
+    /// Shape: context S.
     #[arg(long)]
     seq_len: Option<usize>,
+    /// Shape: sequences per step per site.
     #[arg(long)]
     batch_size: Option<usize>,
     /// M: sites (default 8).
@@ -260,7 +269,8 @@ fn sig3(x: f64) -> String {
     }
 }
 
-/// Seconds as the largest sensible unit: `850 ms`, `12.3 s`, `4.20 h`, `31.0 d`.
+/// Seconds as the largest sensible unit: `850 ms`, `12.3 s`, `4.20 h`, `31.0 d`, `41.9 y`
+/// (Julian years).
 pub fn duration(s: f64) -> String {
     if !s.is_finite() {
         return "-".into();
@@ -273,8 +283,10 @@ pub fn duration(s: f64) -> String {
         format!("{} min", sig3(s / 60.0))
     } else if s < 172_800.0 {
         format!("{} h", sig3(s / 3600.0))
-    } else {
+    } else if s < 2.0 * 31_557_600.0 {
         format!("{} d", sig3(s / 86_400.0))
+    } else {
+        format!("{} y", sig3(s / 31_557_600.0))
     }
 }
 
