@@ -105,7 +105,13 @@ fn tcp_on_one_host_equals_sim_bit_for_bit() {
             m.name()
         );
         for (x, y) in a.sites.iter().zip(&b.sites) {
-            assert_eq!(x.payload_sent, y.payload_sent, "{} site {}", m.name(), x.site);
+            assert_eq!(
+                x.payload_sent,
+                y.payload_sent,
+                "{} site {}",
+                m.name(),
+                x.site
+            );
             assert_eq!(y.payload_sent, y.expected_payload_sent, "{}", m.name());
         }
     }

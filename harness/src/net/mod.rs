@@ -21,7 +21,7 @@ pub mod frame;
 pub mod link;
 pub mod netns;
 pub mod relay;
-// RDZV pub mod rendezvous;
+pub mod rendezvous;
 pub mod sim;
 pub mod tcp;
 pub mod timer;

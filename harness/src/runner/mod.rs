@@ -460,7 +460,10 @@ pub fn worker_main(
                 let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
                 let bound = listener.local_addr().ok();
                 if bound != sc.listen {
-                    bail!("--listen-fd {fd} is bound to {bound:?}, net-site{endpoint}.json says {:?}", sc.listen);
+                    bail!(
+                        "--listen-fd {fd} is bound to {bound:?}, net-site{endpoint}.json says {:?}",
+                        sc.listen
+                    );
                 }
                 crate::net::tcp::TcpComm::connect_on(&sc, Some(listener))?
             }
