@@ -6,6 +6,7 @@ pub mod netcheck;
 pub mod report;
 pub mod run;
 pub mod run_one;
+pub mod site;
 pub mod train;
 pub mod worker;
 

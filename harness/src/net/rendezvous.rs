@@ -228,17 +228,17 @@ fn check_options(o: &RendezvousOptions) -> Result<(), RendezvousError> {
     Ok(())
 }
 
-/// The rendezvous address: the first IPv4 address `address` resolves to, else the first.
 fn resolve(o: &RendezvousOptions) -> Result<SocketAddr, RendezvousError> {
-    let bad = |m: String| fail(o.rank, FailureKind::Setup, m);
-    let addrs: Vec<SocketAddr> = o
-        .address
+    resolve_address(&o.address).map_err(|m| fail(o.rank, FailureKind::Setup, m))
+}
+
+/// The rendezvous address `HOST:PORT`: the first IPv4 address it resolves to, else the
+/// first one; a one-line reason when it does not resolve or has port 0.
+pub fn resolve_address(address: &str) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = address
         .to_socket_addrs()
         .map_err(|e| {
-            bad(format!(
-                "rendezvous address `{}` does not resolve: {e} (expected HOST:PORT)",
-                o.address
-            ))
+            format!("rendezvous address `{address}` does not resolve: {e} (expected HOST:PORT)")
         })?
         .collect();
     let pick = addrs
@@ -246,17 +246,11 @@ fn resolve(o: &RendezvousOptions) -> Result<SocketAddr, RendezvousError> {
         .find(|a| a.is_ipv4())
         .or(addrs.first())
         .copied()
-        .ok_or_else(|| {
-            bad(format!(
-                "rendezvous address `{}` resolves to no address",
-                o.address
-            ))
-        })?;
+        .ok_or_else(|| format!("rendezvous address `{address}` resolves to no address"))?;
     if pick.port() == 0 {
-        return Err(bad(format!(
-            "rendezvous address `{}` has port 0; give the port rank 0 listens on",
-            o.address
-        )));
+        return Err(format!(
+            "rendezvous address `{address}` has port 0; give the port rank 0 listens on"
+        ));
     }
     Ok(pick)
 }
@@ -780,29 +774,35 @@ impl Control {
             op: "encode",
             reason: e.to_string(),
         })?;
+        self.send_bytes(&bytes)
+    }
+
+    /// Sends one message of raw bytes (e.g. a file) and flushes it.
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), NetError> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        frame::write_message(&mut *w, &bytes, frame::DEFAULT_MAX_FRAME_BYTES)
+        frame::write_message(&mut *w, bytes, frame::DEFAULT_MAX_FRAME_BYTES)
             .and_then(|_| w.flush())
             .map_err(|e| NetError::io(&self.peer, "write", &e))
     }
 
+    /// Waits up to `timeout` for the next message, as raw bytes.
+    pub fn recv_bytes(&self, timeout: Duration) -> Result<Vec<u8>, NetError> {
+        let rx = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
+        match rx.recv_timeout(timeout) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => Err(NetError::RecvTimeout {
+                peer: self.peer.clone(),
+                timeout,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(NetError::Closed {
+                peer: self.peer.clone(),
+            }),
+        }
+    }
+
     /// Waits up to `timeout` for the next message.
     pub fn recv<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, NetError> {
-        let rx = self.incoming.lock().unwrap_or_else(|p| p.into_inner());
-        let bytes = match rx.recv_timeout(timeout) {
-            Ok(item) => item?,
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(NetError::RecvTimeout {
-                    peer: self.peer.clone(),
-                    timeout,
-                })
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(NetError::Closed {
-                    peer: self.peer.clone(),
-                })
-            }
-        };
+        let bytes = self.recv_bytes(timeout)?;
         ciborium::from_reader(bytes.as_slice()).map_err(|e| NetError::Io {
             peer: self.peer.clone(),
             op: "decode",

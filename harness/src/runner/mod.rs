@@ -25,6 +25,9 @@
 //! namespaces through the lab's signal handler).
 
 pub mod gate;
+pub mod launch;
+pub mod multihost;
+pub mod remote_sink;
 pub mod results;
 pub mod sink;
 pub mod site;
@@ -93,6 +96,24 @@ pub fn run_one(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<RunOutcome> {
+    let mcfg = prepare_run_files(cfg, dir)?;
+    let threads = threads_per_site(cfg);
+    let start = Instant::now();
+    let result = match cfg.network.backend {
+        Backend::Sim => run_sim(cfg, &mcfg, dir, reg, threads),
+        Backend::Relay | Backend::Netns | Backend::Tcp => run_processes(cfg, dir, opts),
+    };
+    let sites = finish_run_files(dir, result)?;
+    Ok(RunOutcome {
+        sites,
+        wall_s: start.elapsed().as_secs_f64(),
+        threads_per_site: threads,
+    })
+}
+
+/// Validates `cfg` and writes the files every site starts from: `config.json` and the one
+/// seeded initial model `init.safetensors` (kept when resuming). Returns the model config.
+pub fn prepare_run_files(cfg: &RunConfig, dir: &Path) -> Result<ModelConfig> {
     cfg.validate()?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -108,22 +129,29 @@ pub fn run_one(
             .meta("seed", cfg.seed)
             .write(&init_path)?;
     }
-    let threads = threads_per_site(cfg);
-    let start = Instant::now();
-    let result = match cfg.network.backend {
-        Backend::Sim => run_sim(cfg, &mcfg, dir, reg, threads),
-        Backend::Relay | Backend::Netns | Backend::Tcp => run_processes(cfg, dir, opts),
-    };
-    // Merge the per-site step files also after a failure, so partial results stay readable.
+    Ok(mcfg)
+}
+
+/// After the sites ran (`result`): merges the per-site step files (also after a failure, so
+/// partial results stay readable) and fills rounds.csv's byte totals.
+pub fn finish_run_files(dir: &Path, result: Result<Vec<SiteReport>>) -> Result<Vec<SiteReport>> {
     let merged = crate::results::merge_site_steps(dir);
     let sites = result?;
     merged?;
     fill_round_totals(dir)?;
-    Ok(RunOutcome {
-        sites,
-        wall_s: start.elapsed().as_secs_f64(),
-        threads_per_site: threads,
-    })
+    Ok(sites)
+}
+
+/// The site reports (`site<i>.json`) of a finished run.
+pub(crate) fn read_site_reports(cfg: &RunConfig, dir: &Path) -> Result<Vec<SiteReport>> {
+    let mut reports = Vec::new();
+    for i in 0..cfg.sites {
+        let p = dir.join(format!("site{i}.json"));
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        reports.push(serde_json::from_str(&text)?);
+    }
+    Ok(reports)
 }
 
 /// Body of one site (or Photon's aggregator) given its endpoint; used by threads and workers.
@@ -134,6 +162,25 @@ pub fn run_endpoint(
     comm: &mut dyn Comm,
     reg: &MethodRegistry,
     gate: Option<&gate::ComputeGate>,
+) -> Result<Option<SiteReport>> {
+    if endpoint >= cfg.sites {
+        return run_endpoint_with(cfg, dir, endpoint, comm, reg, gate, &mut sink::NullSink);
+    }
+    let mut sink = sink::FileSink::create(dir, endpoint, cfg.resume_from.is_some())?;
+    run_endpoint_with(cfg, dir, endpoint, comm, reg, gate, &mut sink)
+}
+
+/// [`run_endpoint`] with the site's telemetry going to `sink` (an aggregator has none):
+/// the seam where a multi-host rank sends its telemetry to rank 0
+/// ([`remote_sink::RemoteSink`]). `dir` holds `init.safetensors`.
+pub fn run_endpoint_with(
+    cfg: &RunConfig,
+    dir: &Path,
+    endpoint: usize,
+    comm: &mut dyn Comm,
+    reg: &MethodRegistry,
+    gate: Option<&gate::ComputeGate>,
+    sink: &mut dyn sink::SiteSink,
 ) -> Result<Option<SiteReport>> {
     let mcfg = cfg.model_config()?;
     let all: Vec<usize> = (0..cfg.endpoints()).collect();
@@ -176,8 +223,7 @@ pub fn run_endpoint(
         seed: cfg.seed,
         batch_size: mcfg.batch_size,
     };
-    let mut sink = sink::FileSink::create(dir, endpoint, cfg.resume_from.is_some())?;
-    let report = run_site(&ctx, strategy.as_mut(), comm, &mut source, &mut sink)?;
+    let report = run_site(&ctx, strategy.as_mut(), comm, &mut source, sink)?;
     // Nobody leaves while a peer may still need its messages.
     crate::collective::barrier(comm, &all)?;
     Ok(Some(report))
@@ -415,14 +461,7 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     if let Some(f) = failure {
         bail!(f);
     }
-    let mut reports = Vec::new();
-    for i in 0..cfg.sites {
-        let p = dir.join(format!("site{i}.json"));
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        reports.push(serde_json::from_str(&text)?);
-    }
-    Ok(reports)
+    read_site_reports(cfg, dir)
 }
 
 fn kill_all(children: &mut Vec<(usize, Child)>) {
