@@ -335,10 +335,14 @@ fn train_and_collect(
             });
         }
     }
+    // Every endpoint connects on its own thread: rank 0's endpoints dial each other.
     for (e, l) in listeners {
-        let comm = connect(e, m, net, l).with_context(|| format!("site {e}: connecting"));
         let (cfg, dir, tx) = (cfg.clone(), dir.to_path_buf(), tx.clone());
+        let sc = direct_site_config(e, &m.endpoints, net);
         std::thread::spawn(move || {
+            let comm = TcpComm::connect_on(&sc, Some(l))
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("site {e}: connecting"));
             let r = comm.and_then(|mut comm| {
                 run_endpoint(&cfg, &dir, e, &mut comm, &reg, None)
                     .map(|_| ())
