@@ -493,3 +493,99 @@ fn bad_input_is_refused_in_one_line() {
         "{e1}"
     );
 }
+
+/// Namespace hosts: every site is a `fomoe site` process in a network namespace of its own,
+/// with its own address on a bridge and kernel `tbf` shaping its link both ways, started
+/// through the rendezvous (ranks in reverse order), not the single-host orchestrator. The
+/// FoMoE run trains exactly what the `sim` run of the same config trains and moves exactly
+/// its payload; the traffic really crossed each site's veth; every namespace is removed
+/// afterwards (also when the test fails: the lab's Drop runs after the ranks are killed).
+/// Skipped (reason printed) without root or namespaces, unless `CI=true`.
+#[test]
+fn namespace_hosts_equal_the_sim_run() {
+    use harness::net::netns::{self, LabOptions, NetnsLab, SiteShape};
+    if let Err(e) = netns::check_available() {
+        if netns::should_skip(&e) {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        panic!("{e}");
+    }
+    let d = tempfile::tempdir().unwrap();
+    let sim = base(Method::Fomoe, 4);
+    let mut tcp = sim.clone();
+    tcp.network.backend = Backend::Tcp;
+    let config = d.path().join("fomoe.toml");
+    write_config(&tcp, &config);
+    let sim_dir = d.path().join("sim");
+    let a = run(&sim, &sim_dir);
+
+    let lab = NetnsLab::with_options(
+        4,
+        &LabOptions {
+            name_prefix: "fomoe-mh-".into(),
+            ..LabOptions::default()
+        },
+    )
+    .unwrap();
+    lab.shape_all(&SiteShape::symmetric(200_000_000)).unwrap();
+    let names = lab.namespace_names();
+    let out = d.path().join("hosts");
+    let rendezvous = format!("{}:29500", lab.site_addr(0).unwrap());
+    let tok = token();
+    let commands = (0..4)
+        .map(|r| {
+            let mut args = rank_args(r, 4, 1, &out);
+            args[5] = rendezvous.clone();
+            let mut c = site_command(&config, &tok, &args);
+            lab.command_in_site(r, &mut c).unwrap();
+            c
+        })
+        .collect();
+    let outs = start_ranks(commands, &[3, 2, 1, 0], Duration::from_millis(100))
+        .wait(Duration::from_secs(240));
+    for (r, o) in outs.iter().enumerate() {
+        assert!(o.status.success(), "rank {r}: {}", text(o));
+    }
+    assert_eq!(manifest(&out)["status"], "complete");
+    assert_eq!(
+        step_key(&steps(&out)),
+        step_key(&steps(&sim_dir)),
+        "steps differ"
+    );
+    assert_eq!(
+        round_key(&rounds(&out)),
+        round_key(&rounds(&sim_dir)),
+        "rounds differ"
+    );
+    let reports: Vec<harness::runner::SiteReport> = serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(out.join("sites.json")).unwrap(),
+    )
+    .map(|v| serde_json::from_value(v["sites"].clone()).unwrap())
+    .unwrap();
+    for (x, y) in a.sites.iter().zip(&reports) {
+        assert_eq!(x.payload_sent, y.payload_sent, "site {}", x.site);
+        assert_eq!(y.payload_sent, y.expected_payload_sent, "site {}", y.site);
+        // The payload left through the site's own (shaped) veth.
+        let c = lab.site_counters(y.site).unwrap();
+        assert!(
+            c.tx_bytes >= y.payload_sent + y.eval_payload_sent,
+            "site {}: veth sent {} bytes, payload {}",
+            y.site,
+            c.tx_bytes,
+            y.payload_sent
+        );
+    }
+    let ranks = std::fs::read_to_string(out.join("ranks.json")).unwrap();
+    for r in 0..4 {
+        assert!(
+            ranks.contains(&lab.site_addr(r).unwrap().to_string()),
+            "{ranks}"
+        );
+    }
+    drop(lab);
+    let left = netns::list_namespaces("").unwrap();
+    for n in &names {
+        assert!(!left.contains(n), "namespace {n} left behind");
+    }
+}

@@ -168,6 +168,8 @@ pub struct Meeting {
     pub endpoints: Vec<SocketAddr>,
     /// Host name of each rank.
     pub hosts: Vec<String>,
+    /// The rendezvous address this rank resolved (rank 0's host as the others reach it).
+    pub rendezvous: SocketAddr,
     /// Rank 0: the channel to rank r at index r (none at 0). Other ranks: the channel to
     /// rank 0 at index 0.
     pub control: Vec<Option<Control>>,
@@ -317,6 +319,7 @@ fn serve(o: &RendezvousOptions, target: SocketAddr) -> Result<Meeting, Rendezvou
                 .map(|a| resolve_advertised(a, loopback_like(&target)))
                 .collect(),
             hosts,
+            rendezvous: target,
             control: vec![None],
         });
     }
@@ -422,6 +425,7 @@ fn serve(o: &RendezvousOptions, target: SocketAddr) -> Result<Meeting, Rendezvou
             .map(|a| resolve_advertised(a, loopback_like(&target)))
             .collect(),
         hosts,
+        rendezvous: target,
         control,
     })
 }
@@ -695,6 +699,7 @@ fn join(o: &RendezvousOptions, target: SocketAddr) -> Result<Meeting, Rendezvous
             .map(|a| resolve_advertised(a, target.ip()))
             .collect(),
         hosts: roster.hosts,
+        rendezvous: target,
         control: control_links,
     })
 }

@@ -398,9 +398,18 @@ fn train_and_collect(
         .map(|r| RankRecord {
             rank: r,
             host: m.hosts[r].clone(),
+            // As the other ranks reach them: rank 0's host at the rendezvous address.
             endpoints: hosted_endpoints(r, m.world, cfg.endpoints())
                 .into_iter()
-                .map(|e| (e, m.endpoints[e]))
+                .map(|e| {
+                    let a = m.endpoints[e];
+                    let ip = if a.ip().is_loopback() {
+                        m.rendezvous.ip()
+                    } else {
+                        a.ip()
+                    };
+                    (e, SocketAddr::new(ip, a.port()))
+                })
                 .collect(),
             threads: used.get(&r).copied().unwrap_or(0),
         })
