@@ -517,20 +517,15 @@ fn watch_rank0(
         let _ = std::fs::remove_dir_all(scratch);
         std::process::exit(1);
     };
-    loop {
-        match control.recv::<FromRank0>(Duration::MAX) {
-            Ok(FromRank0::Ack) => {
-                let _ = ack.send(());
-                return;
-            }
-            Ok(FromRank0::Abort { reason }) => stop(format!("rank 0 stopped the run: {reason}")),
-            Ok(FromRank0::Init { .. }) => stop("rank 0 sent a second initial model".into()),
-            Err(e) => {
-                if finished.load(Ordering::Acquire) {
-                    return;
-                }
-                stop(format!("lost the control connection to rank 0: {e}"))
-            }
+    match control.recv::<FromRank0>(Duration::MAX) {
+        Ok(FromRank0::Ack) => {
+            let _ = ack.send(());
         }
+        Ok(FromRank0::Abort { reason }) => stop(format!("rank 0 stopped the run: {reason}")),
+        Ok(FromRank0::Init { .. }) => stop("rank 0 sent a second initial model".into()),
+        // After this rank's Done, rank 0 closing the connection is its answer too (the
+        // main thread then finds the acknowledgement missing).
+        Err(_) if finished.load(Ordering::Acquire) => {}
+        Err(e) => stop(format!("lost the control connection to rank 0: {e}")),
     }
 }

@@ -92,7 +92,8 @@ fn ranks_started_in_reverse_order_still_meet() {
 
 #[test]
 fn a_join_that_does_not_fit_is_refused_naming_the_rank_and_aborts_the_others() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut RendezvousOptions)>, &str)> = vec![
+    type Change = Box<dyn Fn(&mut RendezvousOptions)>;
+    let cases: Vec<(&str, Change, &str)> = vec![
         (
             "wrong world",
             Box::new(|o| {
