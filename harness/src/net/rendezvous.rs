@@ -22,7 +22,8 @@
 //!
 //! A rank waits for its reply at most `timeout` plus [`REPLY_GRACE`] after joining: rank 0's
 //! own deadline is at most `timeout` after it started listening, which was before the rank
-//! joined. A rank that cannot reach rank 0 gives up after `timeout` with the last reason.
+//! joined. A rank that cannot reach rank 0 gives up after `timeout` with the last reason
+//! (so does one that arrives after rank 0 already gave up: it finds no listener).
 //! Messages after the handshake are frames of [`frame`](super::frame) carrying CBOR.
 //!
 //! ## Addresses
