@@ -163,6 +163,7 @@ fn site_command(config: &Path, token: &str, args: &[String]) -> Command {
         .env("FOMOE_TOKEN", token)
         .env_remove("SLURM_PROCID")
         .env_remove("SLURM_NTASKS")
+        .env_remove("SLURM_CPUS_PER_TASK")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
