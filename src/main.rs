@@ -25,6 +25,9 @@ enum Command {
     Report(cmd::report::Args),
     /// Rebuild a suite's SVG figures and REPORT-<suite>.md from its results directory alone.
     Figures(cmd::figures::Args),
+    /// Generate paper/REPORT.md (the abstract's claims beside measured and projected numbers)
+    /// and its figures from a spec file; --check fails when the committed files differ.
+    PaperReport(cmd::paper_report::Args),
     /// Train one site (no communication) and print a summary.
     Train(cmd::train::Args),
     /// Execute one run configuration (TOML) and print its outcome.
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Figures(a) => cmd::figures::run(a),
+        Command::PaperReport(a) => cmd::paper_report::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::RunOne(a) => cmd::run_one::run(a),
         Command::BenchStep(a) => cmd::bench_step::run(a),

@@ -276,3 +276,78 @@ fn one_site_with_fedavg_lr1_is_single_site_training_and_nesterov_is_not() {
         }
     }
 }
+
+/// Virtual time of one outer sync of `cfg` on `sim` (all sites enter at t = 0 with a model
+/// one inner step away from the global copy): the largest site clock when it returns.
+fn sync_time(cfg: &RunConfig) -> std::time::Duration {
+    use harness::model::params::ParamStore;
+    let mcfg = cfg.model_config().unwrap();
+    let links = cfg.link_matrix().unwrap();
+    let net = harness::net::build_local(Backend::Sim, &links, &Default::default()).unwrap();
+    let clocks: Vec<std::time::Duration> = std::thread::scope(|sc| {
+        let handles: Vec<_> = net
+            .comms
+            .into_iter()
+            .enumerate()
+            .map(|(site, mut comm)| {
+                let mcfg = &mcfg;
+                sc.spawn(move || {
+                    let init =
+                        ParamStore::init(mcfg, harness::model::Residency::full(mcfg), cfg.seed);
+                    let mut strategy = baselines::site_strategy(cfg, site).unwrap();
+                    let mut store = ParamStore::zeros(mcfg, strategy.residency(mcfg));
+                    store.copy_from(&init).unwrap();
+                    let model = harness::model::MoeModel::from_store(mcfg, store);
+                    let inner = harness::optim::AdamW::new(
+                        cfg.optim.clone(),
+                        model.store.numel(),
+                        model.store.layout.decayed.clone(),
+                    );
+                    let mut st = SiteState {
+                        site,
+                        sites: cfg.sites,
+                        model,
+                        inner,
+                    };
+                    strategy.init(&mut st).unwrap();
+                    tch::no_grad(|| {
+                        let _ = st.model.store.flat.shallow_clone().g_add_scalar_(1e-3);
+                    });
+                    strategy.end_round(&mut st, comm.as_mut()).unwrap();
+                    comm.now()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    clocks.into_iter().max().unwrap()
+}
+
+/// Issue 13: FoMoE's holder groups run in one lockstep schedule, so its sync is never slower
+/// than DiLoCo's one all-reduce of everything: every wan-sweep link cell (small, M = 4),
+/// and M = 8, at ρ = 2.
+#[test]
+fn fomoe_sync_time_is_at_most_diloco_s_on_every_wan_sweep_link() {
+    for sites in [4usize, 8] {
+        for rate in ["10mbit", "100mbit", "1gbit"] {
+            for delay in ["5ms", "50ms", "200ms"] {
+                if sites == 8 && rate != "1gbit" && delay != "200ms" {
+                    continue;
+                }
+                let mut c = fomoe(2);
+                c.preset = "small".into();
+                c.sites = sites;
+                c.network.rate = Some(rate.into());
+                c.network.delay = Some(delay.into());
+                let mut d = c.clone();
+                d.method = Method::Diloco;
+                let (f, dl) = (sync_time(&c), sync_time(&d));
+                eprintln!("M={sites} {rate} {delay}: FoMoE sync {f:?}, DiLoCo {dl:?}");
+                assert!(
+                    f <= dl,
+                    "M={sites} {rate} {delay}: FoMoE sync {f:?} > DiLoCo {dl:?}"
+                );
+            }
+        }
+    }
+}
