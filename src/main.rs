@@ -34,6 +34,9 @@ enum Command {
     RunOne(cmd::run_one::Args),
     /// Throughput of one training step: tokens/s, GFLOP/s, and the measured fp32 matmul rate.
     BenchStep(cmd::bench_step::Args),
+    /// One site of a run whose sites are on separate hosts (rank, world and rendezvous from
+    /// flags or the Slurm environment; token from FOMOE_TOKEN or --token-file).
+    Site(cmd::site::Args),
     /// Measure an emulated link (rate, one-way delay) and a ring all-reduce against its bound.
     Netcheck(cmd::netcheck::Args),
     /// System model: memory, bytes and time of every method for a model and deployment
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::BenchStep(a) => cmd::bench_step::run(a),
         Command::Netcheck(a) => cmd::netcheck::run(a),
         Command::Project(a) => cmd::project::run(*a),
+        Command::Site(a) => cmd::site::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     match result {

@@ -215,7 +215,8 @@ pub enum FaultKind {
 pub struct NetworkConfig {
     pub backend: Backend,
     /// A named scenario (`same-region`, `cross-region`, `cross-continent`, `consumer`,
-    /// `internet`); explicit `rate`/`delay`/`jitter` override its values.
+    /// `internet`); explicit `rate`/`delay`/`jitter` override its values. Backend `tcp`
+    /// applies none of them (its links are the hosts' own; explicit values are refused).
     pub scenario: Option<String>,
     /// e.g. "100mbit"
     pub rate: Option<String>,
@@ -540,6 +541,23 @@ impl RunConfig {
                     f.at_step,
                     format!("must be in 1..={}", self.steps),
                 ));
+            }
+        }
+        if self.network.backend == Backend::Tcp {
+            let n = &self.network;
+            for (field, v) in [
+                ("network.rate", &n.rate),
+                ("network.delay", &n.delay),
+                ("network.jitter", &n.jitter),
+            ] {
+                if let Some(v) = v {
+                    return Err(ConfigError::new(
+                        field,
+                        v,
+                        "not applied by backend tcp (real links, no emulation): remove it, \
+                         or shape the hosts' own links (README: sites on separate hosts)",
+                    ));
+                }
             }
         }
         self.link_matrix()?;

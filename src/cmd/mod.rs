@@ -8,6 +8,7 @@ pub mod project;
 pub mod report;
 pub mod run;
 pub mod run_one;
+pub mod site;
 pub mod train;
 pub mod worker;
 

@@ -22,9 +22,23 @@ pub fn execute_in_run_dir(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<()> {
-    dir.set_runtime("cpu", threads_per_site(cfg))?;
+    execute_with(cfg, dir, threads_per_site(cfg), |path| {
+        run_one(cfg, path, reg, opts)
+    })
+}
+
+/// Executes a run in `dir` with `run` (given the directory's path; e.g. [`run_one`], or
+/// rank 0 of a multi-host run), recording `threads` per site, then writes `sites.json` and
+/// the routing metrics.
+pub fn execute_with(
+    cfg: &RunConfig,
+    dir: &mut RunDir,
+    threads: usize,
+    run: impl FnOnce(&Path) -> Result<super::RunOutcome>,
+) -> Result<()> {
+    dir.set_runtime("cpu", threads)?;
     let path = dir.path().to_path_buf();
-    let outcome = run_one(cfg, &path, reg, opts);
+    let outcome = run(&path);
     if let Ok(o) = &outcome {
         crate::results::write_atomic(
             &path.join("sites.json"),

@@ -15,10 +15,12 @@
 //!   measured cost from above (see below); libtorch's CPU attention keeps no S² scores (the
 //!   per-token cost did not grow from S = 128 to 512).
 //!
-//! Sites that compute at once: on `sim` min(M, cores / threads per site) (its compute gate),
-//! otherwise every site (one process each). Each process adds 160 MB (binary and libtorch):
-//! one on `sim`, a worker per endpoint plus the orchestrator otherwise; Photon's aggregator
-//! adds 4·(4N).
+//! Sites on this machine: all M for `sim`, `relay` and `netns`; one for `tcp` (`fomoe site`,
+//! one rank per host). Sites that compute at once: on `sim` min(M, cores / threads per site)
+//! (its compute gate), otherwise every site here (one process each). Each process adds
+//! 160 MB (binary and libtorch): one on `sim` and `tcp`, a worker per endpoint plus the
+//! orchestrator otherwise; Photon's aggregator adds 4·(4N) (counted on every `tcp` host:
+//! rank 0 may hold it).
 //!
 //! Measured (peak RSS of `fomoe run-one`, method single, 1 thread, 2 steps) against the
 //! estimate: tiny b8 160 MB (est. 179); small b8 204 MB (229), b64 453 MB (495); small S 512
@@ -119,21 +121,23 @@ fn estimate_with(cfg: &RunConfig, model: &ModelConfig) -> RunEstimate {
     };
     let star = cfg.method == Method::Photon && cfg.photon_topology == PhotonTopology::Star;
     let aggregator = if star { 4.0 * f * n_full } else { 0.0 };
-    let (processes, computing) = match cfg.network.backend {
+    let (here, processes, computing) = match cfg.network.backend {
         Backend::Sim => {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             let slots = (cores / crate::runner::threads_per_site(cfg).max(1)).max(1);
-            (1, slots.min(sites))
+            (sites, 1, slots.min(sites))
         }
-        Backend::Relay | Backend::Netns => (cfg.endpoints() + 1, sites),
+        Backend::Relay | Backend::Netns => (sites, cfg.endpoints() + 1, sites),
+        // `fomoe site`: one site per host (rank 0 may also hold Photon's aggregator).
+        Backend::Tcp => (1, 1, 1),
     };
     let s = &per_site;
-    let total = sites as f64 * (s.state + s.init + s.data)
+    let total = here as f64 * (s.state + s.init + s.data)
         + computing as f64 * (s.working + s.activations)
         + aggregator
         + processes as f64 * PROCESS_BASE_BYTES;
     RunEstimate {
-        sites,
+        sites: here,
         computing,
         per_site,
         aggregator,
@@ -385,6 +389,26 @@ mod tests {
                 "{preset} b{batch} s{seq}: estimate {mb:.0} MB vs measured {measured_mb} MB"
             );
         }
+    }
+
+    #[test]
+    fn fomoe_site_hosts_count_one_site() {
+        let mut c = RunConfig {
+            method: Method::Fomoe,
+            sites: 8,
+            preset: "proxy-s".into(),
+            ..Default::default()
+        };
+        c.network.backend = Backend::Relay;
+        let relay = estimate(&c).unwrap();
+        c.network.backend = Backend::Tcp;
+        let tcp = estimate(&c).unwrap();
+        assert_eq!((relay.sites, tcp.sites), (8, 1));
+        assert_eq!(relay.per_site, tcp.per_site);
+        assert!(
+            (tcp.total - (tcp.per_site.total() + PROCESS_BASE_BYTES)).abs() < 1.0,
+            "{tcp:?}"
+        );
     }
 
     #[test]
