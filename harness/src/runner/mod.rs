@@ -432,24 +432,16 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
         }
     }
     let mut failure: Option<String> = None;
-    // A peer's "connection closed" is the consequence of another site's failure, which may
-    // still be on its way out: wait a moment for that root cause before killing the rest.
-    let consequence = |f: &str| f.contains("connection closed");
-    let mut first_failure: Option<Instant> = None;
     while !workers.0.is_empty() {
         let mut still = Vec::new();
         for (i, mut c) in std::mem::take(&mut workers.0) {
             match c.try_wait() {
                 Ok(Some(status)) if status.success() => {}
                 Ok(Some(status)) => {
-                    if failure.as_deref().is_none_or(consequence) {
+                    if failure.is_none() {
                         let msg = std::fs::read_to_string(dir.join(format!("error-site{i}.txt")))
                             .unwrap_or_else(|_| format!("worker exited with {status}"));
-                        let f = format!("site {i} failed: {}", msg.trim());
-                        if failure.is_none() || !consequence(&f) {
-                            failure = Some(f);
-                        }
-                        first_failure.get_or_insert_with(Instant::now);
+                        failure = Some(format!("site {i} failed: {}", msg.trim()));
                     }
                 }
                 Ok(None) => still.push((i, c)),
@@ -461,11 +453,7 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             }
         }
         workers.0 = still;
-        let grace_over = first_failure.is_some_and(|t| t.elapsed() > Duration::from_secs(2));
-        if failure
-            .as_deref()
-            .is_some_and(|f| !consequence(f) || grace_over)
-        {
+        if failure.is_some() {
             kill_all(&mut workers.0);
             break;
         }
