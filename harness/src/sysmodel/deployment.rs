@@ -58,6 +58,11 @@ pub const DEFAULT_MFU: f64 = 0.4;
 pub const DEFAULT_TOKENS_PER_PARAM: f64 = 20.0;
 /// Most sites a projection accepts (a ring of M sites has 2(M − 1) steps of M links).
 pub const MAX_SITES: usize = 1024;
+/// Largest model a projection accepts, parameters: 100× the largest MoE published, and
+/// small enough that every byte count of one sync fits 64 bits.
+pub const MAX_PARAMS: usize = 10_000_000_000_000;
+/// Most inner steps per round a projection accepts.
+pub const MAX_INNER_STEPS: usize = 1_000_000;
 
 /// The model part of a projection's input.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -135,6 +140,26 @@ impl ModelSpec {
         set(&mut m.seq_len, self.seq_len);
         set(&mut m.batch_size, self.batch_size);
         m.validate()?;
+        if m.total_params() > MAX_PARAMS {
+            let field = if m.expert_params() >= m.dense_params() {
+                "n_experts"
+            } else {
+                "d_model"
+            };
+            let value = if field == "n_experts" {
+                m.n_experts
+            } else {
+                m.d_model
+            };
+            return Err(ConfigError::new(
+                field,
+                value,
+                format!(
+                    "the model would have {} parameters; a projection takes at most {MAX_PARAMS}",
+                    m.total_params()
+                ),
+            ));
+        }
         let label = match (&self.label, &self.preset, any_shape) {
             (Some(l), _, _) => l.clone(),
             (None, Some(p), false) => p.clone(),
@@ -282,8 +307,12 @@ impl DeploymentSpec {
             ));
         }
         let inner_steps = self.inner_steps.unwrap_or(DEFAULT_INNER_STEPS);
-        if inner_steps == 0 {
-            return Err(bad("inner_steps", 0, "must be at least 1"));
+        if inner_steps == 0 || inner_steps > MAX_INNER_STEPS {
+            return Err(bad(
+                "inner_steps",
+                inner_steps,
+                format!("must be in 1..={MAX_INNER_STEPS}"),
+            ));
         }
         let links = self.links(sites)?;
         let compute = match (self.tokens_per_s, self.peak_flops, self.mfu) {
@@ -306,8 +335,12 @@ impl DeploymentSpec {
         let tokens_per_step = self
             .tokens_per_step
             .unwrap_or(model.tokens_per_step() as u64);
-        if tokens_per_step == 0 {
-            return Err(bad("tokens_per_step", 0, "must be at least 1"));
+        if tokens_per_step == 0 || tokens_per_step > 1 << 40 {
+            return Err(bad(
+                "tokens_per_step",
+                tokens_per_step,
+                "must be in 1..=1099511627776",
+            ));
         }
         let default_budget = DEFAULT_TOKENS_PER_PARAM * model.total_params() as f64;
         let token_budget = positive("token_budget", self.token_budget.unwrap_or(default_budget))?;
@@ -532,5 +565,14 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!((label.as_str(), m.n_experts), ("tiny*", 16));
+        // Past 10^13 parameters the byte counts would not fit 64 bits: refused.
+        let e = ModelSpec {
+            preset: Some("paper-100b".into()),
+            n_experts: Some(1_000_000),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.field, "n_experts", "{e}");
     }
 }

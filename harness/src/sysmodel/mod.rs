@@ -65,13 +65,13 @@ pub struct MethodProjection {
     /// sites it is all the payload of a round, so ratios between methods compare totals.
     pub payload_bytes_per_round_per_site: f64,
     /// The largest of the sites' payloads per round.
-    pub payload_bytes_per_round_per_site_max: u64,
+    pub payload_bytes_per_round_per_site_max: f64,
     /// Per round per site over the tokens a site trains per round (H·tokens_per_step).
     pub payload_bytes_per_token_per_site: f64,
     /// Photon star: payload the aggregator sends plus receives per round.
     pub aggregator_payload_bytes_per_round: Option<u64>,
     /// Every endpoint's payload sent per round, together.
-    pub payload_bytes_per_round_total: u64,
+    pub payload_bytes_per_round_total: f64,
     /// DDP's payload per site per round over this method's.
     pub bytes_reduction_vs_ddp: f64,
     pub comm_s_per_round: f64,
@@ -114,7 +114,7 @@ pub fn project(label: &str, model: &ModelConfig, dep: &Deployment) -> anyhow::Re
     let counts = ParamCounts::of(model);
     let flops = TokenFlops::of(model);
     let (m, rho, h) = (dep.sites, dep.rho, dep.inner_steps);
-    let tokens_per_round = (h as u64 * dep.tokens_per_step) as f64;
+    let tokens_per_round = h as f64 * dep.tokens_per_step as f64;
     let mut rows: Vec<MethodProjection> = Vec::new();
     for method in METHODS {
         let sync = traffic::method_sync(model, method, m, rho, h, dep.photon_topology)?;
@@ -139,14 +139,14 @@ pub fn project(label: &str, model: &ModelConfig, dep: &Deployment) -> anyhow::Re
             .collect();
         let syncs = sync.syncs_per_round as u64;
         let per_round_mean = syncs as f64 * per_sync.iter().sum::<u64>() as f64 / m as f64;
-        let per_round_max = syncs * per_sync.iter().copied().max().unwrap_or(0);
+        let per_round_max = syncs as f64 * per_sync.iter().copied().max().unwrap_or(0) as f64;
         let aggregator_bytes = is_star.then(|| {
             let sent = t.payload_sent_by(m);
             let received: u64 = (0..m).map(|c| t.get(c, m).payload_bytes).sum();
             syncs * (sent + received)
         });
         let endpoints = sync.plan.endpoints(m);
-        let total: u64 = syncs * (0..endpoints).map(|s| t.payload_sent_by(s)).sum::<u64>();
+        let total = syncs as f64 * (0..endpoints).map(|s| t.payload_sent_by(s)).sum::<u64>() as f64;
         let links = dep.link_matrix(endpoints);
         let t_sync = time::sync_seconds(&sync.plan, dep.wire, &links, dep.star_link);
         let skip = if method == Method::Fomoe {
@@ -326,7 +326,7 @@ mod tests {
         );
         assert_eq!(
             photon.payload_bytes_per_round_total,
-            4 * photon.payload_bytes_per_round_per_site as u64
+            4.0 * photon.payload_bytes_per_round_per_site
         );
     }
 }
