@@ -25,6 +25,9 @@ enum Command {
     Report(cmd::report::Args),
     /// Rebuild a suite's SVG figures and REPORT-<suite>.md from its results directory alone.
     Figures(cmd::figures::Args),
+    /// The study report of a suite: configurations per corpus over seeds, against DiLoCo at
+    /// its defaults, and the configuration the numbers select (STUDY-<suite>.md).
+    Study(cmd::figures::StudyArgs),
     /// Generate paper/REPORT.md (the abstract's claims beside measured and projected numbers)
     /// and its figures from a spec file; --check fails when the committed files differ.
     PaperReport(cmd::paper_report::Args),
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Figures(a) => cmd::figures::run(a),
+        Command::Study(a) => cmd::figures::study(a),
         Command::PaperReport(a) => cmd::paper_report::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::RunOne(a) => cmd::run_one::run(a),
