@@ -412,6 +412,31 @@ mod tests {
     }
 
     #[test]
+    fn every_committed_suite_fits_a_16gb_machine() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+        let mut suites = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "toml") {
+                continue;
+            }
+            let suite = crate::suite::Suite::load(&path).unwrap();
+            for run in &suite.runs {
+                let e = estimate(&run.config).unwrap();
+                assert!(
+                    e.total < 16e9,
+                    "{}: run {} needs an estimated {}",
+                    path.display(),
+                    run.id,
+                    decimal_bytes(e.total)
+                );
+            }
+            suites += 1;
+        }
+        assert!(suites >= 4);
+    }
+
+    #[test]
     fn decimal_bytes_reads_well() {
         assert_eq!(decimal_bytes(950.0), "950 B");
         assert_eq!(decimal_bytes(2.054e12), "2.05 TB");
