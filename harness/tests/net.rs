@@ -5,6 +5,7 @@ use harness::bytes::{self, Traffic};
 use harness::collective::{self, wire, CollectiveError, WireDtype};
 use harness::net::frame::{self, Expect, HandshakeParams, Token};
 use harness::net::tcp::{self, PeerRoute, SiteNetConfig, TcpComm, Timeouts};
+use harness::rng::splitmix64;
 use harness::net::{
     build_local, Backend, Comm, LinkCounters, LinkSpec, NetError, NetOptions, Topology,
 };
@@ -12,19 +13,11 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Small integers in [−8, 8]: every partial sum of ≤ 8 of them is exact in f32, bf16 and f16.
 fn int_tensor(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed;
     (0..n)
-        .map(|_| (splitmix(&mut s) % 17) as f32 - 8.0)
+        .map(|_| (splitmix64(&mut s) % 17) as f32 - 8.0)
         .collect()
 }
 
@@ -32,7 +25,7 @@ fn int_tensor(seed: u64, n: usize) -> Vec<f32> {
 fn float_tensor(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed ^ 0xF00D;
     (0..n)
-        .map(|_| (splitmix(&mut s) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        .map(|_| (splitmix64(&mut s) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
         .collect()
 }
 

@@ -36,7 +36,7 @@ pub const FRAME_TRAILER_BYTES: u64 = 4;
 /// Framing bytes of one frame.
 pub const FRAME_OVERHEAD_BYTES: u64 = FRAME_HEADER_BYTES + FRAME_TRAILER_BYTES;
 /// Header bit meaning "more frames of this message follow".
-const MORE_FLAG: u32 = 1 << 31;
+pub const MORE_FLAG: u32 = 1 << 31;
 /// The largest `max_frame_bytes` the header can express.
 pub const MAX_FRAME_LIMIT: u32 = MORE_FLAG - 1;
 /// Default maximum payload of one frame (16 MiB).
@@ -46,12 +46,39 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 16 << 30;
 /// Longest run id a hello can carry.
 pub const MAX_RUN_ID_BYTES: usize = 128;
 
-const MAGIC: &[u8; 4] = b"FMOE";
+/// First bytes of every hello.
+pub const MAGIC: &[u8; 4] = b"FMOE";
 const VERSION: u16 = 1;
-const HELLO_FIXED_BYTES: usize = 26;
+/// Bytes of a hello before the run id: magic, version, flags, from, to, world, max frame,
+/// run-id length.
+pub const HELLO_FIXED_BYTES: usize = 26;
+/// Offset of the u16 run-id length inside the fixed part of a hello.
+const HELLO_RUN_ID_LEN_AT: usize = 24;
 const NONCE_BYTES: usize = 16;
+/// Bytes of the crc32 that closes a hello, a proof and a frame.
+const CHECKSUM_BYTES: usize = 4;
 const PROOF_BYTES: usize = 32;
+/// Bytes of a proof on the wire (digest + crc32).
+pub const PROOF_MESSAGE_BYTES: usize = PROOF_BYTES + CHECKSUM_BYTES;
 const PROOF_DOMAIN: &[u8] = b"fomoe-handshake-proof-v1";
+
+/// The run-id length a hello's fixed part announces, when it starts with [`MAGIC`] and the
+/// length is at most [`MAX_RUN_ID_BYTES`]; `None` for anything else.
+pub fn hello_run_id_len(fixed: &[u8; HELLO_FIXED_BYTES]) -> Option<usize> {
+    let len = u16::from_le_bytes([fixed[HELLO_RUN_ID_LEN_AT], fixed[HELLO_RUN_ID_LEN_AT + 1]])
+        as usize;
+    (&fixed[..4] == MAGIC && len <= MAX_RUN_ID_BYTES).then_some(len)
+}
+
+/// Bytes of a hello after its fixed part: run id, nonce, crc32.
+pub fn hello_rest_bytes(run_id_len: usize) -> usize {
+    run_id_len + NONCE_BYTES + CHECKSUM_BYTES
+}
+
+/// A frame header word split into (payload length, "more frames follow").
+pub fn parse_frame_header(word: u32) -> (u32, bool) {
+    (word & !MORE_FLAG, word & MORE_FLAG != 0)
+}
 
 /// Number of frames a message of `payload_bytes` takes.
 pub fn frames_for_message(payload_bytes: u64, max_frame_bytes: u32) -> u64 {
@@ -65,7 +92,7 @@ pub fn message_framing_bytes(payload_bytes: u64, max_frame_bytes: u32) -> u64 {
 
 /// Handshake bytes one side sends on a link (hello + proof): `82 + len(run id)`.
 pub fn handshake_bytes(run_id: &str) -> u64 {
-    (HELLO_FIXED_BYTES + run_id.len() + NONCE_BYTES + 4 + PROOF_BYTES + 4) as u64
+    (HELLO_FIXED_BYTES + hello_rest_bytes(run_id.len()) + PROOF_MESSAGE_BYTES) as u64
 }
 
 /// Size limits a reader enforces.
@@ -234,9 +261,8 @@ pub fn read_message<R: Read>(
             Fill::Full => {}
         }
         first = false;
-        let word = u32::from_le_bytes(header);
-        let more = word & MORE_FLAG != 0;
-        let len = (word & !MORE_FLAG) as u64;
+        let (len, more) = parse_frame_header(u32::from_le_bytes(header));
+        let len = len as u64;
         if len > limits.max_frame_bytes as u64 {
             return Err(NetError::FrameTooLong {
                 peer: peer.clone(),
@@ -405,7 +431,7 @@ struct Hello {
 }
 
 fn encode_hello(h: &Hello) -> Vec<u8> {
-    let mut v = Vec::with_capacity(HELLO_FIXED_BYTES + h.run_id.len() + NONCE_BYTES + 4);
+    let mut v = Vec::with_capacity(HELLO_FIXED_BYTES + hello_rest_bytes(h.run_id.len()));
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&VERSION.to_le_bytes());
     v.extend_from_slice(&0u16.to_le_bytes());
@@ -441,13 +467,10 @@ fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<
             "protocol version {version}, expected {VERSION}"
         )));
     }
-    let run_id_len = u16::from_le_bytes([fixed[24], fixed[25]]) as usize;
-    if run_id_len > MAX_RUN_ID_BYTES {
-        return Err(hs(format!(
-            "run id of {run_id_len} bytes exceeds {MAX_RUN_ID_BYTES}"
-        )));
-    }
-    let mut rest = vec![0u8; run_id_len + NONCE_BYTES + 4];
+    let Some(run_id_len) = hello_run_id_len(&fixed) else {
+        return Err(hs(format!("run id longer than {MAX_RUN_ID_BYTES} bytes")));
+    };
+    let mut rest = vec![0u8; hello_rest_bytes(run_id_len)];
     handshake_fill(r, &mut rest, peer, timeout)?;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&fixed);
@@ -529,7 +552,7 @@ fn read_proof<R: Read>(
     peer: &PeerName,
     timeout: Duration,
 ) -> Result<[u8; PROOF_BYTES], NetError> {
-    let mut buf = [0u8; PROOF_BYTES + 4];
+    let mut buf = [0u8; PROOF_MESSAGE_BYTES];
     handshake_fill(r, &mut buf, peer, timeout)?;
     if crc32fast::hash(&buf[..PROOF_BYTES]) != u32_at(&buf, PROOF_BYTES) {
         return Err(NetError::Handshake {

@@ -30,7 +30,9 @@
 //!   slack, so after each release at least `backlog/2` of transmission stays queued.
 
 use super::cpu;
+use crate::rng::splitmix64;
 use super::error::NetError;
+use super::frame::{self, HELLO_FIXED_BYTES};
 use super::link::{LinkMatrix, LinkSpec};
 use super::tcp::{connect_all, NetOptions, PeerRoute, SiteNetConfig, TcpComm};
 use super::timer::{PreciseTimer, TimerHandle};
@@ -233,19 +235,10 @@ pub fn local_relay(
     Ok((relay, comms))
 }
 
-/// SplitMix64 step: a tiny, seedable generator for jitter samples.
-pub(crate) fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Seed of link `from → to` of a run seeded `seed`.
 pub(crate) fn mix(seed: u64, from: u64, to: u64) -> u64 {
     let mut s = seed ^ from.wrapping_mul(0x1000_0000_01B3) ^ to.wrapping_mul(0x0100_0000_0000_01B3);
-    splitmix(&mut s)
+    splitmix64(&mut s)
 }
 
 /// A jitter sample in `[−jitter, +jitter]`, as signed nanoseconds.
@@ -254,7 +247,7 @@ pub(crate) fn jitter_ns(state: &mut u64, jitter: Duration) -> i128 {
     if j == 0 {
         return 0;
     }
-    (splitmix(state) as u128 % (2 * j + 1)) as i128 - j as i128
+    (splitmix64(state) as u128 % (2 * j + 1)) as i128 - j as i128
 }
 
 /// `base + offset` for a signed nanosecond offset, never before `floor`.
@@ -321,7 +314,7 @@ impl PairTask {
 pub(crate) struct MessageScanner {
     phase: Phase,
     need: usize,
-    header: [u8; 26],
+    header: [u8; HELLO_FIXED_BYTES],
     filled: usize,
     more: bool,
 }
@@ -340,8 +333,8 @@ impl MessageScanner {
     pub(crate) fn new() -> Self {
         MessageScanner {
             phase: Phase::HelloFixed,
-            need: 26,
-            header: [0; 26],
+            need: HELLO_FIXED_BYTES,
+            header: [0; HELLO_FIXED_BYTES],
             filled: 0,
             more: false,
         }
@@ -370,16 +363,12 @@ impl MessageScanner {
                     }
                     self.filled = 0;
                     if self.phase == Phase::HelloFixed {
-                        let run_id_len =
-                            u16::from_le_bytes([self.header[24], self.header[25]]) as usize;
-                        if &self.header[..4] != b"FMOE"
-                            || run_id_len > super::frame::MAX_RUN_ID_BYTES
-                        {
+                        let Some(run_id_len) = frame::hello_run_id_len(&self.header) else {
                             self.phase = Phase::Opaque;
                             return;
-                        }
+                        };
                         self.phase = Phase::HelloRest;
-                        self.need = run_id_len + 16 + 4;
+                        self.need = frame::hello_rest_bytes(run_id_len);
                     } else {
                         let word = u32::from_le_bytes([
                             self.header[0],
@@ -387,9 +376,10 @@ impl MessageScanner {
                             self.header[2],
                             self.header[3],
                         ]);
-                        self.more = word & (1 << 31) != 0;
+                        let (len, more) = frame::parse_frame_header(word);
+                        self.more = more;
                         self.phase = Phase::Body;
-                        self.need = (word & !(1 << 31)) as usize + 4;
+                        self.need = len as usize + frame::FRAME_TRAILER_BYTES as usize;
                     }
                 }
                 Phase::HelloRest | Phase::Proof | Phase::Body => {
@@ -403,19 +393,19 @@ impl MessageScanner {
                         Phase::HelloRest => {
                             ends.push(i);
                             self.phase = Phase::Proof;
-                            self.need = 36;
+                            self.need = frame::PROOF_MESSAGE_BYTES;
                         }
                         Phase::Proof => {
                             ends.push(i);
                             self.phase = Phase::Header;
-                            self.need = 4;
+                            self.need = frame::FRAME_HEADER_BYTES as usize;
                         }
                         _ => {
                             if !self.more {
                                 ends.push(i);
                             }
                             self.phase = Phase::Header;
-                            self.need = 4;
+                            self.need = frame::FRAME_HEADER_BYTES as usize;
                         }
                     }
                 }
