@@ -128,7 +128,7 @@ pub enum SuiteError {
 pub struct SuiteRun {
     pub id: String,
     pub config: RunConfig,
-    /// [`RunConfig::hash`] of `config`.
+    /// [`RunConfig::run_hash`] of `config`.
     pub hash: String,
 }
 
@@ -616,7 +616,7 @@ impl Suite {
                     field,
                     message,
                 })?;
-                let hash = cfg.hash();
+                let hash = cfg.run_hash();
                 if seen.contains_key(&hash) {
                     continue;
                 }

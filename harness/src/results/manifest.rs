@@ -50,7 +50,7 @@ pub struct Manifest {
     pub status: RunStatus,
     /// The error chain on one line when `failed`.
     pub error: Option<String>,
-    /// [`RunConfig::hash`] of `config`: resume compares it with the suite's config.
+    /// [`RunConfig::run_hash`] of `config`: resume compares it with the suite's config.
     pub config_hash: String,
     pub config: RunConfig,
     /// `git rev-parse HEAD` in the working directory at run time, or "unknown".

@@ -167,7 +167,7 @@ impl RunDir {
             run_id: run_id.to_string(),
             status: RunStatus::Running,
             error: None,
-            config_hash: cfg.hash(),
+            config_hash: cfg.run_hash(),
             config: cfg.clone(),
             git_commit: env.git_commit.clone(),
             fomoe_version: env!("CARGO_PKG_VERSION").to_string(),

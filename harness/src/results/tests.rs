@@ -212,9 +212,9 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("diloco-s0");
     let c = cfg(Method::Diloco);
-    assert_eq!(run_state(&path, &c.hash()), RunState::Missing);
+    assert_eq!(run_state(&path, &c.run_hash()), RunState::Missing);
     let mut rd = RunDir::create(&path, "diloco-s0", &c, &env()).unwrap();
-    assert_eq!(run_state(&path, &c.hash()), RunState::Partial);
+    assert_eq!(run_state(&path, &c.run_hash()), RunState::Partial);
     let m = Manifest::read(&path.join(MANIFEST_FILE)).unwrap();
     assert_eq!(m.status, RunStatus::Running);
     assert_eq!(
@@ -223,7 +223,7 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
             m.tch_version.as_str(),
             m.libtorch_version.as_str()
         ),
-        (c.hash().as_str(), "0.26", "2.13.0")
+        (c.run_hash().as_str(), "0.26", "2.13.0")
     );
     assert_eq!(
         (m.network_backend.as_str(), m.threads, m.git_commit.as_str()),
@@ -263,11 +263,11 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     assert_eq!(keys, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]);
     assert!(!site_steps_path(&path, 1).exists() && !site_steps_path(&path, 2).exists());
     assert!(temporaries_in(&path).is_empty());
-    assert_eq!(run_state(&path, &c.hash()), RunState::Complete);
+    assert_eq!(run_state(&path, &c.run_hash()), RunState::Complete);
     assert_eq!(
         run_state(&path, "other"),
         RunState::OtherConfig {
-            found_hash: c.hash()
+            found_hash: c.run_hash()
         }
     );
 
@@ -278,7 +278,7 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     let m = rd.finish(&err).unwrap();
     assert_eq!(m.status, RunStatus::Failed);
     assert_eq!(m.error.as_deref(), Some("site 1: link down at round 3"));
-    assert_eq!(run_state(&path, &c.hash()), RunState::Failed);
+    assert_eq!(run_state(&path, &c.run_hash()), RunState::Failed);
 }
 
 #[test]

@@ -272,7 +272,7 @@ pub fn run_site(
     let mut step = 0usize;
     if let Some(path) = &ctx.resume {
         let ck = crate::checkpoint::Checkpoint::open(path)?;
-        if ck.meta("config_hash").as_deref() != Some(cfg.hash().as_str()) {
+        if ck.meta("config_hash").as_deref() != Some(cfg.checkpoint_hash().as_str()) {
             anyhow::bail!(
                 "{}: checkpoint of a different run configuration (config hash differs)",
                 path.display()
@@ -373,7 +373,7 @@ pub fn run_site(
                 if let Some((dir, every)) = &ctx.checkpoint {
                     if (round + 1) % every.max(&1) == 0 || round + 1 == rounds {
                         let path = dir.join(format!("ckpt-site{site}.safetensors"));
-                        save_site_checkpoint(&path, &st, strategy, step, &cfg.hash())?;
+                        save_site_checkpoint(&path, &st, strategy, step, &cfg.checkpoint_hash())?;
                     }
                 }
             }
