@@ -1,6 +1,8 @@
-//! Running a suite: for each run, skip it when complete, else clear its directory, create
-//! it, hand it to a [`RunExecutor`] (the training runner), finish it, and rewrite
-//! summary.csv. Runs are done one after another, in suite order.
+//! Running a suite: lock the suite directory ([`SuiteLock`]: a second `fomoe run` of the
+//! same suite into the same directory is refused, naming the holder's pid), then for each
+//! run, skip it when complete, else clear its directory, create it, hand it to a
+//! [`RunExecutor`] (the training runner), finish it, and rewrite summary.csv. Runs are done
+//! one after another, in suite order.
 //!
 //! The executor is the only part that trains. Its contract, for a run with config `cfg`
 //! and an open [`RunDir`] `dir` (manifest already `running`, CSV headers written):
@@ -31,8 +33,8 @@ use crate::results::csv_sink::parse_rows;
 use crate::results::run_dir::ROUNDS_FILE;
 use crate::results::{
     annotate_suite, clear_run_dir, run_state, summarize, summary_csv, write_atomic, Manifest,
-    ResultsError, RunDir, RunEnv, RunState, RunStatus, Summary, MANIFEST_FILE, SUITE_COPY_FILE,
-    SUMMARY_FILE,
+    ResultsError, RunDir, RunEnv, RunState, RunStatus, Summary, SuiteLock, MANIFEST_FILE,
+    SUITE_COPY_FILE, SUMMARY_FILE,
 };
 use crate::suite::{Suite, SuiteRun};
 use crate::telemetry::RoundRow;
@@ -129,6 +131,11 @@ pub fn run_suite(
         path: suite_dir.clone(),
         error,
     })?;
+    // One writer per suite directory, until this function returns (any path).
+    let lock = SuiteLock::acquire(&suite_dir)?;
+    if let Some(note) = lock.takeover_note() {
+        tracing::warn!("{note}");
+    }
     write_atomic(&suite_dir.join(SUITE_COPY_FILE), suite.source.as_bytes())?;
     let env = RunEnv::detect(&suite.name, &opts.backend);
 
@@ -230,6 +237,7 @@ pub fn run_suite(
         obs.run_finished(&outcome);
         outcomes.push(outcome);
     }
+    drop(lock);
     Ok(SuiteResult {
         suite_dir,
         outcomes,

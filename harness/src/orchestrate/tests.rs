@@ -266,3 +266,92 @@ fn failures_and_panics_are_recorded_and_re_run() {
     assert_eq!(calls(&fixed), vec!["diloco-s0", "fomoe-rho1-s0"]);
     assert!(r.failed().is_empty());
 }
+
+/// Blocks its first run until released, so a second invocation can meet the lock.
+struct Blocking {
+    started: std::sync::mpsc::SyncSender<()>,
+    release: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl RunExecutor for Blocking {
+    fn execute(&self, run_id: &str, cfg: &RunConfig, dir: &mut RunDir) -> anyhow::Result<()> {
+        let _ = self.started.send(());
+        let _ = self.release.lock().unwrap().recv();
+        FakeExecutor::default().execute(run_id, cfg, dir)
+    }
+}
+
+/// Defect 1 of issue 10: two `fomoe run` of one suite into one directory used to both run
+/// and corrupt each other. The second is refused in one line naming the holder's pid, and
+/// the first finishes untouched; afterwards the directory can be used again.
+#[test]
+fn a_second_run_of_the_same_suite_directory_is_refused_while_the_first_holds_the_lock() {
+    let out = tempfile::tempdir().unwrap();
+    let s = suite(SUITE);
+    let opts = SuiteOptions::new(out.path());
+    let (started_tx, started_rx) = std::sync::mpsc::sync_channel(8);
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let first = Blocking {
+        started: started_tx,
+        release: Mutex::new(release_rx),
+    };
+    std::thread::scope(|scope| {
+        let h = scope.spawn(|| run_suite(&s, &opts, &first, &Silent));
+        started_rx.recv().unwrap();
+        let lock_file = out.path().join("resume").join(crate::results::LOCK_FILE);
+        assert_eq!(
+            std::fs::read_to_string(&lock_file).unwrap().trim(),
+            std::process::id().to_string()
+        );
+        let second = FakeExecutor::default();
+        let e = run_suite(&s, &opts, &second, &Silent).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ResultsError::Locked { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("another fomoe run (pid {})", std::process::id())),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+        assert!(calls(&second).is_empty(), "the second invocation ran nothing");
+        for _ in 0..s.runs.len() {
+            release_tx.send(()).unwrap();
+        }
+        let r = h.join().unwrap().unwrap();
+        assert!(r.failed().is_empty());
+        assert_eq!(std::fs::read_to_string(&lock_file).unwrap(), "", "released");
+    });
+    // Free again: a third invocation skips every (complete) run.
+    let third = FakeExecutor::default();
+    run_suite(&s, &opts, &third, &Silent).unwrap();
+    assert!(calls(&third).is_empty());
+}
+
+/// A lock file left by a process that died without releasing it (killed) is taken over,
+/// and the takeover says whose lock it was.
+#[test]
+fn a_stale_lock_of_a_dead_process_is_taken_over_with_a_note() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(dir.join(crate::results::LOCK_FILE), format!("{dead}\n")).unwrap();
+    let lock = SuiteLock::acquire(&dir).unwrap();
+    let stale = lock.stale_holder().unwrap();
+    assert_eq!(stale.pid, dead);
+    assert!(!stale.running);
+    let note = lock.takeover_note().unwrap();
+    assert!(
+        note.contains(&format!("took over the lock of pid {dead}, which is no longer running")),
+        "{note}"
+    );
+    drop(lock);
+    // A clean release leaves no pid behind: the next taker notes nothing.
+    assert!(SuiteLock::acquire(&dir).unwrap().stale_holder().is_none());
+    // And the suite runs over such a directory.
+    std::fs::write(dir.join(crate::results::LOCK_FILE), format!("{dead}\n")).unwrap();
+    let exec = FakeExecutor::default();
+    let r = run_suite(&suite(SUITE), &SuiteOptions::new(out.path()), &exec, &Silent).unwrap();
+    assert!(r.failed().is_empty());
+}

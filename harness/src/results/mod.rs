@@ -1,6 +1,7 @@
 //! Results on disk (DESIGN.md "Results"): a stable, documented layout.
 //!
 //! ```text
+//! <out>/<suite>/.lock                      pid of the `fomoe run` writing the suite (lock::SuiteLock)
 //! <out>/<suite>/suite.toml                 the suite file as run (copied atomically)
 //! <out>/<suite>/summary.csv                one row per run (SUMMARY_COLUMNS), rewritten
 //!                                          atomically after every run
@@ -25,6 +26,7 @@
 
 pub mod atomic;
 pub mod csv_sink;
+pub mod lock;
 pub mod manifest;
 pub mod run_dir;
 pub mod summary;
@@ -33,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 pub use atomic::write_atomic;
 pub use csv_sink::{read_rows, CsvSink, Rows};
+pub use lock::{SuiteLock, LOCK_FILE};
 pub use manifest::{Manifest, RunEnv, RunStatus, MANIFEST_FILE};
 pub use run_dir::{
     clear_run_dir, merge_site_steps, run_state, site_step_files, site_steps_path, RunDir, RunState,
@@ -60,6 +63,8 @@ pub enum ResultsError {
         line: usize,
         reason: String,
     },
+    #[error("{path}: another fomoe run ({holder}) is writing this suite directory; wait for it to end or stop it")]
+    Locked { path: PathBuf, holder: String },
 }
 
 /// Summaries of every run directory under `suite_dir` (directories holding a manifest):
