@@ -82,6 +82,8 @@ pub struct Generated {
     pub suite: String,
     pub report: PathBuf,
     pub figures: Vec<PathBuf>,
+    /// Runs left out (unreadable or incomplete), with the reason ([`SuiteData::left_out`]).
+    pub left_out: Vec<(String, String)>,
 }
 
 /// `<out>/figures/<suite>/`.
@@ -118,5 +120,6 @@ pub fn generate(suite_dir: &Path, out: &Path) -> Result<Generated, PaperError> {
         suite: suite.name,
         report,
         figures: written,
+        left_out: suite.left_out,
     })
 }

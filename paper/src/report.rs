@@ -146,6 +146,12 @@ pub fn markdown(suite: &SuiteData) -> String {
     {
         let _ = writeln!(m, "\n`*`: no DDP run with the same knob values; the ratio uses the closest DDP run (named below).");
     }
+    if !suite.left_out.is_empty() {
+        let _ = writeln!(m, "\nLeft out of this table and of every figure:\n");
+        for (id, why) in &suite.left_out {
+            let _ = writeln!(m, "- `{id}`: {}", why.replace('|', "\\|"));
+        }
+    }
     let _ = writeln!(m, "\n## Figures\n");
     for (name, title) in FIGURES {
         let _ = writeln!(m, "### {title}\n");

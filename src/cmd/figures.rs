@@ -33,6 +33,9 @@ pub fn run(a: Args) -> Result<()> {
     for d in dirs {
         let g =
             paper::generate(&d, &a.out).with_context(|| format!("figures of {}", d.display()))?;
+        for (id, why) in &g.left_out {
+            eprintln!("{}: run {id} left out: {why}", g.suite);
+        }
         println!(
             "{}: {} and {} figures in {}",
             g.suite,

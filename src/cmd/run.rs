@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use harness::config::RunConfig;
 use harness::orchestrate::{run_suite, RunExecutor, RunOutcome, SuiteObserver, SuiteOptions};
-use harness::results::{RunDir, RunState};
+use harness::results::{ExpectedRows, RunDir, RunState};
 use harness::suite::{Suite, SuiteRun};
 use harness::telemetry::RoundRow;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -48,6 +48,10 @@ pub struct Args {
 struct TrainingExecutor;
 
 impl RunExecutor for TrainingExecutor {
+    fn prepare(&self, cfg: &RunConfig) -> Result<ExpectedRows> {
+        harness::runner::prepare(cfg)
+    }
+
     fn execute(&self, _run_id: &str, cfg: &RunConfig, dir: &mut RunDir) -> Result<()> {
         harness::runner::execute_in_run_dir(cfg, dir, &baselines::registry(), &Default::default())
     }

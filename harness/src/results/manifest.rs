@@ -10,13 +10,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::completeness::FileRecords;
 use super::ResultsError;
 use crate::config::RunConfig;
 
 /// File name inside a run directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Version of the manifest layout; bump when a field changes meaning.
-pub const MANIFEST_SCHEMA: u32 = 1;
+/// 2: `files` (the record of what the finished run holds, [`super::completeness`]).
+pub const MANIFEST_SCHEMA: u32 = 2;
 /// The tch crate this harness is built against (workspace `Cargo.toml`).
 pub const TCH_VERSION: &str = "0.26";
 /// The libtorch tch 0.26 requires.
@@ -72,6 +74,10 @@ pub struct Manifest {
     pub ended_at: Option<String>,
     /// Wall-clock seconds from start to end (not the run's virtual clock).
     pub duration_s: Option<f64>,
+    /// What the finished run holds: size, SHA-256 and rows of every result file
+    /// ([`super::completeness`]); absent while running and in schema-1 manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileRecords>,
 }
 
 /// The part of a manifest resume needs; tolerant of every other field.
@@ -79,6 +85,8 @@ pub struct Manifest {
 pub struct ManifestHead {
     pub status: RunStatus,
     pub config_hash: String,
+    #[serde(default)]
+    pub files: Option<FileRecords>,
 }
 
 impl Manifest {

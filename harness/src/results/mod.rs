@@ -20,11 +20,14 @@
 //! ([`atomic::write_atomic`]); row files are appended one `write` per row
 //! ([`csv_sink::CsvSink`]). A crash loses at most the row being written.
 //!
-//! **Resume.** A run is complete iff its manifest says `complete` and its `config_hash`
-//! equals the hash of the config the suite now asks for ([`run_dir::run_state`]); any other
-//! state (missing, `running`, `failed`, another hash) clears the directory and re-runs.
+//! **Resume.** A run is complete iff its manifest says `complete`, its `config_hash`
+//! equals the hash of the config the suite now asks for, and its result files are those
+//! its manifest records ([`run_dir::run_state`], [`completeness`]); any other state
+//! (missing, `running`, `failed`, `incomplete`, another hash) clears the directory and
+//! re-runs.
 
 pub mod atomic;
+pub mod completeness;
 pub mod csv_sink;
 pub mod lock;
 pub mod manifest;
@@ -34,6 +37,7 @@ pub mod summary;
 use std::path::{Path, PathBuf};
 
 pub use atomic::write_atomic;
+pub use completeness::{ExpectedRows, FileRecord, FileRecords};
 pub use csv_sink::{read_rows, CsvSink, Rows};
 pub use lock::{SuiteLock, LOCK_FILE};
 pub use manifest::{Manifest, RunEnv, RunStatus, MANIFEST_FILE};
@@ -63,6 +67,8 @@ pub enum ResultsError {
         line: usize,
         reason: String,
     },
+    #[error("run {run_id}: {reason}")]
+    Prepare { run_id: String, reason: String },
     #[error("{path}: another fomoe run ({holder}) is writing this suite directory; wait for it to end or stop it")]
     Locked { path: PathBuf, holder: String },
 }

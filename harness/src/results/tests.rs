@@ -408,6 +408,16 @@ fn summary_of_a_run_from_its_files() {
     );
     assert_eq!((s.final_eval_loss, s.time_to_target_s), (None, None));
     assert_eq!(s.error.as_deref(), Some("boom"));
+
+    // Issue 10: a run that failed after evals has rounds rows whose byte totals were never
+    // filled in (the runner fills them when a run succeeds); its bytes are the sites'
+    // own counts in steps.csv, not 0 B.
+    let p = fake_run(root.path(), "diloco-s3", &cfg(Method::Diloco), &[(1, [4.0, 3.5], 0)], false);
+    let s = summarize(&p).unwrap();
+    assert_eq!(
+        (s.payload_bytes, s.bytes_source, s.status.as_str(), s.final_round),
+        (48, "steps", "failed", Some(1))
+    );
 }
 
 #[test]
@@ -551,8 +561,22 @@ fn suite_dirs_and_load_order() {
         .map(|s| s.run_id)
         .collect();
     assert_eq!(ids, vec!["z-run", "y-run"]);
-    // A broken run directory shows as unreadable, it does not stop the report.
+    // A changed results file makes the run incomplete (no numbers); it does not stop the
+    // report.
     std::fs::write(a.join("y-run").join(ROUNDS_FILE), b"round\nnot-a-number\n").unwrap();
+    let rows = load_suite(&a).unwrap();
+    assert_eq!(rows[1].status, "incomplete");
+    assert!(!rows[1].has_numbers());
+    assert!(rows[1]
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("rounds.csv holds 19 bytes, the complete run wrote"));
+    // Without a record (a schema-1 manifest) the malformed file shows as unreadable.
+    let m = a.join("y-run").join(MANIFEST_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("files");
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
     let rows = load_suite(&a).unwrap();
     assert_eq!(rows[1].status, "unreadable");
     assert!(rows[1]

@@ -83,6 +83,20 @@ fn net_options(cfg: &RunConfig, dir: &Path) -> NetOptions {
     o
 }
 
+/// What can be checked of a run before anything is written: the config validates and its
+/// data opens (a missing or malformed data file is reported here, not after the run
+/// directory and `init.safetensors` exist). Returns the rows a complete run writes.
+pub fn prepare(cfg: &RunConfig) -> Result<crate::results::ExpectedRows> {
+    cfg.validate()?;
+    let mcfg = cfg.model_config()?;
+    let data = Dataset::open(&cfg.data, mcfg.seq_len)?;
+    Ok(crate::results::ExpectedRows::for_training(
+        cfg,
+        data.n_domains(),
+        mcfg.n_layers,
+    ))
+}
+
 /// Execute `cfg` with its files in `dir` (created if needed).
 pub fn run_one(
     cfg: &RunConfig,
@@ -90,7 +104,7 @@ pub fn run_one(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<RunOutcome> {
-    cfg.validate()?;
+    prepare(cfg)?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::results::write_atomic(
