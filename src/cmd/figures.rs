@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
         for (id, why) in &g.left_out {
             eprintln!("{}: run {id} left out: {why}", g.suite);
         }
-        println!(
+        outln!(
             "{}: {} and {} figures in {}",
             g.suite,
             g.report.display(),

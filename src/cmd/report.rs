@@ -34,12 +34,12 @@ pub fn run(a: Args) -> Result<()> {
         let rows = load_suite(&d)?;
         let name = suite_name(&d);
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "suite": name, "dir": d, "runs": rows })
             );
         } else {
-            print!("{}", table(&name, &rows));
+            out!("{}", table(&name, &rows));
         }
     }
     Ok(())

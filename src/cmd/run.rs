@@ -75,12 +75,12 @@ pub fn run(a: Args) -> Result<()> {
             .filter(|r| a.only.as_deref().is_none_or(|o| r.id.contains(o)))
         {
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "run_id": r.id, "config_hash": r.hash, "config": r.config })
                 );
             } else {
-                println!("{}  {}", r.hash, r.id);
+                outln!("{}  {}", r.hash, r.id);
             }
         }
         return Ok(());
@@ -99,8 +99,8 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     progress.done();
     if !a.json {
-        print!("{}", table(&suite.name, &result.summaries));
-        println!("results: {}", result.suite_dir.display());
+        out!("{}", table(&suite.name, &result.summaries));
+        outln!("results: {}", result.suite_dir.display());
     }
     let failed = result.failed();
     if !failed.is_empty() {
@@ -143,7 +143,7 @@ impl Progress {
 
     fn line(&self, text: String) {
         if self.mp.is_hidden() {
-            println!("{text}");
+            outln!("{text}");
         } else {
             let _ = self.mp.println(text);
         }
@@ -224,7 +224,7 @@ impl SuiteObserver for Progress {
             }
         }
         if self.json {
-            println!("{}", serde_json::to_string(o).unwrap_or_default());
+            outln!("{}", serde_json::to_string(o).unwrap_or_default());
             return;
         }
         if self.quiet {

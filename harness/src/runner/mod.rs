@@ -10,7 +10,9 @@
 //! Backends: `sim` runs every endpoint as a thread of this process with a compute gate
 //! (at most cores / threads-per-site sites compute at once, each on its own cores) on a
 //! virtual clock; `relay` starts the
-//! relay here and spawns `fomoe worker --run-dir D --site i` per endpoint; `netns` (root)
+//! relay here and spawns `fomoe worker --run-dir D --site i` per endpoint (its network
+//! config, with the run's secret token, written to the worker's stdin: no secret is ever in
+//! a file; a worker dies with the orchestrator, `PR_SET_PDEATHSIG`); `netns` (root)
 //! builds one network namespace per endpoint with kernel `tbf` rates (and the relay in the
 //! hub namespace when links have delay, see [`crate::net::netns::network`]), writes
 //! `netns.json` (which component supplies rate and delay, the namespaces), and starts each
@@ -287,12 +289,6 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             &Default::default(),
         )?),
     };
-    for (i, sc) in network.site_configs().iter().enumerate() {
-        crate::results::write_atomic(
-            &dir.join(format!("net-site{i}.json")),
-            serde_json::to_string(sc)?.as_bytes(),
-        )?;
-    }
     if let ProcessNet::Netns(n) = &network {
         crate::results::write_atomic(
             &dir.join("netns.json"),
@@ -315,16 +311,26 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             .arg(dir)
             .arg("--site")
             .arg(i.to_string())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
+        die_with_parent(&mut cmd);
         if let ProcessNet::Netns(n) = &network {
             n.lab()
                 .command_in_site(i, &mut cmd)
                 .with_context(|| format!("site {i}: entering its namespace"))?;
         }
         match cmd.spawn() {
-            Ok(c) => workers.0.push((i, c)),
+            Ok(mut c) => {
+                // The site's network config (with the run's token) goes through a pipe:
+                // it is never written to a file. A worker that died before reading it
+                // is reported by the wait loop below.
+                let config = serde_json::to_vec(&network.site_configs()[i])?;
+                if let Some(mut stdin) = c.stdin.take() {
+                    let _ = std::io::Write::write_all(&mut stdin, &config);
+                }
+                workers.0.push((i, c));
+            }
             Err(e) => bail!("starting worker for site {i} ({}): {e}", exe.display()),
         }
     }
@@ -378,6 +384,29 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     Ok(reports)
 }
 
+/// Make the worker receive SIGKILL when the process that started it dies (Linux
+/// `PR_SET_PDEATHSIG`), so a killed orchestrator leaves no worker waiting out its connect
+/// timeout. The signal follows the *thread* that spawned the worker, which here is the one
+/// that also waits for it. If the parent is already gone when the child starts, the child
+/// exits at once.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 fn kill_all(children: &mut Vec<(usize, Child)>) {
     for (_, c) in children.iter_mut() {
         let _ = c.kill();
@@ -388,16 +417,18 @@ fn kill_all(children: &mut Vec<(usize, Child)>) {
     children.clear();
 }
 
-/// Entry point of `fomoe worker`: one endpoint of a run on a real backend.
+/// Entry point of `fomoe worker`: one endpoint of a run on a real backend. Its network
+/// config ([`crate::net::tcp::SiteNetConfig`], which holds the run's token) arrives as JSON
+/// on stdin from the orchestrator, never through a file.
 pub fn worker_main(dir: &Path, endpoint: usize, reg: &MethodRegistry) -> Result<()> {
     let result = (|| -> Result<()> {
         let cfg: RunConfig = serde_json::from_str(
             &std::fs::read_to_string(dir.join("config.json")).context("reading config.json")?,
         )?;
         tch::set_num_threads(threads_per_site(&cfg) as i32);
-        let sc: crate::net::tcp::SiteNetConfig = serde_json::from_str(&std::fs::read_to_string(
-            dir.join(format!("net-site{endpoint}.json")),
-        )?)?;
+        let sc: crate::net::tcp::SiteNetConfig =
+            serde_json::from_reader(std::io::stdin().lock())
+                .context("reading the site's network config from stdin")?;
         let mut comm = crate::net::tcp::TcpComm::connect(&sc)?;
         run_endpoint(&cfg, dir, endpoint, &mut comm, reg, None)?;
         Ok(())
