@@ -334,34 +334,41 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             Err(e) => bail!("starting worker for site {i} ({}): {e}", exe.display()),
         }
     }
-    let mut failure: Option<String> = None;
+    // Failures as they are seen; after the first, the others get a moment to exit on their
+    // own, so the root cause (a crash) and its consequences (peers whose links closed) are
+    // all named, root cause first, whatever order the processes happened to exit in.
+    let mut failures: Vec<String> = Vec::new();
+    let mut first_failure: Option<Instant> = None;
     while !workers.0.is_empty() {
         let mut still = Vec::new();
         for (i, mut c) in std::mem::take(&mut workers.0) {
             match c.try_wait() {
                 Ok(Some(status)) if status.success() => {}
                 Ok(Some(status)) => {
-                    if failure.is_none() {
-                        let msg = std::fs::read_to_string(dir.join(format!("error-site{i}.txt")))
-                            .unwrap_or_else(|_| format!("worker exited with {status}"));
-                        failure = Some(format!("site {i} failed: {}", msg.trim()));
-                    }
+                    let msg = std::fs::read_to_string(dir.join(format!("error-site{i}.txt")))
+                        .unwrap_or_else(|_| format!("worker exited with {status}"));
+                    failures.push(format!("site {i} failed: {}", msg.trim()));
                 }
                 Ok(None) => still.push((i, c)),
                 Err(e) => {
-                    failure.get_or_insert(format!("site {i}: waiting for the worker: {e}"));
+                    failures.push(format!("site {i}: waiting for the worker: {e}"));
                     let _ = c.kill();
                     let _ = c.wait();
                 }
             }
         }
         workers.0 = still;
-        if failure.is_some() {
-            kill_all(&mut workers.0);
-            break;
+        if !failures.is_empty() {
+            let since = *first_failure.get_or_insert_with(Instant::now);
+            if since.elapsed() >= FAILURE_GRACE {
+                kill_all(&mut workers.0);
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    failures.sort_by_key(|f| is_consequence(f));
+    let mut failure = (!failures.is_empty()).then(|| failures.join("; "));
     drop(workers);
     match network {
         ProcessNet::Relay(r) => drop(r),
@@ -405,6 +412,17 @@ fn die_with_parent(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// How long the other workers of a failed run may take to exit on their own.
+const FAILURE_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether a site's error reads as the consequence of another site's failure (its link
+/// closed or went quiet) rather than a cause.
+fn is_consequence(error: &str) -> bool {
+    ["connection closed", "no message within", "stalled mid-"]
+        .iter()
+        .any(|m| error.contains(m))
 }
 
 fn kill_all(children: &mut Vec<(usize, Child)>) {
