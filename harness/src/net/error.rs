@@ -69,6 +69,14 @@ pub enum NetError {
         want: u64,
         timeout: Duration,
     },
+    #[error("{peer}: too slow mid-{what}: {got} of {want} bytes after {elapsed:?}, past the frame's deadline (read timeout plus its size at the minimum rate)")]
+    TooSlow {
+        peer: PeerName,
+        what: &'static str,
+        got: u64,
+        want: u64,
+        elapsed: Duration,
+    },
     #[error("{peer}: connection closed")]
     Closed { peer: PeerName },
     #[error("{peer}: no message within {timeout:?}")]

@@ -21,8 +21,10 @@
 //! size, maximum frame size and the peer's proof.
 //!
 //! Reading never allocates more than the bytes that actually arrived (a length over the
-//! maximum is refused before any allocation) and never waits longer than the read timeout
-//! without progress once a frame has started.
+//! maximum is refused before any allocation), never waits longer than the read timeout
+//! without progress once a frame has started, and gives every started frame a deadline
+//! ([`ReadPace`]: the read timeout plus its size at a minimum rate), so a peer trickling
+//! bytes cannot hold a frame open; a handshake must be complete within its timeout.
 
 use super::error::{NetError, PeerName};
 use sha2::{Digest, Sha256};
@@ -95,6 +97,47 @@ pub fn handshake_bytes(run_id: &str) -> u64 {
     (HELLO_FIXED_BYTES + hello_rest_bytes(run_id.len()) + PROOF_MESSAGE_BYTES) as u64
 }
 
+/// Default [`ReadPace::min_rate_bps`]: 1 Mbit/s, below every modelled link.
+pub const DEFAULT_MIN_RATE_BPS: u64 = 1_000_000;
+
+/// How slowly a started frame may arrive.
+///
+/// - `stall`: the longest wait without a single new byte;
+/// - deadline per frame: a frame header must be complete within `stall` of its first byte,
+///   and the rest of a frame of `len` payload bytes within `stall + (len + 4)·8 /
+///   min_rate_bps` of its header. Every byte counting as progress is not enough: a peer
+///   sending one byte a second never stalls but never finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPace {
+    pub stall: Duration,
+    pub min_rate_bps: u64,
+}
+
+impl ReadPace {
+    /// `stall` with the default minimum rate.
+    pub fn new(stall: Duration) -> Self {
+        ReadPace {
+            stall,
+            min_rate_bps: DEFAULT_MIN_RATE_BPS,
+        }
+    }
+
+    /// The time `bytes` take at the minimum rate, plus the stall allowance.
+    fn allowance(&self, bytes: u64) -> Duration {
+        let rate = self.min_rate_bps.max(1) as u128;
+        let ns = (bytes as u128 * 8 * 1_000_000_000).div_ceil(rate);
+        self.stall + Duration::from_nanos(ns.min(u64::MAX as u128) as u64)
+    }
+}
+
+/// When a [`fill`] must be done.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    At(Instant),
+    /// This long after the first byte arrives.
+    AfterFirstByte(Duration),
+}
+
 /// Size limits a reader enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameLimits {
@@ -161,6 +204,7 @@ enum Fill {
 /// Reads exactly `buf.len()` bytes. A timeout with no progress is tolerated only while
 /// `idle_ok` and nothing has been read (waiting for the next message); otherwise it is a
 /// stall. End of stream before the first byte is `Eof` when `idle_ok`, else truncation.
+/// Past `deadline` (checked after every read) it fails with [`NetError::TooSlow`].
 #[allow(clippy::too_many_arguments)]
 fn fill<R: Read>(
     r: &mut R,
@@ -171,9 +215,15 @@ fn fill<R: Read>(
     done_before: u64,
     want_total: u64,
     read_timeout: Duration,
+    deadline: Deadline,
 ) -> Result<Fill, NetError> {
+    let started = Instant::now();
     let mut got = 0usize;
-    let mut last_progress = Instant::now();
+    let mut last_progress = started;
+    let mut until = match deadline {
+        Deadline::At(t) => Some(t),
+        Deadline::AfterFirstByte(_) => None,
+    };
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) => {
@@ -188,6 +238,11 @@ fn fill<R: Read>(
                 });
             }
             Ok(n) => {
+                if got == 0 {
+                    if let Deadline::AfterFirstByte(d) = deadline {
+                        until = Some(Instant::now() + d);
+                    }
+                }
                 got += n;
                 last_progress = Instant::now();
             }
@@ -222,6 +277,17 @@ fn fill<R: Read>(
             }
             Err(e) => return Err(NetError::io(peer, "read", &e)),
         }
+        if let Some(t) = until {
+            if got < buf.len() && Instant::now() > t {
+                return Err(NetError::TooSlow {
+                    peer: peer.clone(),
+                    what,
+                    got: done_before + got as u64,
+                    want: want_total,
+                    elapsed: started.elapsed(),
+                });
+            }
+        }
     }
     Ok(Fill::Full)
 }
@@ -233,20 +299,36 @@ pub struct ReadMessage {
     pub framing_bytes: u64,
 }
 
-/// Reads one message (one or more frames). `Ok(None)` is a clean end of stream at a message
-/// boundary. The stream's own read timeout (if any) is the granularity of stall detection;
-/// `read_timeout` is how long a started message may go without progress.
+/// Reads one message (one or more frames) at [`ReadPace::new`]`(read_timeout)`.
 pub fn read_message<R: Read>(
     r: &mut R,
     limits: FrameLimits,
     peer: &PeerName,
     read_timeout: Duration,
 ) -> Result<Option<ReadMessage>, NetError> {
+    read_message_paced(r, limits, peer, ReadPace::new(read_timeout))
+}
+
+/// Reads one message (one or more frames). `Ok(None)` is a clean end of stream at a message
+/// boundary. The stream's own read timeout (if any) is the granularity of stall detection;
+/// `pace` says how long a started frame may take ([`ReadPace`]).
+pub fn read_message_paced<R: Read>(
+    r: &mut R,
+    limits: FrameLimits,
+    peer: &PeerName,
+    pace: ReadPace,
+) -> Result<Option<ReadMessage>, NetError> {
+    let read_timeout = pace.stall;
     let mut payload: Vec<u8> = Vec::new();
     let mut framing = 0u64;
     let mut first = true;
     loop {
         let mut header = [0u8; 4];
+        let header_deadline = if first {
+            Deadline::AfterFirstByte(read_timeout)
+        } else {
+            Deadline::At(Instant::now() + read_timeout)
+        };
         match fill(
             r,
             &mut header,
@@ -256,6 +338,7 @@ pub fn read_message<R: Read>(
             0,
             4,
             read_timeout,
+            header_deadline,
         )? {
             Fill::Eof => return Ok(None),
             Fill::Full => {}
@@ -278,6 +361,8 @@ pub fn read_message<R: Read>(
                 max: limits.max_message_bytes,
             });
         }
+        let frame_deadline =
+            Deadline::At(Instant::now() + pace.allowance(len + FRAME_TRAILER_BYTES));
         // Grow with the bytes that actually arrive, in steps of at most 4 MiB (or doubling).
         let start = payload.len();
         let end = start + len as usize;
@@ -294,6 +379,7 @@ pub fn read_message<R: Read>(
                 (pos - start) as u64 + 4,
                 len + 8,
                 read_timeout,
+                frame_deadline,
             )?;
             pos += step;
         }
@@ -307,6 +393,7 @@ pub fn read_message<R: Read>(
             len + 4,
             len + 8,
             read_timeout,
+            frame_deadline,
         )?;
         let received = u32::from_le_bytes(trailer);
         let mut crc = crc32fast::Hasher::new();
@@ -451,7 +538,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<Hello, NetError> {
+fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: HsTime) -> Result<Hello, NetError> {
     let hs = |reason: String| NetError::Handshake {
         peer: peer.clone(),
         reason,
@@ -492,12 +579,24 @@ fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<
     })
 }
 
+/// The time a whole handshake may take: its length, and the instant it ends.
+#[derive(Debug, Clone, Copy)]
+struct HsTime {
+    total: Duration,
+    deadline: Instant,
+}
+
 fn handshake_fill<R: Read>(
     r: &mut R,
     buf: &mut [u8],
     peer: &PeerName,
-    timeout: Duration,
+    time: HsTime,
 ) -> Result<(), NetError> {
+    let timeout = time.total;
+    let left = time
+        .deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     match fill(
         r,
         buf,
@@ -506,9 +605,14 @@ fn handshake_fill<R: Read>(
         "handshake",
         0,
         buf.len() as u64,
-        timeout,
+        left,
+        Deadline::At(time.deadline),
     ) {
         Ok(_) => Ok(()),
+        Err(NetError::TooSlow { .. }) => Err(NetError::Handshake {
+            peer: peer.clone(),
+            reason: format!("handshake not complete within {timeout:?}"),
+        }),
         Err(NetError::Truncated { .. }) => Err(NetError::Handshake {
             peer: peer.clone(),
             reason: "connection closed during the handshake (wrong token, run id or site?)".into(),
@@ -550,7 +654,7 @@ fn encode_proof(p: &[u8; PROOF_BYTES]) -> Vec<u8> {
 fn read_proof<R: Read>(
     r: &mut R,
     peer: &PeerName,
-    timeout: Duration,
+    timeout: HsTime,
 ) -> Result<[u8; PROOF_BYTES], NetError> {
     let mut buf = [0u8; PROOF_MESSAGE_BYTES];
     handshake_fill(r, &mut buf, peer, timeout)?;
@@ -566,7 +670,7 @@ fn read_proof<R: Read>(
 }
 
 /// Runs the handshake on a connected stream (whose read timeout should be short, e.g.
-/// ≤ 100 ms, so `timeout` is honoured). Returns the verified peer site and the bytes
+/// ≤ 100 ms, so `timeout` is honoured); the whole handshake must end within `timeout`. Returns the verified peer site and the bytes
 /// written and read (both equal to [`handshake_bytes`] on success).
 pub fn handshake<S: Read + Write>(
     stream: &mut S,
@@ -585,6 +689,11 @@ pub fn handshake<S: Read + Write>(
             params.run_id.len()
         )));
     }
+    // One deadline for the whole handshake, however slowly its bytes arrive.
+    let time = HsTime {
+        total: timeout,
+        deadline: Instant::now() + timeout,
+    };
     let mut nonce = [0u8; NONCE_BYTES];
     random_bytes(&mut nonce);
     let mine = |to: usize| Hello {
@@ -656,7 +765,7 @@ pub fn handshake<S: Read + Write>(
     match expect {
         Expect::Dialed(site) => {
             write(stream, &encode_hello(&mine(site)), &peer)?;
-            let theirs = read_hello(stream, &peer, timeout)?;
+            let theirs = read_hello(stream, &peer, time)?;
             if theirs.from as usize != site {
                 return Err(NetError::Handshake {
                     peer: peer.clone(),
@@ -673,12 +782,12 @@ pub fn handshake<S: Read + Write>(
                 &theirs.nonce,
             );
             write(stream, &encode_proof(&p), &peer)?;
-            let got = read_proof(stream, &peer, timeout)?;
+            let got = read_proof(stream, &peer, time)?;
             verify(&theirs, &got, &peer)?;
             Ok(site)
         }
         Expect::Accepted(allowed) => {
-            let theirs = read_hello(stream, &peer, timeout)?;
+            let theirs = read_hello(stream, &peer, time)?;
             let site = theirs.from as usize;
             peer = PeerName {
                 site: None,
@@ -694,7 +803,7 @@ pub fn handshake<S: Read + Write>(
             }
             check(&theirs, &peer)?;
             write(stream, &encode_hello(&mine(site)), &peer)?;
-            let got = read_proof(stream, &peer, timeout)?;
+            let got = read_proof(stream, &peer, time)?;
             verify(&theirs, &got, &peer)?;
             let p = proof(
                 params.token,

@@ -179,6 +179,7 @@ impl RelayNetwork {
                 timeouts: net.timeouts,
                 max_frame_bytes: net.limits.max_frame_bytes,
                 max_message_bytes: net.limits.max_message_bytes,
+                peer_limits: net.peer_limits,
             })
             .collect();
         Ok(RelayNetwork {

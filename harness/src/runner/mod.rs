@@ -82,7 +82,51 @@ fn net_options(cfg: &RunConfig, dir: &Path) -> NetOptions {
         .file_name()
         .map(|n| n.to_string_lossy().chars().take(100).collect())
         .unwrap_or_else(|| "run".into());
+    if let Ok(mcfg) = cfg.model_config() {
+        let t = TransportBudget::of(cfg, &mcfg);
+        o.limits.max_message_bytes = t.max_message_bytes;
+        o.peer_limits.max_queued_bytes = t.max_queued_bytes;
+        o.peer_limits.min_rate_bps = t.min_rate_bps;
+    }
     o
+}
+
+/// What a run's protocol can legitimately send, so a peer (even one holding the run's
+/// token) cannot make a site hold more ([`crate::net::tcp::PeerLimits`]). With
+/// `model_bytes` = 4·N (the whole model in f32, the widest wire dtype):
+/// - `max_message_bytes` = 2·model_bytes + 1 MiB: the largest single message is at most a
+///   whole model (Photon's upload and broadcast, a ring chunk, the experts a site sends for
+///   the global model) or an expert's weights and outer momentum (a load-aware move); the
+///   MiB covers wire headers;
+/// - `max_queued_bytes` = 4·model_bytes + 16 MiB per peer: a peer runs at most one
+///   synchronisation ahead of us before it needs our data (a ring sends its successor
+///   2(M−1)/M of a model per sync, the lockstep schedule of holder groups the same in total
+///   however many groups share the link), plus an eval gather (≤ one model) and expert
+///   moves (≤ two models) outstanding at once, plus 16 MiB of small messages. So the
+///   budget never blocks a conforming sender;
+/// - `min_rate_bps` = min(1 Mbit/s, link rate / 4): a frame slower than a quarter of the
+///   modelled link is a broken or hostile peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransportBudget {
+    pub max_message_bytes: u64,
+    pub max_queued_bytes: u64,
+    pub min_rate_bps: u64,
+}
+
+impl TransportBudget {
+    pub fn of(cfg: &RunConfig, mcfg: &ModelConfig) -> TransportBudget {
+        let n = crate::model::ParamLayout::new(mcfg, &Residency::full(mcfg)).total as u64;
+        let model_bytes = 4 * n;
+        let rate = cfg
+            .link_spec()
+            .map(|l| l.rate_bps)
+            .unwrap_or(crate::net::frame::DEFAULT_MIN_RATE_BPS);
+        TransportBudget {
+            max_message_bytes: 2 * model_bytes + (1 << 20),
+            max_queued_bytes: 4 * model_bytes + (16 << 20),
+            min_rate_bps: crate::net::frame::DEFAULT_MIN_RATE_BPS.min(rate / 4).max(1),
+        }
+    }
 }
 
 /// What can be checked of a run before anything is written: the config validates and its
