@@ -1168,3 +1168,59 @@ fn a_trickling_handshake_ends_within_its_timeout() {
     assert!(t0.elapsed() < Duration::from_millis(3000), "{:?}: {e}", t0.elapsed());
     assert!(e.contains("handshake not complete within"), "{e}");
 }
+
+/// Defect 8 of issue 10: a stranger that connected first to a relay port took the site's
+/// place, and the run failed blaming the peer site (`site 0 failed: site 1 …`). The relay
+/// now takes the first connection that opens with the right site's hello: strangers (foreign
+/// bytes, silence, another site's hello) are turned away and named by address, and the run
+/// connects.
+#[test]
+fn strangers_on_relay_ports_are_turned_away_and_named() {
+    use harness::net::relay::{RelayNetwork, RelayOptions};
+    let links = Topology::uniform(fast_link()).resolve(2).unwrap();
+    let mut o = opts("stranger");
+    o.timeouts.connect = Duration::from_secs(3);
+    let relay = RelayNetwork::start(&links, &o, &RelayOptions::default()).unwrap();
+    let configs = relay.site_configs().to_vec();
+    let PeerRoute::Dial(port_of_site1) = configs[1].peers[0] else {
+        panic!("site 1 dials the relay")
+    };
+    // Three strangers on site 1's port before site 1 itself: HTTP, a hello claiming to be
+    // site 0, and one that says nothing and hangs up.
+    let mut garbage = TcpStream::connect(port_of_site1).unwrap();
+    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut impostor = TcpStream::connect(port_of_site1).unwrap();
+    let mut hello = b"FMOE".to_vec();
+    hello.extend_from_slice(&1u16.to_le_bytes());
+    hello.extend_from_slice(&0u16.to_le_bytes());
+    for v in [0u32, 1, 2, 4096] {
+        hello.extend_from_slice(&v.to_le_bytes());
+    }
+    hello.extend_from_slice(&8u16.to_le_bytes());
+    hello.extend_from_slice(b"stranger");
+    hello.extend_from_slice(&[0u8; 20]);
+    impostor.write_all(&hello).unwrap();
+    drop(TcpStream::connect(port_of_site1).unwrap());
+    let stranger_addrs = [
+        garbage.local_addr().unwrap().to_string(),
+        impostor.local_addr().unwrap().to_string(),
+    ];
+    std::thread::sleep(Duration::from_millis(200));
+    let listeners = (0..2).map(|_| None).collect();
+    let mut comms = tcp::connect_all(&configs, listeners).unwrap();
+    comms[1].send(0, b"hi".to_vec()).unwrap();
+    assert_eq!(comms[0].recv(1).unwrap(), b"hi");
+    let turned = relay.strangers();
+    assert_eq!(turned.len(), 3, "{turned:?}");
+    assert!(
+        turned.iter().any(|t| t.starts_with(&stranger_addrs[0])
+            && t.contains("on the port of site 1 (pair 0-1): not a fomoe peer (bad magic)")),
+        "{turned:?}"
+    );
+    assert!(
+        turned.iter().any(|t| t.starts_with(&stranger_addrs[1])
+            && t.contains("hello from site 0 to site 1")),
+        "{turned:?}"
+    );
+    assert!(turned.iter().any(|t| t.contains("no hello")), "{turned:?}");
+}

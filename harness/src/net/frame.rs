@@ -72,6 +72,35 @@ pub fn hello_run_id_len(fixed: &[u8; HELLO_FIXED_BYTES]) -> Option<usize> {
     (&fixed[..4] == MAGIC && len <= MAX_RUN_ID_BYTES).then_some(len)
 }
 
+/// The addressing fields of a hello's fixed part, for a relay that pairs connections
+/// before the handshake runs end to end (it cannot check the proof, which needs the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloHead {
+    pub from: u32,
+    pub to: u32,
+    pub world: u32,
+    pub run_id_len: usize,
+}
+
+/// Parse a hello's fixed part: magic, protocol version and run-id length are checked.
+pub fn parse_hello_head(fixed: &[u8; HELLO_FIXED_BYTES]) -> Result<HelloHead, String> {
+    if &fixed[..4] != MAGIC {
+        return Err("not a fomoe peer (bad magic)".into());
+    }
+    let version = u16::from_le_bytes([fixed[4], fixed[5]]);
+    if version != VERSION {
+        return Err(format!("protocol version {version}, expected {VERSION}"));
+    }
+    let run_id_len = hello_run_id_len(fixed)
+        .ok_or_else(|| format!("run id longer than {MAX_RUN_ID_BYTES} bytes"))?;
+    Ok(HelloHead {
+        from: u32_at(fixed, 8),
+        to: u32_at(fixed, 12),
+        world: u32_at(fixed, 16),
+        run_id_len,
+    })
+}
+
 /// Bytes of a hello after its fixed part: run id, nonce, crc32.
 pub fn hello_rest_bytes(run_id_len: usize) -> usize {
     run_id_len + NONCE_BYTES + CHECKSUM_BYTES

@@ -412,6 +412,12 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
         std::thread::sleep(Duration::from_millis(20));
     }
     failures.sort_by_key(|f| is_consequence(f));
+    if let (ProcessNet::Relay(r), false) = (&network, failures.is_empty()) {
+        // Whoever the relay turned away is named: a stranger, not a site, may be the cause.
+        for s in r.strangers() {
+            failures.push(format!("the relay turned away {s}"));
+        }
+    }
     let mut failure = (!failures.is_empty()).then(|| failures.join("; "));
     drop(workers);
     match network {
