@@ -23,6 +23,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Print the results of one suite directory, or of every suite under a directory.
     Report(cmd::report::Args),
+    /// Regression gate: compare a suite's results with a reference; exit 1 on any difference.
+    Compare(cmd::compare::Args),
     /// Rebuild a suite's SVG figures and REPORT-<suite>.md from its results directory alone.
     Figures(cmd::figures::Args),
     /// Train one site (no communication) and print a summary.
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
         Command::Figures(a) => cmd::figures::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::RunOne(a) => cmd::run_one::run(a),

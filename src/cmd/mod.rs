@@ -40,6 +40,7 @@ macro_rules! out {
 }
 
 pub mod bench_step;
+pub mod compare;
 pub mod figures;
 pub mod netcheck;
 pub mod report;

@@ -67,6 +67,10 @@ pub struct Manifest {
     pub network_backend: String,
     /// CPU threads per site.
     pub threads: usize,
+    /// CPU model (`/proc/cpuinfo` "model name"): with the threads and libtorch it decides
+    /// whether `fomoe compare` expects bit-identical losses.
+    #[serde(default)]
+    pub cpu: Option<String>,
     /// Process that created the run directory (the orchestrator).
     pub pid: u32,
     /// RFC 3339 UTC, millisecond precision.
@@ -173,6 +177,27 @@ pub fn git_commit() -> &'static str {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "unknown".into())
     })
+}
+
+/// The CPU model name of this machine (first "model name" of `/proc/cpuinfo`), with
+/// `ATEN_CPU_CAPABILITY=…` appended when that variable picks libtorch's kernels (it changes
+/// the arithmetic as another CPU would), once per process; `None` where it cannot be read.
+pub fn cpu_model() -> Option<String> {
+    static CPU: OnceLock<Option<String>> = OnceLock::new();
+    CPU.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let model = text
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())?;
+        Some(match std::env::var("ATEN_CPU_CAPABILITY") {
+            Ok(cap) if !cap.is_empty() => format!("{model} (ATEN_CPU_CAPABILITY={cap})"),
+            _ => model,
+        })
+    })
+    .clone()
 }
 
 /// The host name, or "unknown".

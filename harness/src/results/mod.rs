@@ -27,6 +27,7 @@
 //! re-runs.
 
 pub mod atomic;
+pub mod compare;
 pub mod completeness;
 pub mod csv_sink;
 pub mod lock;

@@ -193,6 +193,7 @@ impl RunDir {
             backend: env.backend.clone(),
             network_backend: cfg.network.backend.to_string(),
             threads: default_threads_per_site(cfg, env.cores),
+            cpu: super::manifest::cpu_model(),
             pid: std::process::id(),
             started_at: rfc3339_utc(SystemTime::now()),
             ended_at: None,
