@@ -3,7 +3,8 @@
 //!
 //! **Frame**: `[u32 LE header][payload][u32 LE crc32]`. The header's low 31 bits are the
 //! payload length, at most `max_frame_bytes`; bit 31 set means "the message continues in the
-//! next frame". The CRC32 covers the header and the payload. A message of `p` payload bytes
+//! next frame", and such a frame carries exactly `max_frame_bytes` (only a message's last
+//! frame is shorter). The CRC32 covers the header and the payload. A message of `p` payload bytes
 //! is `max(1, ⌈p / max_frame_bytes⌉)` frames, so its framing bytes are
 //! `8 · max(1, ⌈p / max_frame_bytes⌉)` (an empty message is one empty frame).
 //!
@@ -377,6 +378,16 @@ pub fn read_message_paced<R: Read>(
         let len = len as u64;
         if len > limits.max_frame_bytes as u64 {
             return Err(NetError::FrameTooLong {
+                peer: peer.clone(),
+                len,
+                max: limits.max_frame_bytes as u64,
+            });
+        }
+        // Every frame but a message's last is full (see `write_message`): so a message of
+        // p bytes is exactly ⌈p / max⌉ frames, and a peer cannot keep one message open
+        // for ever with empty continued frames.
+        if more && len != limits.max_frame_bytes as u64 {
+            return Err(NetError::ShortContinuedFrame {
                 peer: peer.clone(),
                 len,
                 max: limits.max_frame_bytes as u64,
@@ -924,12 +935,35 @@ mod tests {
             wire.extend_from_slice(&crc.finalize().to_le_bytes());
         }
         let lim = FrameLimits {
-            max_frame_bytes: 1024,
+            max_frame_bytes: 512,
             max_message_bytes: 1024,
         };
         let e =
             read_message(&mut Cursor::new(wire), lim, &peer(), Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, NetError::MessageTooLong { .. }), "{e}");
+    }
+
+    /// Empty continued frames (the "more" bit on a zero-length frame), repeated, would keep
+    /// one message open for ever without growing it: a continued frame must be full.
+    #[test]
+    fn a_short_continued_frame_is_refused() {
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            let header = MORE_FLAG.to_le_bytes();
+            wire.extend_from_slice(&header);
+            wire.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
+        }
+        let e = read_message(
+            &mut Cursor::new(wire),
+            limits(64),
+            &peer(),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, NetError::ShortContinuedFrame { len: 0, max: 64, .. }),
+            "{e}"
+        );
     }
 
     #[test]
