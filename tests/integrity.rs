@@ -59,7 +59,13 @@ fn a_concurrent_run_of_the_same_suite_is_refused_naming_the_holder() {
     let out = d.path().join("out");
     let mut first = Reaped(
         fomoe()
-            .args(["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"])
+            .args([
+                "run",
+                suite.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--quiet",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -70,7 +76,13 @@ fn a_concurrent_run_of_the_same_suite_is_refused_naming_the_holder() {
         std::fs::read_to_string(&lock).is_ok_and(|t| !t.trim().is_empty())
     });
     let second = fomoe()
-        .args(["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"])
+        .args([
+            "run",
+            suite.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
@@ -82,7 +94,13 @@ fn a_concurrent_run_of_the_same_suite_is_refused_naming_the_holder() {
     );
     let status = first.0.wait().unwrap();
     let mut first_err = String::new();
-    first.0.stderr.take().unwrap().read_to_string(&mut first_err).unwrap();
+    first
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut first_err)
+        .unwrap();
     assert!(status.success(), "{first_err}");
     for run in ["ddp-s0", "diloco-s0", "fomoe-s0"] {
         assert_eq!(manifest_status(&out.join("lock").join(run)), "complete");
@@ -99,7 +117,13 @@ fn a_closed_stdout_does_not_stop_the_suite() {
     let out = d.path().join("out");
     let mut child = Reaped(
         fomoe()
-            .args(["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap(), "--force"])
+            .args([
+                "run",
+                suite.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--force",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -113,14 +137,27 @@ fn a_closed_stdout_does_not_stop_the_suite() {
         line.push(byte[0]);
     }
     drop(stdout);
-    assert!(String::from_utf8_lossy(&line).contains("ddp-s0"), "{line:?}");
+    assert!(
+        String::from_utf8_lossy(&line).contains("ddp-s0"),
+        "{line:?}"
+    );
     let status = child.0.wait().unwrap();
     let mut err = String::new();
-    child.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     for run in ["ddp-s0", "diloco-s0", "fomoe-s0"] {
-        assert_eq!(manifest_status(&out.join("pipe").join(run)), "complete", "{run}");
+        assert_eq!(
+            manifest_status(&out.join("pipe").join(run)),
+            "complete",
+            "{run}"
+        );
     }
 }
 
@@ -160,7 +197,13 @@ fn the_run_token_is_never_written_to_a_file() {
     let out = d.path().join("out");
     let mut child = Reaped(
         fomoe()
-            .args(["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"])
+            .args([
+                "run",
+                suite.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--quiet",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -172,7 +215,10 @@ fn the_run_token_is_never_written_to_a_file() {
         if run.is_dir() {
             for p in files_under(&run) {
                 let name = p.file_name().unwrap().to_string_lossy().into_owned();
-                assert!(!name.starts_with("net-site"), "{name} exists during the run");
+                assert!(
+                    !name.starts_with("net-site"),
+                    "{name} exists during the run"
+                );
             }
         }
         for (_, cmd) in workers_of(&run) {
@@ -185,7 +231,11 @@ fn the_run_token_is_never_written_to_a_file() {
     assert!(seen_workers, "the run had worker processes to look at");
     for p in files_under(&out) {
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(!name.starts_with("net-site"), "{} left after the run", p.display());
+        assert!(
+            !name.starts_with("net-site"),
+            "{} left after the run",
+            p.display()
+        );
         if name.ends_with(".json") || name.ends_with(".csv") || name.ends_with(".log") {
             let text = std::fs::read_to_string(&p).unwrap();
             assert!(!text.contains("\"token\""), "{} holds a token", p.display());
@@ -220,13 +270,21 @@ fn workers_die_with_a_killed_orchestrator() {
     let out = d.path().join("out");
     let mut child = Reaped(
         fomoe()
-            .args(["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"])
+            .args([
+                "run",
+                suite.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--quiet",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
     );
     let run = out.join("orphans").join("diloco-s0");
-    wait_for("the workers", Duration::from_secs(30), || !workers_of(&run).is_empty());
+    wait_for("the workers", Duration::from_secs(30), || {
+        !workers_of(&run).is_empty()
+    });
     let workers = workers_of(&run);
     child.0.kill().unwrap(); // SIGKILL: no code of the orchestrator runs
     child.0.wait().unwrap();
@@ -265,14 +323,25 @@ fn a_data_file_that_does_not_open_stops_before_anything_is_written() {
     .unwrap();
     let out = d.path().join("out");
     let r = fomoe()
-        .args(["run", suite.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .args([
+            "run",
+            suite.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("nope.bin") && err.contains("run diloco-s0"), "{err}");
-    assert!(!out.join("data").join("diloco-s0").exists(), "no run directory");
+    assert!(
+        err.contains("nope.bin") && err.contains("run diloco-s0"),
+        "{err}"
+    );
+    assert!(
+        !out.join("data").join("diloco-s0").exists(),
+        "no run directory"
+    );
 
     let cfg = d.path().join("one.toml");
     std::fs::write(
@@ -287,11 +356,19 @@ fn a_data_file_that_does_not_open_stops_before_anything_is_written() {
     std::fs::create_dir_all(&old).unwrap();
     std::fs::write(old.join("steps.csv"), "kept\n").unwrap();
     let r = fomoe()
-        .args(["run-one", cfg.to_str().unwrap(), "--out", old.to_str().unwrap()])
+        .args([
+            "run-one",
+            cfg.to_str().unwrap(),
+            "--out",
+            old.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(err.contains("nope.bin"), "{err}");
-    assert_eq!(std::fs::read_to_string(old.join("steps.csv")).unwrap(), "kept\n");
+    assert_eq!(
+        std::fs::read_to_string(old.join("steps.csv")).unwrap(),
+        "kept\n"
+    );
 }

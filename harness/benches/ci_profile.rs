@@ -125,15 +125,21 @@ fn framing(c: &mut Criterion) {
     });
     g.bench_function("decode_16mib", |b| {
         b.iter(|| {
-            frame::read_message(&mut Cursor::new(&wire), limits, &peer, Duration::from_secs(1))
-                .expect("valid frame")
+            frame::read_message(
+                &mut Cursor::new(&wire),
+                limits,
+                &peer,
+                Duration::from_secs(1),
+            )
+            .expect("valid frame")
         })
     });
     g.finish();
 }
 
 fn relay(c: &mut Criterion) {
-    let link = LinkSpec::new(100_000_000_000, Duration::ZERO, Duration::ZERO).expect("a valid link");
+    let link =
+        LinkSpec::new(100_000_000_000, Duration::ZERO, Duration::ZERO).expect("a valid link");
     let links = Topology::uniform(link).resolve(2).expect("a topology");
     let mut net = build_local(Backend::Relay, &links, &NetOptions::default()).expect("relay");
     let msg = vec![1u8; 8 << 20];

@@ -32,8 +32,8 @@ use crate::config::RunConfig;
 use crate::results::csv_sink::parse_rows;
 use crate::results::run_dir::ROUNDS_FILE;
 use crate::results::{
-    annotate_suite, clear_run_dir, run_state, ExpectedRows, summarize, summary_csv, write_atomic, Manifest,
-    ResultsError, RunDir, RunEnv, RunState, RunStatus, Summary, SuiteLock, MANIFEST_FILE,
+    annotate_suite, clear_run_dir, run_state, summarize, summary_csv, write_atomic, ExpectedRows,
+    Manifest, ResultsError, RunDir, RunEnv, RunState, RunStatus, SuiteLock, Summary, MANIFEST_FILE,
     SUITE_COPY_FILE, SUMMARY_FILE,
 };
 use crate::suite::{Suite, SuiteRun};
@@ -165,10 +165,13 @@ pub fn run_suite(
     let mut expected: Vec<Option<ExpectedRows>> = vec![None; suite.runs.len()];
     for &i in &to_run {
         let run = &suite.runs[i];
-        expected[i] = Some(exec.prepare(&run.config).map_err(|e| ResultsError::Prepare {
-            run_id: run.id.clone(),
-            reason: format!("{e:#}"),
-        })?);
+        expected[i] = Some(
+            exec.prepare(&run.config)
+                .map_err(|e| ResultsError::Prepare {
+                    run_id: run.id.clone(),
+                    reason: format!("{e:#}"),
+                })?,
+        );
     }
     obs.suite_started(suite, selected.len(), to_run.len());
 

@@ -248,9 +248,21 @@ fn parse_units(text: String) -> Result<String, String> {
         let show = |r: Result<String, String>| r.unwrap_or_else(|e| format!("error ({e})"));
         format!(
             "{text:?}: rate {}, duration {}, bytes {}",
-            show(harness::units::parse_rate_bps(&text).map(|v| v.to_string()).map_err(|e| e.to_string())),
-            show(harness::units::parse_duration(&text).map(|v| format!("{v:?}")).map_err(|e| e.to_string())),
-            show(harness::units::parse_bytes(&text).map(|v| v.to_string()).map_err(|e| e.to_string())),
+            show(
+                harness::units::parse_rate_bps(&text)
+                    .map(|v| v.to_string())
+                    .map_err(|e| e.to_string())
+            ),
+            show(
+                harness::units::parse_duration(&text)
+                    .map(|v| format!("{v:?}"))
+                    .map_err(|e| e.to_string())
+            ),
+            show(
+                harness::units::parse_bytes(&text)
+                    .map(|v| v.to_string())
+                    .map_err(|e| e.to_string())
+            ),
         )
     })
 }
@@ -292,12 +304,14 @@ fn load_textdir(
         std::fs::write(&p, bytes).map_err(|e| e.to_string())?;
         total += bytes.len();
     }
-    bounded("text-directory loader", 8 * total + 16 * MIB, move || {
-        match Dataset::open(&DataConfig::textdir(&root), seq_len) {
+    bounded(
+        "text-directory loader",
+        8 * total + 16 * MIB,
+        move || match Dataset::open(&DataConfig::textdir(&root), seq_len) {
             Ok(d) => format!("opened, {} domains", d.n_domains()),
             Err(e) => e.to_string(),
-        }
-    })
+        },
+    )
 }
 
 /// CSV readers (all three row types) and the manifest reader on `bytes`. Cap: 16× the
@@ -306,7 +320,14 @@ fn read_results(dir: &Path, bytes: Vec<u8>) -> Result<String, String> {
     let path = dir.join("file");
     std::fs::write(&path, &bytes).map_err(|e| e.to_string())?;
     bounded("results readers", 16 * bytes.len() + MIB, move || {
-        let short = |e: String| e.rsplit(": ").next().unwrap_or("").chars().take(60).collect::<String>();
+        let short = |e: String| {
+            e.rsplit(": ")
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect::<String>()
+        };
         let steps = read_rows::<StepRow>(&path).map(|r| r.rows.len());
         let _ = read_rows::<RoundRow>(&path);
         let _ = read_rows::<RoutingRow>(&path);
@@ -314,8 +335,14 @@ fn read_results(dir: &Path, bytes: Vec<u8>) -> Result<String, String> {
         let _ = Manifest::read_head(&path);
         format!(
             "steps reader: {}; manifest reader: {}",
-            steps.map_or_else(|e| format!("error ({})", short(e.to_string())), |n| format!("{n} rows")),
-            m.map_or_else(|e| format!("error ({})", short(e.to_string())), |_| "read".into())
+            steps.map_or_else(
+                |e| format!("error ({})", short(e.to_string())),
+                |n| format!("{n} rows")
+            ),
+            m.map_or_else(
+                |e| format!("error ({})", short(e.to_string())),
+                |_| "read".into()
+            )
         )
     })
 }
@@ -354,17 +381,60 @@ fn frame_stream() -> impl Strategy<Value = Vec<u8>> {
 /// TOML-ish suite text built from knob names, values and table headers.
 fn suite_text() -> impl Strategy<Value = String> {
     let key = prop::sample::select(vec![
-        "method", "preset", "sites", "steps", "inner_steps", "seed", "wire_dtype", "rho",
-        "fomoe.rho", "network.rate", "network.delay", "network.backend", "data.kind",
-        "eval_sequences", "threads_per_site", "model.n_experts", "model.batch_size", "faults",
-        "optim.lr", "name", "bogus",
+        "method",
+        "preset",
+        "sites",
+        "steps",
+        "inner_steps",
+        "seed",
+        "wire_dtype",
+        "rho",
+        "fomoe.rho",
+        "network.rate",
+        "network.delay",
+        "network.backend",
+        "data.kind",
+        "eval_sequences",
+        "threads_per_site",
+        "model.n_experts",
+        "model.batch_size",
+        "faults",
+        "optim.lr",
+        "name",
+        "bogus",
     ]);
     let value = prop::sample::select(vec![
-        "\"ddp\"", "\"fomoe\"", "\"tiny\"", "4", "0", "-1", "3", "1e300", "18446744073709551616",
-        "\"100mbit\"", "\"-5ms\"", "\"sim\"", "[1, 2, 4]", "[]", "[\"a\", 1]", "true", "{ kind = \"x\" }",
-        "[[{ site = 9, at_step = 0, kind = \"crash\" }]]", "\"\"", "nan", "inf",
+        "\"ddp\"",
+        "\"fomoe\"",
+        "\"tiny\"",
+        "4",
+        "0",
+        "-1",
+        "3",
+        "1e300",
+        "18446744073709551616",
+        "\"100mbit\"",
+        "\"-5ms\"",
+        "\"sim\"",
+        "[1, 2, 4]",
+        "[]",
+        "[\"a\", 1]",
+        "true",
+        "{ kind = \"x\" }",
+        "[[{ site = 9, at_step = 0, kind = \"crash\" }]]",
+        "\"\"",
+        "nan",
+        "inf",
     ]);
-    let header = prop::sample::select(vec!["", "[base]", "[grid]", "[[include]]", "[[exclude]]", "[suite]", "[base.fomoe]"]);
+    let header = prop::sample::select(vec![
+        "",
+        "[base]",
+        "[grid]",
+        "[[include]]",
+        "[[exclude]]",
+        "[suite]",
+        "[base.fomoe]",
+    ]);
     prop::collection::vec((header, key, value), 0..12).prop_map(|lines| {
         lines
             .into_iter()
@@ -375,16 +445,32 @@ fn suite_text() -> impl Strategy<Value = String> {
 
 fn unit_text() -> impl Strategy<Value = String> {
     let number = prop::sample::select(vec![
-        "0", "1", "1.5", "-3", "1e400", "1e-400", "18446744073709551616", "0.000000001",
-        "nan", "inf", "", " ", "1.2.3", "٣",
+        "0",
+        "1",
+        "1.5",
+        "-3",
+        "1e400",
+        "1e-400",
+        "18446744073709551616",
+        "0.000000001",
+        "nan",
+        "inf",
+        "",
+        " ",
+        "1.2.3",
+        "٣",
     ]);
     let unit = prop::sample::select(vec![
-        "", "bit", "kbit", "mbit", "gbit", "tbit", "bps", "ms", "us", "µs", "s", "min", "h",
-        "ns", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "x",
+        "", "bit", "kbit", "mbit", "gbit", "tbit", "bps", "ms", "us", "µs", "s", "min", "h", "ns",
+        "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "x",
     ]);
     (number, unit, "[ \\t]{0,2}", any::<bool>()).prop_map(|(n, u, sp, upper)| {
         let s = format!("{n}{sp}{u}");
-        if upper { s.to_uppercase() } else { s }
+        if upper {
+            s.to_uppercase()
+        } else {
+            s
+        }
     })
 }
 
@@ -579,7 +665,9 @@ fn corpus_handshakes() {
 
 #[test]
 fn corpus_suites() {
-    replay("suites", |_, b| parse_suite(String::from_utf8_lossy(&expand(b)).into_owned()));
+    replay("suites", |_, b| {
+        parse_suite(String::from_utf8_lossy(&expand(b)).into_owned())
+    });
 }
 
 #[test]
@@ -600,7 +688,10 @@ fn corpus_tokenfiles() {
         let b = unescape(&expand(b));
         let mut out = Vec::new();
         for vocab in [1, 256, 65536] {
-            out.push(format!("vocab {vocab}: {}", load_tokenfile(d.path(), b.clone(), vocab, 8)?));
+            out.push(format!(
+                "vocab {vocab}: {}",
+                load_tokenfile(d.path(), b.clone(), vocab, 8)?
+            ));
         }
         Ok(out.join("; "))
     });
@@ -609,7 +700,9 @@ fn corpus_tokenfiles() {
 #[test]
 fn corpus_results() {
     let d = tempfile::tempdir().unwrap();
-    replay("results", |_, b| read_results(d.path(), unescape(&expand(b))));
+    replay("results", |_, b| {
+        read_results(d.path(), unescape(&expand(b)))
+    });
 }
 
 /// Text directories that are hostile as trees, not as bytes: empty, hidden-only, deep,
@@ -619,7 +712,10 @@ fn corpus_textdirs() {
     let d = tempfile::tempdir().unwrap();
     let trees: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
         ("empty", Box::new(|_: &Path| {})),
-        ("hidden only", Box::new(|r: &Path| std::fs::write(r.join(".git"), b"x".repeat(1000)).unwrap())),
+        (
+            "hidden only",
+            Box::new(|r: &Path| std::fs::write(r.join(".git"), b"x".repeat(1000)).unwrap()),
+        ),
         (
             "deep",
             Box::new(|r: &Path| {
@@ -681,9 +777,13 @@ fn corpus_textdirs() {
 /// a target that misbehaves fails its property instead of passing unnoticed).
 #[test]
 fn the_bounds_catch_what_they_promise_to() {
-    assert!(bounded("big", MIB, || vec![1u8; 2 * MIB]).unwrap_err().contains("over the cap"));
+    assert!(bounded("big", MIB, || vec![1u8; 2 * MIB])
+        .unwrap_err()
+        .contains("over the cap"));
     assert!(bounded("ok", 4 * MIB, || vec![1u8; 2 * MIB].len()).is_ok());
-    assert!(bounded("boom", MIB, || panic!("x")).unwrap_err().contains("panicked"));
+    assert!(bounded("boom", MIB, || panic!("x"))
+        .unwrap_err()
+        .contains("panicked"));
     let slow = bounded_for("slow", MIB, Duration::from_millis(100), || {
         std::thread::sleep(Duration::from_millis(400))
     });

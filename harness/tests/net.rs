@@ -5,10 +5,10 @@ use harness::bytes::{self, Traffic};
 use harness::collective::{self, wire, CollectiveError, WireDtype};
 use harness::net::frame::{self, Expect, HandshakeParams, Token};
 use harness::net::tcp::{self, PeerRoute, SiteNetConfig, TcpComm, Timeouts};
-use harness::rng::splitmix64;
 use harness::net::{
     build_local, Backend, Comm, LinkCounters, LinkSpec, NetError, NetOptions, Topology,
 };
+use harness::rng::splitmix64;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
@@ -1110,7 +1110,11 @@ fn a_trickling_peer_fails_at_the_frame_deadline() {
     let e = frame::read_message_paced(&mut slow, limits, &peer, pace).unwrap_err();
     let took = t0.elapsed();
     assert!(matches!(e, NetError::TooSlow { .. }), "{e}");
-    assert!(e.to_string().starts_with("site 1 (127.0.0.1:9): too slow mid-frame"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("site 1 (127.0.0.1:9): too slow mid-frame"),
+        "{e}"
+    );
     assert!(took < Duration::from_secs(1), "gave up after {took:?}");
     // The same frame at the link's pace is read whole.
     let mut fast = Trickle {
@@ -1118,7 +1122,9 @@ fn a_trickling_peer_fails_at_the_frame_deadline() {
         at: 0,
         every: Duration::ZERO,
     };
-    let m = frame::read_message_paced(&mut fast, limits, &peer, pace).unwrap().unwrap();
+    let m = frame::read_message_paced(&mut fast, limits, &peer, pace)
+        .unwrap()
+        .unwrap();
     assert_eq!(m.payload, vec![7u8; 1000]);
 }
 
@@ -1165,7 +1171,11 @@ fn a_trickling_handshake_ends_within_its_timeout() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let e = real.join().unwrap().err().unwrap().to_string();
-    assert!(t0.elapsed() < Duration::from_millis(3000), "{:?}: {e}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(3000),
+        "{:?}: {e}",
+        t0.elapsed()
+    );
     assert!(e.contains("handshake not complete within"), "{e}");
 }
 
@@ -1188,7 +1198,9 @@ fn strangers_on_relay_ports_are_turned_away_and_named() {
     // Three strangers on site 1's port before site 1 itself: HTTP, a hello claiming to be
     // site 0, and one that says nothing and hangs up.
     let mut garbage = TcpStream::connect(port_of_site1).unwrap();
-    garbage.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     let mut impostor = TcpStream::connect(port_of_site1).unwrap();
     let mut hello = b"FMOE".to_vec();
     hello.extend_from_slice(&1u16.to_le_bytes());

@@ -19,7 +19,10 @@ pub fn write_stdout(text: &str) {
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         STDOUT_CLOSED.store(true, Ordering::Relaxed);
         if e.kind() != std::io::ErrorKind::BrokenPipe {
-            let _ = writeln!(std::io::stderr(), "warning: stdout: {e}; no more output there");
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: stdout: {e}; no more output there"
+            );
         }
     }
 }
@@ -43,9 +46,11 @@ pub mod bench_step;
 pub mod compare;
 pub mod figures;
 pub mod netcheck;
+pub mod paper_report;
 pub mod report;
 pub mod run;
 pub mod run_one;
+pub mod site;
 pub mod train;
 pub mod worker;
 

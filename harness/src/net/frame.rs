@@ -68,8 +68,8 @@ const PROOF_DOMAIN: &[u8] = b"fomoe-handshake-proof-v1";
 /// The run-id length a hello's fixed part announces, when it starts with [`MAGIC`] and the
 /// length is at most [`MAX_RUN_ID_BYTES`]; `None` for anything else.
 pub fn hello_run_id_len(fixed: &[u8; HELLO_FIXED_BYTES]) -> Option<usize> {
-    let len = u16::from_le_bytes([fixed[HELLO_RUN_ID_LEN_AT], fixed[HELLO_RUN_ID_LEN_AT + 1]])
-        as usize;
+    let len =
+        u16::from_le_bytes([fixed[HELLO_RUN_ID_LEN_AT], fixed[HELLO_RUN_ID_LEN_AT + 1]]) as usize;
     (&fixed[..4] == MAGIC && len <= MAX_RUN_ID_BYTES).then_some(len)
 }
 
@@ -961,7 +961,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            matches!(e, NetError::ShortContinuedFrame { len: 0, max: 64, .. }),
+            matches!(
+                e,
+                NetError::ShortContinuedFrame {
+                    len: 0,
+                    max: 64,
+                    ..
+                }
+            ),
             "{e}"
         );
     }

@@ -33,12 +33,12 @@
 //!   slack, so after each release at least `backlog/2` of transmission stays queued.
 
 use super::cpu;
-use crate::rng::splitmix64;
 use super::error::NetError;
 use super::frame::{self, HELLO_FIXED_BYTES};
 use super::link::{LinkMatrix, LinkSpec};
 use super::tcp::{connect_all, NetOptions, PeerRoute, SiteNetConfig, TcpComm};
 use super::timer::{PreciseTimer, TimerHandle};
+use crate::rng::splitmix64;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -392,8 +392,7 @@ impl PairTask {
                 self.run_id
             ));
         }
-        if (head.from as usize, head.to as usize, head.world as usize) != (end, other, self.world)
-        {
+        if (head.from as usize, head.to as usize, head.world as usize) != (end, other, self.world) {
             return Err(format!(
                 "hello from site {} to site {} in a world of {}, this port expects site {end} to site {other} in a world of {}",
                 head.from, head.to, head.world, self.world

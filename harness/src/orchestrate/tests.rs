@@ -312,7 +312,10 @@ fn a_second_run_of_the_same_suite_directory_is_refused_while_the_first_holds_the
             "{msg}"
         );
         assert!(!msg.contains('\n'));
-        assert!(calls(&second).is_empty(), "the second invocation ran nothing");
+        assert!(
+            calls(&second).is_empty(),
+            "the second invocation ran nothing"
+        );
         for _ in 0..s.runs.len() {
             release_tx.send(()).unwrap();
         }
@@ -343,7 +346,9 @@ fn a_stale_lock_of_a_dead_process_is_taken_over_with_a_note() {
     assert!(!stale.running);
     let note = lock.takeover_note().unwrap();
     assert!(
-        note.contains(&format!("took over the lock of pid {dead}, which is no longer running")),
+        note.contains(&format!(
+            "took over the lock of pid {dead}, which is no longer running"
+        )),
         "{note}"
     );
     drop(lock);
@@ -352,7 +357,13 @@ fn a_stale_lock_of_a_dead_process_is_taken_over_with_a_note() {
     // And the suite runs over such a directory.
     std::fs::write(dir.join(crate::results::LOCK_FILE), format!("{dead}\n")).unwrap();
     let exec = FakeExecutor::default();
-    let r = run_suite(&suite(SUITE), &SuiteOptions::new(out.path()), &exec, &Silent).unwrap();
+    let r = run_suite(
+        &suite(SUITE),
+        &SuiteOptions::new(out.path()),
+        &exec,
+        &Silent,
+    )
+    .unwrap();
     assert!(r.failed().is_empty());
 }
 
@@ -383,7 +394,10 @@ fn a_cut_result_file_makes_the_run_incomplete_and_it_is_re_run() {
         let RunState::Incomplete { problems } = &state else {
             panic!("{name}: {state:?}");
         };
-        assert!(problems[0].starts_with(&format!("{name} holds ")), "{problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("{name} holds ")),
+            "{problems:?}"
+        );
         let summary = summarize(&dir).unwrap();
         assert_eq!(summary.status, "incomplete", "{name}");
         assert!(!summary.has_numbers());
@@ -412,7 +426,11 @@ fn a_cut_result_file_makes_the_run_incomplete_and_it_is_re_run() {
     let r = run_suite(&s, &opts, &exec, &Silent).unwrap();
     assert_eq!(calls(&exec), vec![run.id.clone()]);
     let o = r.outcomes.iter().find(|o| o.run_id == run.id).unwrap();
-    assert!(o.previous.starts_with("incomplete (rounds.csv holds"), "{}", o.previous);
+    assert!(
+        o.previous.starts_with("incomplete (rounds.csv holds"),
+        "{}",
+        o.previous
+    );
     assert_eq!(std::fs::read(&rounds).unwrap(), whole);
     let d = r.summaries.iter().find(|x| x.run_id == run.id).unwrap();
     assert_eq!((d.status.as_str(), d.payload_bytes), ("complete", 4000));
@@ -483,10 +501,18 @@ fn a_run_that_cannot_be_prepared_stops_the_suite_before_anything_is_written() {
         }
     }
     let out = tempfile::tempdir().unwrap();
-    let e = run_suite(&suite(SUITE), &SuiteOptions::new(out.path()), &NoData, &Silent)
-        .unwrap_err()
-        .to_string();
-    assert_eq!(e, "run fomoe-rho1-s0: data: /nope.bin: No such file or directory");
+    let e = run_suite(
+        &suite(SUITE),
+        &SuiteOptions::new(out.path()),
+        &NoData,
+        &Silent,
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        e,
+        "run fomoe-rho1-s0: data: /nope.bin: No such file or directory"
+    );
     let entries: Vec<String> = std::fs::read_dir(out.path().join("resume"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

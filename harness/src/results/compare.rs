@@ -210,12 +210,20 @@ pub fn compare_suites(results: &Path, reference: &Path) -> Result<Comparison, Re
         return Ok(out);
     }
     for id in wanted.difference(&found) {
-        out.differences
-            .push(whole(id, "missing", "present", "every reference run is run"));
+        out.differences.push(whole(
+            id,
+            "missing",
+            "present",
+            "every reference run is run",
+        ));
     }
     for id in found.difference(&wanted) {
-        out.differences
-            .push(whole(id, "present", "absent", "no run beyond the reference"));
+        out.differences.push(whole(
+            id,
+            "present",
+            "absent",
+            "no run beyond the reference",
+        ));
     }
     for id in found.intersection(&wanted) {
         compare_run(id, &results.join(id), &reference.join(id), &mut out)?;
@@ -320,7 +328,12 @@ fn read_table(path: &Path) -> Result<Option<Table>, ResultsError> {
         reason: e.to_string(),
     };
     let mut r = csv::Reader::from_path(path).map_err(bad)?;
-    let header: Vec<String> = r.headers().map_err(bad)?.iter().map(str::to_string).collect();
+    let header: Vec<String> = r
+        .headers()
+        .map_err(bad)?
+        .iter()
+        .map(str::to_string)
+        .collect();
     let mut rows = Vec::new();
     for rec in r.records() {
         rows.push(rec.map_err(bad)?.iter().map(str::to_string).collect());
@@ -338,8 +351,8 @@ fn compare_file(
     abs_tol: f64,
     out: &mut Comparison,
 ) -> Result<(), ResultsError> {
-    let diff = |row: String, column: &str, found: String, reference: String, rule: &str| {
-        Difference {
+    let diff =
+        |row: String, column: &str, found: String, reference: String, rule: &str| Difference {
             run: id.to_string(),
             file: file.to_string(),
             row,
@@ -347,15 +360,19 @@ fn compare_file(
             found,
             reference,
             rule: rule.to_string(),
-        }
-    };
+        };
     let (found, wanted) = match (read_table(path)?, read_table(ref_path)?) {
         (None, None) => return Ok(()),
         (Some(f), Some(w)) => (f, w),
         (f, w) => {
             let has = |t: &Option<Table>| if t.is_some() { "present" } else { "absent" };
-            out.differences
-                .push(diff(String::new(), "", has(&f).into(), has(&w).into(), "the same files"));
+            out.differences.push(diff(
+                String::new(),
+                "",
+                has(&f).into(),
+                has(&w).into(),
+                "the same files",
+            ));
             return Ok(());
         }
     };
@@ -363,12 +380,22 @@ fn compare_file(
     let ref_cols: BTreeSet<&String> = rh.iter().collect();
     let cols: BTreeSet<&String> = h.iter().collect();
     for c in ref_cols.difference(&cols) {
-        out.differences
-            .push(diff(String::new(), c, "absent".into(), "present".into(), "the same columns"));
+        out.differences.push(diff(
+            String::new(),
+            c,
+            "absent".into(),
+            "present".into(),
+            "the same columns",
+        ));
     }
     for c in cols.difference(&ref_cols) {
-        out.differences
-            .push(diff(String::new(), c, "present".into(), "absent".into(), "the same columns"));
+        out.differences.push(diff(
+            String::new(),
+            c,
+            "present".into(),
+            "absent".into(),
+            "the same columns",
+        ));
     }
     if rows.len() != ref_rows.len() {
         out.differences.push(diff(
@@ -385,7 +412,10 @@ fn compare_file(
         .filter_map(|(j, c)| h.iter().position(|x| x == c).map(|i| (i, j, c)))
         .filter(|(_, _, c)| column_class(c) != ColumnClass::Timing)
         .collect();
-    let key_cols: Vec<usize> = keys.iter().filter_map(|k| rh.iter().position(|c| c == k)).collect();
+    let key_cols: Vec<usize> = keys
+        .iter()
+        .filter_map(|k| rh.iter().position(|c| c == k))
+        .collect();
     for (n, (row, ref_row)) in rows.iter().zip(&ref_rows).enumerate() {
         let at = || {
             let named: Vec<String> = key_cols
@@ -400,7 +430,8 @@ fn compare_file(
                 ref_row.get(j).map_or("", String::as_str),
             );
             if let Some(rule) = cell_differs(column_class(c), x, r, mode, abs_tol) {
-                out.differences.push(diff(at(), c, x.into(), r.into(), rule));
+                out.differences
+                    .push(diff(at(), c, x.into(), r.into(), rule));
             }
         }
     }
@@ -439,7 +470,13 @@ mod tests {
 
     #[test]
     fn column_classes() {
-        for t in ["wall_ms", "comm_cpu_ms", "clock_s", "sync_ms", "tokens_per_s"] {
+        for t in [
+            "wall_ms",
+            "comm_cpu_ms",
+            "clock_s",
+            "sync_ms",
+            "tokens_per_s",
+        ] {
             assert_eq!(column_class(t), ColumnClass::Timing, "{t}");
         }
         for b in [
@@ -450,7 +487,15 @@ mod tests {
         ] {
             assert_eq!(column_class(b), ColumnClass::Bytes, "{b}");
         }
-        for v in ["loss", "eval_loss", "grad_norm", "tokens", "skip_rate", "round", "domain"] {
+        for v in [
+            "loss",
+            "eval_loss",
+            "grad_norm",
+            "tokens",
+            "skip_rate",
+            "round",
+            "domain",
+        ] {
             assert_eq!(column_class(v), ColumnClass::Value, "{v}");
         }
     }
@@ -459,16 +504,36 @@ mod tests {
     fn cells() {
         let exact = Mode::Exact;
         let tol = Mode::Tolerance("threads 1 vs 2".into());
-        assert_eq!(cell_differs(ColumnClass::Value, "1", "1.0", &exact, ABS_TOL), None);
-        assert!(cell_differs(ColumnClass::Value, "5.4835", "5.48350001", &exact, ABS_TOL).is_some());
-        assert_eq!(cell_differs(ColumnClass::Value, "5.4835", "5.48350001", &tol, ABS_TOL), None);
+        assert_eq!(
+            cell_differs(ColumnClass::Value, "1", "1.0", &exact, ABS_TOL),
+            None
+        );
+        assert!(
+            cell_differs(ColumnClass::Value, "5.4835", "5.48350001", &exact, ABS_TOL).is_some()
+        );
+        assert_eq!(
+            cell_differs(ColumnClass::Value, "5.4835", "5.48350001", &tol, ABS_TOL),
+            None
+        );
         assert!(cell_differs(ColumnClass::Value, "5.4835", "5.49", &tol, ABS_TOL).is_some());
         assert!(cell_differs(ColumnClass::Bytes, "100", "101", &tol, ABS_TOL).is_some());
-        assert_eq!(cell_differs(ColumnClass::Timing, "1.0", "9.0", &exact, ABS_TOL), None);
+        assert_eq!(
+            cell_differs(ColumnClass::Timing, "1.0", "9.0", &exact, ABS_TOL),
+            None
+        );
         assert!(cell_differs(ColumnClass::Value, "", "0", &tol, ABS_TOL).is_some());
         assert!(cell_differs(ColumnClass::Value, "markov0", "markov1", &tol, ABS_TOL).is_some());
         // Routing metrics: one probe token's choice (2.4e-4) passes, 1% does not.
-        assert_eq!(cell_differs(ColumnClass::Value, "0.942626953125", "0.94287109375", &tol, ROUTING_ABS_TOL), None);
+        assert_eq!(
+            cell_differs(
+                ColumnClass::Value,
+                "0.942626953125",
+                "0.94287109375",
+                &tol,
+                ROUTING_ABS_TOL
+            ),
+            None
+        );
         assert!(cell_differs(ColumnClass::Value, "0.93", "0.94", &tol, ROUTING_ABS_TOL).is_some());
     }
 
@@ -573,12 +638,22 @@ mod tests {
     #[test]
     fn every_kind_of_difference_is_named() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        suite(a.path(), &["bytes", "loss", "rows", "cols", "status", "hash", "extra"]);
-        suite(b.path(), &["bytes", "loss", "rows", "cols", "status", "hash", "missing"]);
+        suite(
+            a.path(),
+            &["bytes", "loss", "rows", "cols", "status", "hash", "extra"],
+        );
+        suite(
+            b.path(),
+            &["bytes", "loss", "rows", "cols", "status", "hash", "missing"],
+        );
         let d = |id: &str| a.path().join(id);
-        rewrite(&d("bytes").join(STEPS_FILE), |t| t.replacen(",100,", ",101,", 1));
+        rewrite(&d("bytes").join(STEPS_FILE), |t| {
+            t.replacen(",100,", ",101,", 1)
+        });
         rerecord(&d("bytes"));
-        rewrite(&d("loss").join(ROUNDS_FILE), |t| t.replace("4.5,", "4.5000001,"));
+        rewrite(&d("loss").join(ROUNDS_FILE), |t| {
+            t.replace("4.5,", "4.5000001,")
+        });
         rerecord(&d("loss"));
         rewrite(&d("rows").join(STEPS_FILE), |t| {
             let mut lines: Vec<&str> = t.lines().collect();
@@ -592,7 +667,9 @@ mod tests {
                 .collect()
         });
         rerecord(&d("cols"));
-        rewrite(&d("status").join(ROUNDS_FILE), |t| t + "1,4,d1,4.4,,0,0,0,0,0,0\n"); // not re-recorded: incomplete
+        rewrite(&d("status").join(ROUNDS_FILE), |t| {
+            t + "1,4,d1,4.4,,0,0,0,0,0,0\n"
+        }); // not re-recorded: incomplete
         set_manifest(&d("hash"), |m| m.config_hash = "0123456789abcdef".into());
         let c = compare_suites(a.path(), b.path()).unwrap();
         let lines: Vec<String> = c.differences.iter().map(|d| d.to_string()).collect();
@@ -625,7 +702,9 @@ mod tests {
         run(a.path(), "near", 1e-7); // 2e-8 relative: within
         run(a.path(), "far", 1e-2); // 2e-3 relative: beyond
         run(a.path(), "bytes", 0.0);
-        rewrite(&a.path().join("bytes").join(STEPS_FILE), |t| t.replacen(",100,", ",99,", 1));
+        rewrite(&a.path().join("bytes").join(STEPS_FILE), |t| {
+            t.replacen(",100,", ",99,", 1)
+        });
         rerecord(&a.path().join("bytes"));
         for id in ["near", "far", "bytes"] {
             set_manifest(&a.path().join(id), |m| m.threads = 4);

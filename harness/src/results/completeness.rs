@@ -196,7 +196,9 @@ impl ExpectedRows {
             let got = record.get(name).and_then(|r| r.rows);
             if got != Some(want) {
                 out.push(match got {
-                    Some(got) => format!("{name} holds {got} rows, a complete run holds {want} ({what})"),
+                    Some(got) => {
+                        format!("{name} holds {got} rows, a complete run holds {want} ({what})")
+                    }
                     None => format!("{name} is missing, a complete run holds {want} rows ({what})"),
                 });
             }

@@ -32,6 +32,7 @@ pub mod completeness;
 pub mod csv_sink;
 pub mod lock;
 pub mod manifest;
+pub mod quality;
 pub mod run_dir;
 pub mod summary;
 

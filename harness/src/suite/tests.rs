@@ -227,7 +227,13 @@ faults = [[{ site = 1, at_step = 6, kind = "crash" }]]
 /// Issue 10: an empty suite file used to run one default DiLoCo run.
 #[test]
 fn a_suite_that_sets_no_knobs_is_an_error() {
-    for text in ["", "# nothing\n", "seeds = [0]\n", "[suite]\nname = \"x\"\n", "[base]\n"] {
+    for text in [
+        "",
+        "# nothing\n",
+        "seeds = [0]\n",
+        "[suite]\nname = \"x\"\n",
+        "[base]\n",
+    ] {
         let e = err(text);
         assert!(e.contains("sets no knobs"), "{text:?}: {e}");
     }
@@ -237,9 +243,17 @@ fn a_suite_that_sets_no_knobs_is_an_error() {
 /// (hostile input: 12 keys of 10 values would be 10^12 points).
 #[test]
 fn a_grid_beyond_the_run_limit_is_refused_before_expansion() {
-    let values = (0..10).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let values = (0..10)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     let keys = [
-        "steps", "inner_steps", "sites", "threads_per_site", "eval_sequences", "eval_every_rounds",
+        "steps",
+        "inner_steps",
+        "sites",
+        "threads_per_site",
+        "eval_sequences",
+        "eval_every_rounds",
     ];
     let mut text = String::from("[base]\nmethod = \"ddp\"\n[grid]\n");
     for k in keys {
@@ -248,13 +262,18 @@ fn a_grid_beyond_the_run_limit_is_refused_before_expansion() {
     let t = std::time::Instant::now();
     let e = err(&text);
     assert!(
-        e.contains("[grid] expands to 1000000 grid points × 1 seeds, more than the limit of 10000 runs"),
+        e.contains(
+            "[grid] expands to 1000000 grid points × 1 seeds, more than the limit of 10000 runs"
+        ),
         "{e}"
     );
     assert!(t.elapsed() < std::time::Duration::from_secs(2));
     let e = err(&format!(
         "seeds = [0, 1]\n[base]\nsites = 2\n[grid]\nsteps = [{}]\n",
-        (1..=5001).map(|i| (i * 4).to_string()).collect::<Vec<_>>().join(",")
+        (1..=5001)
+            .map(|i| (i * 4).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     ));
     assert!(e.contains("5001 grid points × 2 seeds"), "{e}");
 }
@@ -279,7 +298,7 @@ fn validation_errors_name_file_key_value_and_allowed() {
     assert!(e.contains("suite.name: \"a/b\": use letters"), "{e}");
     // Unknown nested base key, with what is allowed.
     let e = err("[base.fomoe]\nrhoo = 2\n");
-    assert_eq!(e, "t.toml: base.fomoe.rhoo: unknown field `rhoo`, expected one of `rho`, `placement`, `skip_policy`, `aux_scope`");
+    assert_eq!(e, "t.toml: base.fomoe.rhoo: unknown field `rhoo`, expected one of `rho`, `placement`, `skip_policy`, `aux_scope`, `router_sync`");
     // Wrong type in base.
     let e = err("[base]\nsites = \"four\"\n");
     assert_eq!(
