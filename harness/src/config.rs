@@ -416,7 +416,7 @@ impl RunConfig {
         if self.steps == 0 {
             return Err(ConfigError::new("steps", 0, "must be at least 1"));
         }
-        if self.steps % self.inner_steps != 0 {
+        if !self.steps.is_multiple_of(self.inner_steps) {
             return Err(ConfigError::new(
                 "steps",
                 self.steps,

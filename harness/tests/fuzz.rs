@@ -705,12 +705,15 @@ fn corpus_results() {
     });
 }
 
+/// Builds a hostile tree under the given root.
+type TreeBuilder = Box<dyn Fn(&Path)>;
+
 /// Text directories that are hostile as trees, not as bytes: empty, hidden-only, deep,
-/// a symlink loop, a file named like the separator, non-UTF-8 names.
+/// a symlink loop, non-UTF-8 names, many empty files.
 #[test]
 fn corpus_textdirs() {
     let d = tempfile::tempdir().unwrap();
-    let trees: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
+    let trees: Vec<(&str, TreeBuilder)> = vec![
         ("empty", Box::new(|_: &Path| {})),
         (
             "hidden only",

@@ -152,7 +152,7 @@ impl ModelConfig {
                 format!("must be at most n_experts = {}", self.n_experts),
             ));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(ConfigError::new(
                 "n_heads",
                 self.n_heads,
