@@ -459,7 +459,11 @@ fn a_missing_results_dir_is_a_one_line_error_and_a_bad_run_is_left_out() {
         "{:?}",
         g.left_out
     );
-    assert_eq!(g.figures.len(), paper::FIGURES.len());
+    assert_eq!(
+        g.figures.len(),
+        2 * paper::FIGURES.len(),
+        "an SVG and a PNG each"
+    );
     let md = std::fs::read_to_string(&g.report).unwrap();
     assert!(
         md.contains("Left out of this table and of every figure"),
@@ -471,7 +475,9 @@ fn a_missing_results_dir_is_a_one_line_error_and_a_bad_run_is_left_out() {
     );
     assert!(!md.contains("| `fomoe-b` |"), "not in the table: {md}");
     for (name, _) in paper::FIGURES {
-        let svg = std::fs::read_to_string(paper::figures_dir(&out, "synth").join(name)).unwrap();
+        let svg =
+            std::fs::read_to_string(paper::figures_dir(&out, "synth").join(format!("{name}.svg")))
+                .unwrap();
         assert!(!svg.contains("fomoe-b"), "{name} draws a left-out run");
     }
 
