@@ -12,7 +12,7 @@ use harness::collective::{ring_allreduce, WireDtype};
 use harness::config::RunConfig;
 use harness::model::params::with_f32_values;
 use harness::net::Comm;
-use harness::strategy::{SiteState, Strategy, SyncReport};
+use harness::strategy::{SiteState, Strategy, SyncOutcome};
 use tch::Tensor;
 
 pub struct Ddp {
@@ -39,7 +39,7 @@ impl Strategy for Ddp {
         st: &mut SiteState,
         grad: &mut Tensor,
         comm: &mut dyn Comm,
-    ) -> Result<SyncReport> {
+    ) -> Result<SyncOutcome> {
         let all: Vec<usize> = (0..self.sites).collect();
         let m = self.sites as f32;
         let n = grad.numel();
@@ -53,8 +53,9 @@ impl Strategy for Ddp {
         })?;
         let expected =
             harness::bytes::ring_allreduce_traffic(n, &all, self.wire).payload_sent_by(st.site);
-        Ok(SyncReport {
+        Ok(SyncOutcome {
             expected_payload_sent: expected,
+            relayout: None,
         })
     }
 }

@@ -11,7 +11,7 @@ use anyhow::Result;
 use harness::config::RunConfig;
 use harness::net::Comm;
 use harness::strategy::group_sync::{groups_for_site, GroupOuterSync};
-use harness::strategy::{SiteState, Strategy, SyncReport};
+use harness::strategy::{RoundState, SiteState, Strategy, SyncOutcome};
 
 pub struct Diloco {
     name: &'static str,
@@ -39,38 +39,24 @@ impl Strategy for Diloco {
         self.name
     }
 
-    fn init(&mut self, st: &mut SiteState) -> Result<()> {
+    fn init(&mut self, st: &mut SiteState, round: &mut RoundState) -> Result<()> {
         let all: Vec<usize> = (0..self.sites).collect();
         let groups = groups_for_site(&st.model.store.layout, self.sites, |_, _| all.clone());
-        self.sync.start(st, groups);
+        self.sync.start(st, round, groups);
         Ok(())
     }
 
-    fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<SyncReport> {
-        let expected = self.sync.sync(st, comm)?;
-        self.sync.finish_round(st);
-        Ok(SyncReport {
-            expected_payload_sent: expected,
-        })
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.sync.state_bytes()
-    }
-
-    fn save_state(
-        &self,
-        w: &mut harness::checkpoint::CheckpointWriter,
-        layout: &harness::model::ParamLayout,
-    ) {
-        self.sync.save(w, layout);
-    }
-
-    fn load_state(
+    fn end_round(
         &mut self,
-        ck: &harness::checkpoint::Checkpoint,
-        layout: &harness::model::ParamLayout,
-    ) -> Result<()> {
-        self.sync.load(ck, layout)
+        st: &mut SiteState,
+        round: &mut RoundState,
+        comm: &mut dyn Comm,
+    ) -> Result<SyncOutcome> {
+        let expected = self.sync.sync(st, round, comm)?;
+        self.sync.finish_round(st);
+        Ok(SyncOutcome {
+            expected_payload_sent: expected,
+            relayout: None,
+        })
     }
 }

@@ -19,7 +19,7 @@ use harness::config::RunConfig;
 use harness::model::params::tensor_to_vec;
 use harness::net::Comm;
 use harness::strategy::outer::OuterOptimizerState;
-use harness::strategy::{SiteState, Strategy, SyncReport};
+use harness::strategy::{RoundState, SiteState, Strategy, SyncOutcome};
 use tch::Tensor;
 
 /// A Photon client in star mode.
@@ -48,7 +48,12 @@ impl Strategy for PhotonClient {
         "photon"
     }
 
-    fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<SyncReport> {
+    fn end_round(
+        &mut self,
+        st: &mut SiteState,
+        _round: &mut RoundState,
+        comm: &mut dyn Comm,
+    ) -> Result<SyncOutcome> {
         let aggregator = self.sites;
         let clients: Vec<usize> = (0..self.sites).collect();
         let mut theta = tensor_to_vec(&st.model.store.flat);
@@ -78,8 +83,9 @@ impl Strategy for PhotonClient {
         let down =
             harness::bytes::broadcast_traffic(n, aggregator, &members(self.sites), self.wire)
                 .payload_sent_by(st.site);
-        Ok(SyncReport {
+        Ok(SyncOutcome {
             expected_payload_sent: up + down,
+            relayout: None,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! Binding of the runner to a suite's run directory ([`crate::results::RunDir`]): execute
-//! the run, then turn the per-site probe dumps into `probe_topk.bin` and `routing.csv`.
+//! the run with its round rows going into the directory's own rounds sink, then turn the
+//! per-site probe dumps into `probe_topk.bin` and `routing.csv`.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -8,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::sink::ProbeRecord;
-use super::{run_one, threads_per_site, RunOptions};
+use super::{run_one_into, threads_per_site, RunOptions};
 use crate::config::RunConfig;
 use crate::metrics::probe::{routing_rows, ProbeDomain, ProbeDump, ProbeHeader, Router};
 use crate::results::RunDir;
@@ -24,7 +25,7 @@ pub fn execute_in_run_dir(
 ) -> Result<()> {
     dir.set_runtime("cpu", threads_per_site(cfg))?;
     let path = dir.path().to_path_buf();
-    let outcome = run_one(cfg, &path, reg, opts);
+    let outcome = run_one_into(cfg, &path, reg, opts, &mut dir.rounds);
     if let Ok(o) = &outcome {
         crate::results::write_atomic(
             &path.join("sites.json"),

@@ -24,7 +24,7 @@ use std::ops::Range;
 use anyhow::{Context, Result};
 
 use super::outer::OuterOptimizerState;
-use super::SiteState;
+use super::{RoundState, SiteState};
 use crate::collective::{ring_allreduce, WireDtype};
 use crate::config::{OuterOptimizer, RunConfig};
 use crate::model::params::{tensor_to_vec, ParamLayout};
@@ -123,15 +123,14 @@ pub fn outer_sync(
     Ok(expected_payload_sent(groups, st.site, wire))
 }
 
-/// One site's share of a group synchronisation, as DiLoCo and FoMoE hold it: the outer
-/// optimiser over what the site holds, the site's holder groups, and the knobs that decide
-/// what a round does. The strategies differ only in the groups they give it.
+/// One site's share of a group synchronisation, as DiLoCo and FoMoE hold it: the site's
+/// holder groups and the knobs that decide what a round does. The outer optimiser it
+/// applies lives in the site's [`RoundState`] (checkpointed whole with the round); the
+/// strategies differ only in the groups they give it.
 pub struct GroupOuterSync {
     pub kind: OuterOptimizer,
     pub wire: WireDtype,
     pub keep_inner_state: bool,
-    /// `None` until [`GroupOuterSync::start`].
-    pub outer: Option<OuterOptimizerState>,
     pub groups: Vec<SyncGroup>,
 }
 
@@ -141,20 +140,27 @@ impl GroupOuterSync {
             kind: cfg.outer_optimizer(),
             wire: cfg.wire_dtype,
             keep_inner_state: cfg.keep_inner_state,
-            outer: None,
             groups: Vec::new(),
         }
     }
 
     /// Start from the site's current parameters (θ_g = θ_site, zero momentum).
-    pub fn start(&mut self, st: &SiteState, groups: Vec<SyncGroup>) {
-        self.outer = Some(OuterOptimizerState::new(self.kind, &st.model.store.flat));
+    pub fn start(&mut self, st: &SiteState, round: &mut RoundState, groups: Vec<SyncGroup>) {
+        round.outer = Some(OuterOptimizerState::new(self.kind, &st.model.store.flat));
         self.groups = groups;
     }
 
     /// [`outer_sync`] over the site's groups; the expected payload bytes it sent.
-    pub fn sync(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<u64> {
-        let outer = self.outer.as_mut().expect("GroupOuterSync::start ran");
+    pub fn sync(
+        &mut self,
+        st: &mut SiteState,
+        round: &mut RoundState,
+        comm: &mut dyn Comm,
+    ) -> Result<u64> {
+        let outer = round
+            .outer
+            .as_mut()
+            .context("the outer optimiser was not started (strategy init)")?;
         outer_sync(st, outer, &self.groups, comm, self.wire)
     }
 
@@ -162,23 +168,6 @@ impl GroupOuterSync {
     pub fn finish_round(&self, st: &mut SiteState) {
         if !self.keep_inner_state {
             st.inner.reset();
-        }
-    }
-
-    pub fn state_bytes(&self) -> usize {
-        self.outer.as_ref().map_or(0, |o| o.bytes())
-    }
-
-    pub fn save(&self, w: &mut crate::checkpoint::CheckpointWriter, layout: &ParamLayout) {
-        if let Some(o) = &self.outer {
-            o.save(w, layout);
-        }
-    }
-
-    pub fn load(&mut self, ck: &crate::checkpoint::Checkpoint, layout: &ParamLayout) -> Result<()> {
-        match &mut self.outer {
-            Some(o) => o.load(ck, layout),
-            None => Ok(()),
         }
     }
 }
