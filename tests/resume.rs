@@ -41,14 +41,18 @@ fn resuming_a_load_aware_fomoe_run_equals_the_uninterrupted_run_bit_for_bit() {
     // Interrupted in round 2 (after two re-placements), resumed from round 1's checkpoints.
     let cut = d.path().join("cut");
     let mut crash = c.clone();
+    // FoMoE continues without a lost site by default; here the loss must stop the run.
+    crash.on_site_loss = Some(harness::config::OnSiteLoss::Fail);
     crash.faults = vec![Fault {
         site: 2,
-        at_step: 11,
+        at_step: Some(11),
         kind: FaultKind::Crash,
+        ..Default::default()
     }];
     let err = run_one(&crash, &cut, &reg, &RunOptions::default()).unwrap_err();
     assert!(format!("{err:#}").contains("crashed at step 11"), "{err:#}");
-    let mut resume = c.clone();
+    let mut resume = crash.clone();
+    resume.faults.clear();
     resume.resume_from = Some(cut.clone());
     run_one(&resume, &cut, &reg, &RunOptions::default()).unwrap();
 

@@ -51,7 +51,8 @@ impl Method {
 /// - `fomoe.*`: FoMoE only; `photon_topology`: Photon only;
 /// - `inner_steps`, `outer`, `keep_inner_state`: methods with rounds (DiLoCo, Photon, FoMoE);
 ///   DDP and single only use H as their eval period, which a suite takes from its base;
-/// - `network.*`, `wire_dtype`: every method but `single` (which never communicates);
+/// - `network.*`, `wire_dtype`, `on_site_loss`: every method but `single` (which never
+///   communicates); `round_deadline`: methods with rounds;
 /// - everything else: every method.
 pub fn knob_applies(method: Method, path: &str) -> bool {
     let head = path.split('.').next().unwrap_or(path);
@@ -59,7 +60,8 @@ pub fn knob_applies(method: Method, path: &str) -> bool {
         "fomoe" => method == Method::Fomoe,
         "photon_topology" => method == Method::Photon,
         "inner_steps" | "outer" | "keep_inner_state" => method.has_rounds(),
-        "network" | "wire_dtype" => method != Method::Single,
+        "network" | "wire_dtype" | "on_site_loss" => method != Method::Single,
+        "round_deadline" => method.has_rounds(),
         _ => true,
     }
 }
@@ -137,22 +139,7 @@ pub enum PhotonTopology {
     Ring,
 }
 
-/// A scripted failure (fault injection), given as data in the suite file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fault {
-    pub site: usize,
-    /// Inner step (1-based) at whose start the fault fires.
-    pub at_step: usize,
-    pub kind: FaultKind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultKind {
-    /// The site stops with an error (its process exits non-zero).
-    Crash,
-}
+pub use crate::scenario::{Fault, FaultKind, OnSiteLoss};
 
 /// Links and backend.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -235,8 +222,16 @@ pub struct RunConfig {
     /// injected crash continues the same run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<std::path::PathBuf>,
-    /// Scripted failures.
+    /// Scripted failures (`[[faults]]`, see [`crate::scenario`]).
     pub faults: Vec<Fault>,
+    /// What a lost site (crash, leave) does to the run: `fail` or `continue`; none = the
+    /// method's default (ddp, diloco: fail; photon, fomoe: continue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_site_loss: Option<OnSiteLoss>,
+    /// Straggler deadline per round (e.g. "30s"; methods with rounds; none = off): a site
+    /// that has not reported by then is left out of the round's average.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round_deadline: Option<String>,
 }
 
 impl Default for RunConfig {
@@ -264,6 +259,8 @@ impl Default for RunConfig {
             checkpoint_every_rounds: None,
             resume_from: None,
             faults: Vec::new(),
+            on_site_loss: None,
+            round_deadline: None,
         }
     }
 }
@@ -429,22 +426,7 @@ impl RunConfig {
                 "Photon's aggregator keeps no checkpoint yet: resume is available for single, ddp, diloco, fomoe and photon_topology = ring",
             ));
         }
-        for f in &self.faults {
-            if f.site >= self.sites {
-                return Err(ConfigError::new(
-                    "faults.site",
-                    f.site,
-                    format!("must be below sites = {}", self.sites),
-                ));
-            }
-            if f.at_step == 0 || f.at_step > self.steps {
-                return Err(ConfigError::new(
-                    "faults.at_step",
-                    f.at_step,
-                    format!("must be in 1..={}", self.steps),
-                ));
-            }
-        }
+        crate::scenario::plan::Plan::new(self)?;
         self.link_matrix()?;
         self.data
             .validate()

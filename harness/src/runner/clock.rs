@@ -7,8 +7,14 @@
 //!   link model and waiting for peers), wall time otherwise; plus the CPU time the site's
 //!   own thread spent inside (encoding, reducing, copying), the host cost of communication.
 //!
-//! So `data + compute + comm + opt` is a step's wall time by construction on `sim`, and up
-//! to the bookkeeping between the parts on real backends.
+//! - Evaluation ([`measure`]): measured, but outside the run's time on `sim` (the clock is
+//!   not advanced; evaluation traffic is received with `recv_untimed`), so measuring the
+//!   model never delays training in virtual time. On real backends it takes real time.
+//! - Faults ([`pause`], [`slow_down`]): injected idle time (a stall) and the extra time of a
+//!   slow site's compute, slept on real backends and added to the virtual clock on `sim`.
+//!
+//! So `data + compute + comm + opt + fault` is a step's wall time by construction on
+//! `sim`, and up to the bookkeeping between the parts on real backends.
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +34,36 @@ pub fn compute<T>(
     drop(guard);
     comm.advance(dt);
     (out, dt)
+}
+
+/// Runs `f` as work outside the run's time (evaluation): under the gate on sim, measured,
+/// the virtual clock left where it is.
+pub fn measure<T>(gate: Option<&ComputeGate>, f: impl FnOnce() -> T) -> (T, Duration) {
+    let guard = gate.map(|g| g.acquire());
+    let t = Instant::now();
+    let out = f();
+    let dt = t.elapsed();
+    drop(guard);
+    (out, dt)
+}
+
+/// Stretch the compute that took `dt` by `factor` (a slow site): the extra (factor − 1)·dt
+/// is slept on real backends and added to the virtual clock on sim. Returns the extra.
+pub fn slow_down(comm: &mut dyn Comm, dt: Duration, factor: f64) -> Duration {
+    if factor <= 1.0 {
+        return Duration::ZERO;
+    }
+    let extra = dt.mul_f64(factor - 1.0);
+    pause(comm, extra);
+    extra
+}
+
+/// Idle for `d`: sleep on real backends, advance the virtual clock on sim.
+pub fn pause(comm: &mut dyn Comm, d: Duration) {
+    match comm.clock_kind() {
+        ClockKind::Virtual => comm.advance(d),
+        ClockKind::Wall => std::thread::sleep(d),
+    }
 }
 
 /// Time of a communication section and the host CPU time it took.

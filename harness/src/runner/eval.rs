@@ -1,11 +1,19 @@
-//! Evaluation at eval rounds: every site's local model before the sync, and the global model
-//! after it, evaluated at the evaluating site (site 0), which writes the round's rows.
+//! Evaluation at eval rounds: every present site's local model before the sync, and the
+//! global model after it, evaluated at the evaluator (the lowest site present at the
+//! round's end: site 0 without faults), which writes the round's rows.
 //!
-//! Protocol after the sync of an eval round, in one fixed order on every site:
+//! Protocol after the sync (and recovery) of an eval round, in one fixed order on every
+//! site, absent ones included:
 //! 1. every other site sends the evaluator an [`EvalReport`]: its local-model loss per domain
-//!    and its cumulative traffic;
-//! 2. each expert the evaluator does not hold comes from its lowest-numbered holder, as f32
-//!    on the wire ([`crate::collective::wire`]), in (layer, expert) order.
+//!    (none when absent) and its cumulative traffic;
+//! 2. each expert the evaluator does not hold comes from its lowest present holder, or, when
+//!    every holder is away, from its lowest holder, which sends its global copy (the
+//!    expert's last global value: frozen), as f32 on the wire ([`crate::collective::wire`]),
+//!    in (layer, expert) order.
+//!
+//! Evaluation is measurement, outside the run's time on `sim`: the evaluator receives with
+//! `recv_untimed` and evaluates without advancing its clock, so waiting for a straggler's
+//! report or evaluating the global model never delays training in virtual time.
 //!
 //! The evaluator assembles the global model (its own values plus the received experts, no
 //! mask), evaluates it, and makes one [`RoundRow`] per domain with the run's byte totals,
@@ -130,59 +138,91 @@ pub struct GlobalEval {
     pub probe: Vec<Vec<Vec<i64>>>,
 }
 
-/// The site that evaluates the global model and writes the round's rows.
-pub const EVALUATOR: usize = 0;
+/// Who takes which part in one round's evaluation.
+pub struct EvalPlan<'a> {
+    pub round: usize,
+    /// The site that evaluates (the lowest site present at the round's end).
+    pub evaluator: usize,
+    /// Sites present at the round's end (participants and late ones), ascending.
+    pub present: &'a [usize],
+    /// This site's local-model losses (None: absent this round).
+    pub local: Option<&'a [f64]>,
+    /// The evaluator's synchronisation time of the round, ms.
+    pub sync_ms: f64,
+}
 
 /// Run the protocol of the module doc. The evaluator returns its rows; other sites `None`.
+/// `before_recv(comm, site)` runs before the evaluator's first receive from each site (it
+/// drains what that site still owes another protocol, e.g. a late deadline report).
 pub fn evaluate_global(
     ctx: &SiteContext<'_>,
     st: &SiteState,
     round_state: &RoundState,
     comm: &mut dyn Comm,
-    local: &[f64],
-    round: usize,
-    sync_ms: f64,
+    plan: &EvalPlan<'_>,
+    mut before_recv: impl FnMut(&mut dyn Comm, usize) -> Result<()>,
 ) -> Result<Option<GlobalEval>> {
     let mcfg = &ctx.model_cfg;
     let sites = ctx.cfg.sites;
+    let evaluator = plan.evaluator;
     let placement = &round_state.placement;
-    let mine = placement.of(EVALUATOR);
-    // Experts the evaluator lacks, each with the site that sends it.
+    let mine = placement.of(evaluator);
+    // Experts the evaluator lacks, each with the site that sends it: the lowest present
+    // holder, else (every holder absent: a frozen expert) the lowest holder.
     let lacking: Vec<(usize, usize, usize)> = (0..mcfg.n_layers)
         .flat_map(|l| (0..mcfg.n_experts).map(move |e| (l, e)))
         .filter(|&(l, e)| !mine.holds(l, e))
         .map(|(l, e)| {
-            let src = *placement
-                .holders_of(l, e)
-                .first()
+            let holders = placement.holders_of(l, e);
+            let src = holders
+                .iter()
+                .find(|h| plan.present.contains(h))
+                .or(holders.first())
+                .copied()
                 .expect("every expert has a holder");
             (l, e, src)
         })
         .collect();
     let report = EvalReport {
         site: ctx.site,
-        local_loss_bits: local.iter().map(|v| v.to_bits()).collect(),
+        local_loss_bits: plan
+            .local
+            .unwrap_or(&[])
+            .iter()
+            .map(|v| v.to_bits())
+            .collect(),
         traffic: round_state.traffic,
     };
-    if ctx.site != EVALUATOR {
-        comm.send(EVALUATOR, report.encode())?;
+    if ctx.site != evaluator {
+        comm.send(evaluator, report.encode())?;
+        // The global copy: the model right after a sync, the last global value of a site
+        // that is away.
+        let global = round_state
+            .outer
+            .as_ref()
+            .map_or(&st.model.store.flat, |o| &o.global);
         for &(l, e, src) in &lacking {
             if src == ctx.site {
                 let r = st.model.store.layout.experts[&(l, e)].clone();
-                let v = tensor_to_vec(&st.model.store.flat.narrow(
-                    0,
-                    r.start as i64,
-                    r.len() as i64,
-                ));
-                comm.send(EVALUATOR, wire::encode(WireDtype::F32, &v))?;
+                let v = tensor_to_vec(&global.narrow(0, r.start as i64, r.len() as i64));
+                comm.send(evaluator, wire::encode(WireDtype::F32, &v))?;
             }
         }
         return Ok(None);
     }
     let before = LinkTotals::read(comm, sites);
-    let mut reports = vec![report];
-    for s in 1..sites {
-        reports.push(EvalReport::decode(s, &comm.recv(s)?)?);
+    let mut reports = Vec::with_capacity(sites);
+    for s in 0..sites {
+        if s == evaluator {
+            reports.push(EvalReport {
+                site: report.site,
+                local_loss_bits: report.local_loss_bits.clone(),
+                traffic: report.traffic,
+            });
+            continue;
+        }
+        before_recv(comm, s)?;
+        reports.push(EvalReport::decode(s, &comm.recv_untimed(s)?)?);
     }
     let assembled;
     let model = if lacking.is_empty() {
@@ -191,7 +231,7 @@ pub fn evaluate_global(
         let full = ParamStore::zeros(mcfg, Residency::full(mcfg));
         full.copy_held_from(&st.model.store);
         for &(l, e, src) in &lacking {
-            let msg = comm.recv(src)?;
+            let msg = comm.recv_untimed(src)?;
             let r = full.layout.experts[&(l, e)].clone();
             let mut v = vec![0f32; r.len()];
             wire::decode_into(WireDtype::F32, &msg, &mut v).map_err(|m| {
@@ -211,7 +251,7 @@ pub fn evaluate_global(
         &assembled
     };
     let received_now = LinkTotals::read(comm, sites).received - before.received;
-    let (res, _) = clock::compute(ctx.compute_gate, comm, || {
+    let (res, _) = clock::measure(ctx.compute_gate, || {
         (
             eval_domains(model, ctx.data, ctx.cfg.eval_sequences, mcfg.batch_size),
             probe_topk(model, ctx.data),
@@ -226,14 +266,21 @@ pub fn evaluate_global(
         .map(|r| r.traffic.eval.sent.payload)
         .sum::<u64>()
         + received_now.payload;
-    let locals: Vec<Vec<f64>> = reports.iter().map(EvalReport::losses).collect();
+    let locals: Vec<Vec<f64>> = reports
+        .iter()
+        .filter(|r| !r.local_loss_bits.is_empty())
+        .map(EvalReport::losses)
+        .collect();
+    if locals.is_empty() {
+        bail!("round {}: no site reported a local model", plan.round);
+    }
     let rows = ctx
         .data
         .domains()
         .iter()
         .enumerate()
         .map(|(d, info)| RoundRow {
-            round,
+            round: plan.round,
             step: round_state.step,
             domain: info.name.clone(),
             eval_loss: global_losses[d],
@@ -243,7 +290,7 @@ pub fn evaluate_global(
             framing_bytes_total: training.framing,
             eval_bytes_total: eval_payload,
             clock_s: comm.now().as_secs_f64(),
-            sync_ms,
+            sync_ms: plan.sync_ms,
         })
         .collect();
     Ok(Some(GlobalEval { rows, probe }))

@@ -25,9 +25,12 @@
 //! namespaces through the lab's signal handler).
 
 pub mod clock;
+pub mod deadline;
 pub mod eval;
 pub mod gate;
+pub mod recovery;
 pub mod results;
+mod round_end;
 pub mod sink;
 pub mod site;
 
@@ -138,10 +141,12 @@ pub fn run_one_into(
         Backend::Sim => run_sim(cfg, dir, reg, threads, rounds),
         Backend::Relay | Backend::Netns => run_processes(cfg, dir, opts, rounds),
     };
-    // Merge the per-site step files also after a failure, so partial results stay readable.
+    // Merge the per-site files also after a failure, so partial results stay readable.
     let merged = crate::results::merge_site_steps(dir);
+    let participation = crate::scenario::participation::merge_participation(dir, cfg.sites);
     let sites = result?;
     merged?;
+    participation?;
     Ok(RunOutcome {
         sites,
         wall_s: start.elapsed().as_secs_f64(),

@@ -11,6 +11,8 @@
 //! - `probe-site<i>.jsonl`: one JSON object per (round, kind, domain, layer) with the probe
 //!   top-k expert ids (row-major [tokens, k]); kind `local` = the site's model before the
 //!   sync, `global` = the global model after it (site 0);
+//! - `participation-site<i>.csv`: one [`ParticipationRow`] per round (merged into
+//!   `participation.csv` at the end);
 //! - `site<i>.json`: the [`SiteReport`] (memory held, bytes, times), written atomically.
 
 use std::fs::File;
@@ -24,6 +26,7 @@ use serde::Serialize;
 use super::site::SiteReport;
 use crate::results::run_dir::ROUNDS_FILE;
 use crate::results::{site_steps_path, CsvSink};
+use crate::scenario::participation::{site_participation_path, ParticipationRow};
 use crate::telemetry::{RoundRow, StepRow};
 
 /// A site's telemetry (a network sink gathering rows at one rank implements it too).
@@ -31,6 +34,10 @@ pub trait SiteSink {
     fn step(&mut self, row: &StepRow) -> Result<()>;
     fn rounds(&mut self, rows: &[RoundRow]) -> Result<()>;
     fn probe(&mut self, round: usize, kind: &str, ids: &[Vec<Vec<i64>>]) -> Result<()>;
+    /// The site's part in a round (participation.csv). Default: discarded.
+    fn participation(&mut self, _row: &ParticipationRow) -> Result<()> {
+        Ok(())
+    }
     fn finish(&mut self, report: &SiteReport) -> Result<()>;
 }
 
@@ -105,6 +112,7 @@ pub struct FileSink<'a> {
     steps: CsvSink<StepRow>,
     rounds: Option<Box<dyn RoundsOut + 'a>>,
     probe: BufWriter<File>,
+    participation: CsvSink<ParticipationRow>,
 }
 
 impl FileSink<'static> {
@@ -147,12 +155,19 @@ impl<'a> FileSink<'a> {
             .truncate(!append)
             .open(&p);
         let probe = BufWriter::new(f.with_context(|| format!("creating {}", p.display()))?);
+        let participation_path = site_participation_path(dir, site);
+        let participation = if append {
+            CsvSink::append(participation_path)?
+        } else {
+            CsvSink::create(participation_path)?
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             site,
             steps,
             rounds,
             probe,
+            participation,
         })
     }
 }
@@ -194,6 +209,9 @@ impl SiteSink for FileSink<'_> {
         }
         self.probe.flush()?;
         Ok(())
+    }
+    fn participation(&mut self, row: &ParticipationRow) -> Result<()> {
+        Ok(self.participation.push(row)?)
     }
     fn finish(&mut self, report: &SiteReport) -> Result<()> {
         crate::results::write_atomic(

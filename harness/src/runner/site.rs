@@ -2,27 +2,34 @@
 //!
 //! A [`SiteRun`] owns what the site trains ([`SiteState`]: model and inner AdamW) and what
 //! it keeps across rounds ([`RoundState`]: step, placement, outer optimiser, traffic), and
-//! runs the loop as named phases:
+//! runs the loop as named phases, each round as the scenario ([`Plan`]) has it for this site:
 //!
 //! ```text
-//! for each round, for each of its H steps:
-//!     faults        scripted failures of this step (config `faults`)
-//!     train step    data → forward/backward → strategy.on_gradient (DDP syncs here) → clip + AdamW
-//!     round end     (every H steps) local eval at eval rounds → strategy.end_round (outer
-//!                   sync; its relayout applied)
-//!     step row      telemetry of the step (its traffic added to the round state)
-//!     checkpoint    (round ends, every `checkpoint_every_rounds`) site and round state
+//! for each round:
+//!     lifecycle     a scripted loss (crash, leave) fails the run under on_site_loss = fail
+//!     for each step this site trains (all H, up to a crash, none when absent):
+//!         faults        a stall before the step; a slow site's compute stretched
+//!         train step    data → forward/backward → strategy.on_gradient (DDP syncs here,
+//!                       among the sites training the step) → clip + AdamW
+//!         round end     (last step) local eval at eval rounds → deadline (who takes part)
+//!                       → strategy.end_round among the participants (its relayout
+//!                       applied) → recovery (late and returning sites fetch the global state)
+//!         step row      telemetry of the step (its traffic added to the round state)
+//!     away          (not present at the round's end) the deadline's decision, recovery
 //!     eval          (eval rounds) the global model, at the evaluator (see [`super::eval`])
+//!     checkpoint    (every `checkpoint_every_rounds`) site and round state
+//!     participation this site's part in the round (participation.csv)
 //! ```
 //!
-//! Time: `data_ms + compute_ms + comm_ms + opt_ms = wall_ms` per step by construction on
-//! every backend (see [`super::clock`]); evaluation happens inside a step's time window but
-//! is not part of the training step and is taken out of `wall_ms`.
-//! Bytes: training traffic is the change of this site's link counters from before
-//! `on_gradient` to after the round end; evaluation traffic is counted apart. Both are
-//! cumulative in the round state, so a resumed run continues its totals.
+//! Time: `data_ms + compute_ms + comm_ms + opt_ms + fault_ms = wall_ms` per step by
+//! construction on every backend (see [`super::clock`]); evaluation happens inside a step's
+//! time window but is not part of the training step (on `sim` it does not advance the
+//! clock; on real backends its time is taken out of `wall_ms`).
+//! Bytes: training traffic is what moves inside `on_gradient` and `end_round`; deadline
+//! (control), recovery and evaluation traffic are counted apart. All are cumulative in the
+//! round state, so a resumed run continues its totals.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,7 +37,7 @@ use anyhow::{Context, Result};
 use tch::Tensor;
 
 use super::clock::{self, StepStart};
-use super::eval::{self, LocalEval};
+use super::eval;
 use super::sink::SiteSink;
 use crate::checkpoint::{Checkpoint, CheckpointWriter};
 use crate::config::RunConfig;
@@ -39,8 +46,10 @@ use crate::model::params::ParamStore;
 use crate::model::{ForwardOutput, ModelConfig, MoeModel, ParamLayout, Residency};
 use crate::net::Comm;
 use crate::optim::{clip_grad_norm, AdamW};
+use crate::scenario::plan::{Plan, RoundRole};
+use crate::scenario::OnSiteLoss;
 use crate::strategy::round_state::{LinkTotals, SiteTraffic};
-use crate::strategy::{Relayout, RoundState, SiteState, Strategy, SyncOutcome};
+use crate::strategy::{Relayout, RoundState, SiteState, Strategy};
 use crate::telemetry::StepRow;
 
 pub use super::eval::{batch_tensors, eval_domains, probe_topk};
@@ -83,8 +92,8 @@ pub struct SiteMemory {
     pub experts_held: usize,
 }
 
-/// What a site reports at the end (bytes and times of this attempt; steps and tokens since
-/// the start of the run).
+/// What a site reports at the end (bytes and times of this attempt; steps and tokens it
+/// trained since the start of the run).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SiteReport {
     pub site: usize,
@@ -99,6 +108,15 @@ pub struct SiteReport {
     pub comm_s: f64,
     pub clock_s: f64,
     pub final_loss: f64,
+    /// Recovery payload this site received in this attempt (coming back, catching up).
+    #[serde(default)]
+    pub recovery_payload_received: u64,
+    /// Deadline control payload this site sent in this attempt.
+    #[serde(default)]
+    pub control_payload_sent: u64,
+    /// Steps this site trained in this attempt (`steps` counts since the run's start).
+    #[serde(default)]
+    pub steps_this_attempt: usize,
 }
 
 /// Everything one site needs to run.
@@ -137,30 +155,38 @@ pub fn load_init(path: &Path, mcfg: &ModelConfig) -> Result<ParamStore> {
 
 /// One site's run: its state and what it has measured (see the module doc).
 pub struct SiteRun<'a> {
-    ctx: &'a SiteContext<'a>,
-    st: SiteState,
-    round: RoundState,
+    pub(super) ctx: &'a SiteContext<'a>,
+    pub(super) st: SiteState,
+    pub(super) round: RoundState,
+    pub(super) plan: Plan,
     /// Traffic at the start of this attempt (a resumed run reports only its own bytes).
     traffic_at_start: SiteTraffic,
+    trained_at_start: usize,
     report: SiteReport,
+    /// Sites whose late deadline report this site (as leader) has not consumed yet.
+    pub(super) stale_ready: BTreeSet<usize>,
+    /// Run clock at the start of the current round (the deadline counts from it).
+    pub(super) round_open: Duration,
 }
 
 /// What one training step did, for its row.
-struct StepRecord {
+pub(super) struct StepRecord {
     start: StepStart,
     out: ForwardOutput,
     lr: f64,
     grad_norm: f64,
     data: Duration,
     compute: Duration,
-    comm: Duration,
-    comm_cpu: Duration,
+    pub(super) comm: Duration,
+    pub(super) comm_cpu: Duration,
     opt: Duration,
+    /// Stall and slow-down time injected into the step.
+    fault: Duration,
     /// Evaluation inside the step's window (not part of the step's wall time).
-    eval: Duration,
-    /// Link counters before the step's first synchronisation.
-    links_before: LinkTotals,
-    expected_payload: u64,
+    pub(super) eval: Duration,
+    /// Training traffic of the step (synchronisation only).
+    pub(super) training: LinkTotals,
+    pub(super) expected_payload: u64,
 }
 
 impl<'a> SiteRun<'a> {
@@ -168,6 +194,7 @@ impl<'a> SiteRun<'a> {
     pub fn start(ctx: &'a SiteContext<'a>, strategy: &mut dyn Strategy) -> Result<Self> {
         let cfg = ctx.cfg;
         let mcfg = &ctx.model_cfg;
+        let plan = Plan::new(cfg)?;
         let resume = match &ctx.resume {
             Some(path) => Some(open_resume_checkpoint(path, cfg)?),
             None => None,
@@ -210,12 +237,16 @@ impl<'a> SiteRun<'a> {
         Ok(Self {
             ctx,
             traffic_at_start: round.traffic,
+            trained_at_start: round.trained_steps,
             report: SiteReport {
                 site: ctx.site,
                 ..Default::default()
             },
             st,
             round,
+            plan,
+            stale_ready: BTreeSet::new(),
+            round_open: Duration::ZERO,
         })
     }
 
@@ -229,54 +260,103 @@ impl<'a> SiteRun<'a> {
     ) -> Result<SiteReport> {
         let h = self.ctx.cfg.inner_steps;
         for round in self.round.step / h..self.ctx.cfg.rounds() {
-            for _ in 0..h {
-                self.faults()?;
-                let mut step = self.train_step(strategy, comm, source)?;
-                let end_of_round = self.round.step.is_multiple_of(h);
-                let local = if end_of_round {
-                    self.round_end(round, strategy, comm, &mut step)?
-                } else {
-                    None
-                };
+            self.round_open = comm.now();
+            let role = self.plan.role(self.ctx.site, round);
+            let trained = self.lifecycle(round, role)?;
+            let mut fault = Duration::ZERO;
+            let mut end = None;
+            for k in 0..trained {
+                let mut step = self.train_step(round, strategy, comm, source)?;
+                if k + 1 == h {
+                    end = Some(self.round_end(round, strategy, comm, &mut step)?);
+                }
+                fault += step.fault;
                 let row = self.step_row(round, &step, comm);
-                if end_of_round {
-                    self.checkpoint(round)?;
+                if let Some(e) = end.as_mut() {
+                    e.sync_ms = row.comm_ms;
                 }
                 sink.step(&row)?;
-                if let Some(local) = local {
-                    self.eval(round, local, &row, comm, sink)?;
-                }
             }
+            if trained < h && role != RoundRole::Absent {
+                self.crashed(round)?;
+            }
+            let mut end = match end {
+                Some(e) => e,
+                None => self.away(round, role, comm)?,
+            };
+            end.steps_trained = trained;
+            end.fault = fault;
+            self.round.step = (round + 1) * h;
+            self.eval(round, &end, comm, sink)?;
+            self.checkpoint(round)?;
+            sink.participation(&end.row(round, self.ctx.site))?;
         }
         self.finish(comm, sink)
     }
 
-    /// Scripted failures at the start of the next step.
-    fn faults(&self) -> Result<()> {
-        let (site, next) = (self.ctx.site, self.round.step + 1);
-        for f in &self.ctx.cfg.faults {
-            if f.site == site && f.at_step == next {
-                match f.kind {
-                    crate::config::FaultKind::Crash => {
-                        anyhow::bail!("injected fault: site {site} crashed at step {next}")
-                    }
+    /// How many steps of `round` this site trains; under `on_site_loss = fail` a scripted
+    /// loss at the round's start stops the run here.
+    fn lifecycle(&mut self, round: usize, role: RoundRole) -> Result<usize> {
+        let h = self.ctx.cfg.inner_steps;
+        let site = self.ctx.site;
+        let fail = self.plan.on_site_loss == OnSiteLoss::Fail;
+        let was_present = round == 0 || self.plan.role(site, round - 1) == RoundRole::Present;
+        match role {
+            RoundRole::Present => Ok(h),
+            RoundRole::Crashes { at_step } => Ok(at_step - (round * h + 1)),
+            RoundRole::Absent if fail && was_present => {
+                let crash_at = round * h + 1;
+                let crashed = self.ctx.cfg.faults.iter().any(|f| {
+                    f.site == site
+                        && f.kind == crate::config::FaultKind::Crash
+                        && (f.at_step == Some(crash_at) || f.at_round == Some(round))
+                });
+                if crashed {
+                    anyhow::bail!("injected fault: site {site} crashed at step {crash_at}");
                 }
+                anyhow::bail!("injected fault: site {site} left at round {round}");
             }
+            RoundRole::Absent => Ok(0),
         }
+    }
+
+    /// The site stops training mid-round (a crash): the run fails under `on_site_loss =
+    /// fail`; otherwise it goes dormant until it rejoins.
+    fn crashed(&mut self, round: usize) -> Result<()> {
+        let step = self.round.step + 1;
+        if self.plan.on_site_loss == OnSiteLoss::Fail {
+            anyhow::bail!(
+                "injected fault: site {} crashed at step {step}",
+                self.ctx.site
+            );
+        }
+        tracing::info!(
+            "site {} crashed at step {step} (round {round})",
+            self.ctx.site
+        );
         Ok(())
     }
 
-    /// Data, forward/backward, the gradient hook (DDP's sync), clipping and the inner step.
+    /// Faults of the step, data, forward/backward, the gradient hook (DDP's sync among the
+    /// sites training the step), clipping and the inner step.
     fn train_step(
         &mut self,
+        round: usize,
         strategy: &mut dyn Strategy,
         comm: &mut dyn Comm,
         source: &mut dyn BatchSource,
     ) -> Result<StepRecord> {
         let cfg = self.ctx.cfg;
         let gate = self.ctx.compute_gate;
-        let start = StepStart::now(comm);
+        let site = self.ctx.site;
         let step = self.round.step;
+        let start = StepStart::now(comm);
+        let mut fault = Duration::ZERO;
+        if let Some(d) = self.plan.stall(site, step + 1) {
+            clock::pause(comm, d);
+            fault += d;
+        }
+        let slow = self.plan.slow_factor(site, round);
         let (xy, data) = clock::compute(None, comm, || -> Result<_> {
             Ok(eval::batch_tensors(&source.batch(step)?))
         });
@@ -288,16 +368,22 @@ impl<'a> SiteRun<'a> {
             let g = st.model.flat_grad(&out.loss);
             (out, g)
         });
+        fault += clock::slow_down(comm, compute, slow);
         strategy.observe_routing(&out.routing);
-        let links_before = LinkTotals::read(comm, cfg.sites);
-        let (sync, t) = clock::comm(comm, |c| strategy.on_gradient(st, &mut grad, c));
+        self.round.participants = self.plan.training(step + 1);
+        let before = LinkTotals::read(comm, cfg.sites);
+        let rs = &self.round;
+        let (sync, t) = clock::comm(comm, |c| strategy.on_gradient(st, rs, &mut grad, c));
         let sync = sync?;
+        let training = LinkTotals::read(comm, cfg.sites) - before;
         let (grad_norm, opt) = clock::compute(gate, comm, || {
             let n = clip_grad_norm(&mut grad, cfg.optim.grad_clip);
             st.inner.step(&st.model.store.flat, &grad, lr);
             n
         });
+        fault += clock::slow_down(comm, opt, slow);
         self.round.step += 1;
+        self.round.trained_steps += 1;
         Ok(StepRecord {
             start,
             out,
@@ -308,73 +394,18 @@ impl<'a> SiteRun<'a> {
             comm: t.elapsed,
             comm_cpu: t.cpu,
             opt,
+            fault,
             eval: Duration::ZERO,
-            links_before,
+            training,
             expected_payload: sync.expected_payload_sent,
         })
-    }
-
-    /// Local eval (eval rounds), then the outer sync with its relayout.
-    fn round_end(
-        &mut self,
-        round: usize,
-        strategy: &mut dyn Strategy,
-        comm: &mut dyn Comm,
-        step: &mut StepRecord,
-    ) -> Result<Option<LocalEval>> {
-        let cfg = self.ctx.cfg;
-        let rounds = cfg.rounds();
-        let is_eval = (round + 1).is_multiple_of(cfg.eval_every_rounds) || round + 1 == rounds;
-        let local = if is_eval {
-            let (m, data) = (&self.st.model, self.ctx.data);
-            let ((losses, probe), dt) = clock::compute(self.ctx.compute_gate, comm, || {
-                (
-                    eval::eval_domains(m, data, cfg.eval_sequences, self.ctx.model_cfg.batch_size),
-                    eval::probe_topk(m, data),
-                )
-            });
-            step.eval = dt;
-            Some(LocalEval {
-                losses: losses?,
-                probe: probe?,
-            })
-        } else {
-            None
-        };
-        let (st, rs) = (&mut self.st, &mut self.round);
-        let (outcome, t) = clock::comm(comm, |c| -> Result<u64> {
-            let SyncOutcome {
-                expected_payload_sent,
-                relayout,
-            } = strategy.end_round(st, rs, c)?;
-            if let Some(r) = relayout {
-                apply_relayout(st, rs, r)?;
-            }
-            Ok(expected_payload_sent)
-        });
-        step.expected_payload += outcome?;
-        step.comm += t.elapsed;
-        step.comm_cpu += t.cpu;
-        Ok(local)
-    }
-
-    /// At a round boundary, every `checkpoint_every` rounds and at the last one.
-    fn checkpoint(&self, round: usize) -> Result<()> {
-        if let Some((dir, every)) = &self.ctx.checkpoint {
-            if (round + 1).is_multiple_of((*every).max(1)) || round + 1 == self.ctx.cfg.rounds() {
-                let path = dir.join(format!("ckpt-site{}.safetensors", self.ctx.site));
-                self.save_checkpoint(&path)?;
-            }
-        }
-        Ok(())
     }
 
     /// The step's row; adds its traffic and times to the round state and the report.
     fn step_row(&mut self, round: usize, s: &StepRecord, comm: &dyn Comm) -> StepRow {
         let mcfg = &self.ctx.model_cfg;
-        let moved = LinkTotals::read(comm, self.ctx.cfg.sites) - s.links_before;
         let traffic = &mut self.round.traffic;
-        traffic.training = traffic.training + moved;
+        traffic.training = traffic.training + s.training;
         traffic.expected_training_payload += s.expected_payload;
         let ce = s.out.ce.double_value(&[]);
         self.report.final_loss = ce;
@@ -388,6 +419,11 @@ impl<'a> SiteRun<'a> {
             .map(|r| r.tokens * mcfg.top_k as i64)
             .sum();
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // On sim evaluation does not advance the clock; on real backends it takes real time.
+        let wall = match comm.clock_kind() {
+            crate::net::ClockKind::Virtual => s.start.elapsed(comm),
+            crate::net::ClockKind::Wall => s.start.elapsed(comm).saturating_sub(s.eval),
+        };
         StepRow {
             site: self.ctx.site,
             step: self.round.step,
@@ -403,46 +439,28 @@ impl<'a> SiteRun<'a> {
             comm_ms: ms(s.comm),
             comm_cpu_ms: ms(s.comm_cpu),
             opt_ms: ms(s.opt),
-            wall_ms: ms(s.start.elapsed(comm).saturating_sub(s.eval)),
+            wall_ms: ms(wall),
             clock_s: comm.now().as_secs_f64(),
-            payload_sent: moved.sent.payload,
-            payload_recv: moved.received.payload,
-            framing_sent: moved.sent.framing,
-            framing_recv: moved.received.framing,
+            payload_sent: s.training.sent.payload,
+            payload_recv: s.training.received.payload,
+            framing_sent: s.training.sent.framing,
+            framing_recv: s.training.received.framing,
             skip_rate: if slots > 0 {
                 skipped as f64 / slots as f64
             } else {
                 0.0
             },
+            fault_ms: ms(s.fault),
         }
     }
 
-    /// The eval protocol after the sync of an eval round; the evaluator writes the rows.
-    fn eval(
-        &mut self,
-        round: usize,
-        local: LocalEval,
-        row: &StepRow,
-        comm: &mut dyn Comm,
-        sink: &mut dyn SiteSink,
-    ) -> Result<()> {
-        sink.probe(round, "local", &local.probe)?;
-        let sites = self.ctx.cfg.sites;
-        let before = LinkTotals::read(comm, sites);
-        let global = eval::evaluate_global(
-            self.ctx,
-            &self.st,
-            &self.round,
-            comm,
-            &local.losses,
-            round,
-            row.comm_ms,
-        )?;
-        self.round.traffic.eval =
-            self.round.traffic.eval + (LinkTotals::read(comm, sites) - before);
-        if let Some(g) = global {
-            sink.probe(round, "global", &g.probe)?;
-            sink.rounds(&g.rows)?;
+    /// At a round boundary, every `checkpoint_every` rounds and at the last one.
+    fn checkpoint(&self, round: usize) -> Result<()> {
+        if let Some((dir, every)) = &self.ctx.checkpoint {
+            if (round + 1).is_multiple_of((*every).max(1)) || round + 1 == self.ctx.cfg.rounds() {
+                let path = dir.join(format!("ckpt-site{}.safetensors", self.ctx.site));
+                self.save_checkpoint(&path)?;
+            }
         }
         Ok(())
     }
@@ -459,16 +477,25 @@ impl<'a> SiteRun<'a> {
     }
 
     /// The site's report, handed to the sink.
-    fn finish(mut self, comm: &dyn Comm, sink: &mut dyn SiteSink) -> Result<SiteReport> {
+    fn finish(mut self, comm: &mut dyn Comm, sink: &mut dyn SiteSink) -> Result<SiteReport> {
+        // Late deadline reports still queued here are read before anything else (the final
+        // barrier) receives from those sites.
+        for s in std::mem::take(&mut self.stale_ready) {
+            comm.recv_untimed(s)?;
+        }
         let mcfg = &self.ctx.model_cfg;
         let (now, then) = (self.round.traffic, self.traffic_at_start);
         let r = &mut self.report;
-        r.steps = self.round.step;
-        r.tokens = self.round.step * mcfg.batch_size * mcfg.seq_len;
+        r.steps = self.round.trained_steps;
+        r.tokens = self.round.trained_steps * mcfg.batch_size * mcfg.seq_len;
         r.payload_sent = now.training.sent.payload - then.training.sent.payload;
         r.framing_sent = now.training.sent.framing - then.training.sent.framing;
         r.expected_payload_sent = now.expected_training_payload - then.expected_training_payload;
         r.eval_payload_sent = now.eval.sent.payload - then.eval.sent.payload;
+        r.recovery_payload_received =
+            now.recovery.received.payload - then.recovery.received.payload;
+        r.control_payload_sent = now.control.sent.payload - then.control.sent.payload;
+        r.steps_this_attempt = self.round.trained_steps - self.trained_at_start;
         r.clock_s = comm.now().as_secs_f64();
         let n = self.st.model.store.numel();
         let (inner, outer) = (self.st.inner.bytes(), self.round.outer_bytes());
@@ -490,7 +517,11 @@ impl<'a> SiteRun<'a> {
 /// outer optimiser. Parameters the site keeps carry their values; a gained expert takes its
 /// global state (model = global copy = the received global weights, momentum as received)
 /// and starts with zero AdamW moments.
-fn apply_relayout(st: &mut SiteState, round: &mut RoundState, r: Relayout) -> Result<()> {
+pub(super) fn apply_relayout(
+    st: &mut SiteState,
+    round: &mut RoundState,
+    r: Relayout,
+) -> Result<()> {
     type Blocks<'b> = BTreeMap<(usize, usize), &'b [f32]>;
     fn moved(
         old: &ParamLayout,

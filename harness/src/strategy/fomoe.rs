@@ -21,6 +21,10 @@
 //! groups of 2(ρ−1)/ρ·n_G·b, which summed over sites gives METHODS.md's
 //! 2(M−1)/M·N_dense·b + 2(ρ−1)/M·N_exp·b per site on average.
 //!
+//! Partial participation (faults, the deadline): the dense group is averaged over the
+//! round's participants and each expert over its participating holders; an expert none of
+//! whose holders takes part is not synchronised (its global value stays: frozen).
+//!
 //! Degenerate cases (pinned by tests): ρ = M holds every expert and synchronises everything
 //! in one all-reduce over all sites, exactly as DiLoCo; M = 1 is single-site training with
 //! an outer step.
@@ -61,9 +65,17 @@ impl Fomoe {
         })
     }
 
-    /// The site's holder groups under `placement`.
-    fn groups_of(&self, layout: &ParamLayout, placement: &Placement) -> Vec<SyncGroup> {
-        groups_for_site(layout, self.sites, |l, e| placement.holders_of(l, e))
+    /// The site's holder groups under `placement` among `participants`.
+    fn groups_of(
+        layout: &ParamLayout,
+        placement: &Placement,
+        participants: &[usize],
+    ) -> Vec<SyncGroup> {
+        groups_for_site(layout, participants, |l, e| {
+            let mut h = placement.holders_of(l, e);
+            h.retain(|s| participants.contains(s));
+            h
+        })
     }
 
     /// Load-aware re-placement after the sync: the new placement (when it differs) with the
@@ -180,7 +192,11 @@ impl Strategy for Fomoe {
     fn init(&mut self, st: &mut SiteState, round: &mut RoundState) -> Result<()> {
         st.model.skip_policy = Some(self.knobs.skip_policy);
         st.model.aux_scope = self.knobs.aux_scope;
-        let groups = self.groups_of(&st.model.store.layout, &round.placement);
+        let groups = Self::groups_of(
+            &st.model.store.layout,
+            &round.placement,
+            &round.participants,
+        );
         self.sync.start(st, round, groups);
         Ok(())
     }
@@ -191,7 +207,11 @@ impl Strategy for Fomoe {
         round: &mut RoundState,
         comm: &mut dyn Comm,
     ) -> Result<SyncOutcome> {
-        self.sync.groups = self.groups_of(&st.model.store.layout, &round.placement);
+        self.sync.groups = Self::groups_of(
+            &st.model.store.layout,
+            &round.placement,
+            &round.participants,
+        );
         let mut expected = self.sync.sync(st, round, comm)?;
         let mut relayout = None;
         if self.knobs.placement == PlacementKind::LoadAware {

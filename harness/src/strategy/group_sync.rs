@@ -12,9 +12,14 @@
 //! two sites always meet their shared groups in the same order: no deadlock, and each
 //! peer's messages arrive in the order they are consumed.
 //!
+//! Partial participation: the groups are formed over the round's participants only (the
+//! dense range with every participant, an expert with its participating holders), so each
+//! average is the mean over the sites that took part, with equal weights.
+//!
 //! Degenerate cases: one group with every site and every range (DiLoCo, and FoMoE with
 //! ρ = M, whose dense range and experts then share one all-reduce) gives identical bytes
-//! and identical arithmetic; a group of one site (FoMoE ρ = 1 experts) sends nothing.
+//! and identical arithmetic; a group of one site (FoMoE ρ = 1 experts, or an expert whose
+//! other holders are absent) sends nothing and applies its own Δ.
 //! Payload per site per round: Σ_G bytes::ring_allreduce_traffic(n_G, G).payload_sent_by(site),
 //! which for divisible sizes is 2(|G|−1)/|G|·n_G·b.
 
@@ -43,18 +48,18 @@ impl SyncGroup {
     }
 }
 
-/// The groups of one site: the dense range with all `sites`, each resident expert block
-/// with `holders_of(layer, expert)`; ranges with equal members merged, groups in canonical
-/// order (by member list), ranges in layout order.
+/// The groups of one site: the dense range with `dense_members` (every site, or the round's
+/// participants), each resident expert block with `holders_of(layer, expert)` (its holders
+/// taking part); ranges with equal members merged, groups in canonical order (by member
+/// list), ranges in layout order.
 pub fn groups_for_site(
     layout: &ParamLayout,
-    sites: usize,
+    dense_members: &[usize],
     holders_of: impl Fn(usize, usize) -> Vec<usize>,
 ) -> Vec<SyncGroup> {
     let mut by_members: BTreeMap<Vec<usize>, Vec<Range<usize>>> = BTreeMap::new();
-    let everyone: Vec<usize> = (0..sites).collect();
     by_members
-        .entry(everyone)
+        .entry(dense_members.to_vec())
         .or_default()
         .push(layout.dense.clone());
     for (&(layer, expert), r) in &layout.experts {

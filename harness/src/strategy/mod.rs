@@ -90,17 +90,20 @@ pub trait Strategy: Send {
         Ok(())
     }
 
-    /// After backward, before clipping and the inner step.
+    /// After backward, before clipping and the inner step (`round.participants`: the sites
+    /// training this step).
     fn on_gradient(
         &mut self,
         _st: &mut SiteState,
+        _round: &RoundState,
         _grad: &mut Tensor,
         _comm: &mut dyn Comm,
     ) -> Result<SyncOutcome> {
         Ok(SyncOutcome::default())
     }
 
-    /// At the end of every round (every H inner steps).
+    /// At the end of every round (every H inner steps), on the round's participants only
+    /// (`round.participants`).
     fn end_round(
         &mut self,
         _st: &mut SiteState,
@@ -109,6 +112,12 @@ pub trait Strategy: Send {
     ) -> Result<SyncOutcome> {
         Ok(SyncOutcome::default())
     }
+}
+
+/// Whether the inner optimiser's state is the same on every site (DDP), so a site coming
+/// back fetches it with the model. Default: no (it is each site's own).
+pub fn replicated_inner_state(method: crate::config::Method) -> bool {
+    method == crate::config::Method::Ddp
 }
 
 /// Builds the strategy of one site for a run.

@@ -2,7 +2,8 @@
 //! the inner steps done, the placement of experts over all sites, the outer optimiser over
 //! what this site holds, and the site's cumulative link traffic by purpose.
 //!
-//! What a checkpoint holds of it: `step`, `placement` and `traffic` as metadata (JSON), the
+//! What a checkpoint holds of it: `step`, `trained_steps`, `placement` and `traffic` as
+//! metadata (JSON), the
 //! outer optimiser as tensors (`outer.global.<name>`, `outer.momentum.<name>`). The placement
 //! is read first, because it decides which parameters the site's store has.
 //!
@@ -121,28 +122,44 @@ pub struct SiteTraffic {
     pub training: LinkTotals,
     /// Assembling the global model and gathering local losses for evaluation.
     pub eval: LinkTotals,
+    /// The straggler deadline's messages (ready reports, the leader's decision).
+    #[serde(default)]
+    pub control: LinkTotals,
+    /// Global state fetched by a site coming back or left out by the deadline (and sent
+    /// by its donors).
+    #[serde(default)]
+    pub recovery: LinkTotals,
     /// Payload bytes the strategy expected to send in training (from `bytes.rs`).
     pub expected_training_payload: u64,
 }
 
 /// A site's state across rounds (see the module doc).
 pub struct RoundState {
-    /// Inner steps this site has completed.
+    /// The run's step count at this site: steps of the rounds it has passed (trained or
+    /// not: the global step index, which the data and the learning rate follow).
     pub step: usize,
+    /// Inner steps this site actually trained (fewer than `step` after an absence).
+    pub trained_steps: usize,
     /// Which experts every site holds.
     pub placement: Placement,
     /// θ_g and momentum over what this site holds; `None` for methods without one.
     pub outer: Option<OuterOptimizerState>,
     pub traffic: SiteTraffic,
+    /// Sites taking part in the synchronisation at hand (DDP: this step's; the others:
+    /// this round's), ascending; set by the runner before each sync, not checkpointed.
+    pub participants: Vec<usize>,
 }
 
 impl RoundState {
     pub fn new(placement: Placement) -> Self {
+        let participants = (0..placement.sites()).collect();
         Self {
             step: 0,
+            trained_steps: 0,
             placement,
             outer: None,
             traffic: SiteTraffic::default(),
+            participants,
         }
     }
 
@@ -159,6 +176,7 @@ impl RoundState {
     /// Add this state to a checkpoint (see the module doc).
     pub fn save(&self, w: &mut CheckpointWriter, layout: &ParamLayout) {
         w.meta("step", self.step)
+            .meta("trained_steps", self.trained_steps)
             .meta("placement", self.placement.to_json())
             .meta(
                 "traffic",
@@ -184,11 +202,18 @@ impl RoundState {
             Some(text) => serde_json::from_str(&text).context("checkpoint metadata `traffic`")?,
             None => SiteTraffic::default(),
         };
+        let trained_steps = ck
+            .meta("trained_steps")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(step);
+        let participants = (0..sites).collect();
         Ok(Self {
             step,
+            trained_steps,
             placement,
             outer: None,
             traffic,
+            participants,
         })
     }
 
