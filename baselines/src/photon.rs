@@ -112,12 +112,13 @@ pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Resul
     let aggregator = cfg.sites;
     let everyone: Vec<usize> = (0..cfg.sites).collect();
     let n = init.numel();
+    let mut owed = std::collections::BTreeMap::new();
     for round in 0..cfg.rounds() {
         let open = comm.now();
         let present = plan.present(round);
         let clients = match plan.deadline {
             None => present,
-            Some(d) => deadline::lead(comm, round, open + d, None, &present, &everyone)?,
+            Some(d) => deadline::lead(comm, round, open + d, None, &present, &everyone, &mut owed)?,
         };
         // Equal batches on every client: token weights are equal over the participants.
         let weights = vec![1.0f32 / clients.len() as f32; clients.len()];

@@ -154,6 +154,13 @@ pub struct NetworkConfig {
     /// one-way, e.g. "20ms"
     pub delay: Option<String>,
     pub jitter: Option<String>,
+    /// Links per site, per pair, as a matrix or by region ([`crate::net::Topology`]);
+    /// replaces `scenario` (which is then ignored) and excludes `rate`/`delay`/`jitter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<crate::net::Topology>,
+    /// Time-varying bandwidth from a CSV trace (`sim` only, [`crate::net::schedule`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::net::schedule::TraceConfig>,
 }
 
 impl Default for NetworkConfig {
@@ -164,7 +171,20 @@ impl Default for NetworkConfig {
             rate: None,
             delay: None,
             jitter: None,
+            topology: None,
+            trace: None,
         }
+    }
+}
+
+fn topology_kind(t: &crate::net::Topology) -> &'static str {
+    use crate::net::Topology;
+    match t {
+        Topology::Uniform { .. } => "uniform",
+        Topology::PerPair { .. } => "per-pair",
+        Topology::PerSite { .. } => "per-site",
+        Topology::Matrix { .. } => "matrix",
+        Topology::Regions { .. } => "regions",
     }
 }
 
@@ -427,7 +447,7 @@ impl RunConfig {
             ));
         }
         crate::scenario::plan::Plan::new(self)?;
-        self.link_matrix()?;
+        self.net_schedule()?;
         self.data
             .validate()
             .map_err(|e| ConfigError::new("data", e.to_string(), "a valid [data] table"))?;
@@ -461,13 +481,60 @@ impl RunConfig {
         Ok(spec)
     }
 
-    /// Links between the sites (plus Photon's aggregator, the last endpoint, in star mode).
+    /// Links between the sites (plus Photon's aggregator, the last endpoint, in star mode):
+    /// the topology when given, else the uniform link of [`RunConfig::link_spec`].
     pub fn link_matrix(&self) -> Result<crate::net::LinkMatrix, ConfigError> {
         use crate::net::Topology;
-        let spec = self.link_spec()?;
-        Topology::uniform(spec)
-            .resolve(self.endpoints())
-            .map_err(|e| ConfigError::new("network", "topology", e.to_string()))
+        let n = &self.network;
+        let topology = match &n.topology {
+            Some(t) => {
+                for (field, set) in [
+                    ("rate", n.rate.is_some()),
+                    ("delay", n.delay.is_some()),
+                    ("jitter", n.jitter.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(
+                            format!("network.{field}"),
+                            "given",
+                            "not combined with network.topology (give the links in the topology)",
+                        ));
+                    }
+                }
+                t.clone()
+            }
+            None => Topology::uniform(self.link_spec()?),
+        };
+        topology.resolve(self.endpoints()).map_err(|e| {
+            ConfigError::new("network.topology", topology_kind(&topology), e.to_string())
+        })
+    }
+
+    /// The links over time: the matrix, the bandwidth trace and the scripted link changes.
+    pub fn net_schedule(&self) -> Result<crate::net::schedule::NetSchedule, ConfigError> {
+        let matrix = self.link_matrix()?;
+        let trace = match &self.network.trace {
+            Some(t) => {
+                if self.network.backend != Backend::Sim {
+                    return Err(ConfigError::new(
+                        "network.trace",
+                        t.file.display(),
+                        format!("time-varying links are emulated on network.backend = sim only ({} applies static links)", self.network.backend),
+                    ));
+                }
+                Some(
+                    crate::net::schedule::Trace::load(t, self.endpoints())
+                        .map_err(|e| ConfigError::new("network.trace", t.file.display(), e))?,
+                )
+            }
+            None => None,
+        };
+        let plan = crate::scenario::plan::Plan::new(self)?;
+        Ok(crate::net::schedule::NetSchedule::new(
+            &matrix,
+            trace.as_ref(),
+            &plan.link_changes,
+        ))
     }
 
     /// Processes joined by the network: sites, plus the aggregator for Photon star.

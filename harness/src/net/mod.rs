@@ -19,6 +19,7 @@ pub mod frame;
 pub mod link;
 pub mod netns;
 pub mod relay;
+pub mod schedule;
 pub mod sim;
 pub mod tcp;
 pub mod timer;

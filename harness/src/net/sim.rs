@@ -4,8 +4,10 @@
 //! clock `t` (starting at 0) that only [`Comm::advance`] (local compute) and arrivals move.
 //! A message of `p` payload bytes sent on link i → j at the sender's clock `t`:
 //! - occupies the link for `w·8/R`, `w = p + framing(p)` the same wire bytes the relay
-//!   carries: `start = max(t, link busy until)`, `finish = start + ⌈w·8·10⁹/R⌉ ns`;
-//! - arrives at `max(finish + delay + u, previous arrival on i → j)`, `u` uniform in
+//!   carries: `start = max(t, link busy until)`, `finish = start + ⌈w·8·10⁹/R⌉ ns` (on a
+//!   link whose rate changes over time, the rate piece by piece: [`super::schedule`]);
+//! - arrives at `max(finish + delay + u, previous arrival on i → j)` (the delay in effect at
+//!   `finish`), `u` uniform in
 //!   `[−jitter, jitter]` from a generator seeded by (seed, i, j);
 //! - `recv` sets the receiver's clock to `max(own clock, arrival)`; `recv_until(from, t)`
 //!   takes the next message only if its arrival ≤ t, else keeps it for the next receive
@@ -20,8 +22,9 @@
 use super::comm::{check_peer, ClockKind, Comm, LinkCounters};
 use super::error::{NetError, PeerName};
 use super::frame;
-use super::link::{LinkMatrix, LinkSpec};
+use super::link::LinkMatrix;
 use super::relay::{jitter_ns, mix};
+use super::schedule::{LinkSchedule, NetSchedule};
 use super::tcp::NetOptions;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
@@ -34,7 +37,7 @@ struct SimMsg {
 
 struct OutLink {
     tx: Sender<SimMsg>,
-    link: LinkSpec,
+    link: LinkSchedule,
     busy_until: Duration,
     last_arrival: Duration,
     rng: u64,
@@ -57,6 +60,14 @@ pub struct SimComm {
 
 /// `links.world()` connected endpoints, in site order.
 pub fn sim_comms(links: &LinkMatrix, net: &NetOptions) -> Result<Vec<SimComm>, NetError> {
+    sim_comms_scheduled(&NetSchedule::fixed(links), net)
+}
+
+/// Endpoints whose links change over time as `links` says (see [`super::schedule`]).
+pub fn sim_comms_scheduled(
+    links: &NetSchedule,
+    net: &NetOptions,
+) -> Result<Vec<SimComm>, NetError> {
     net.limits.validate()?;
     if net.run_id.len() > frame::MAX_RUN_ID_BYTES {
         return Err(NetError::Config(format!(
@@ -94,6 +105,7 @@ pub fn sim_comms(links: &LinkMatrix, net: &NetOptions) -> Result<Vec<SimComm>, N
             }
             let link = links
                 .get(i, j)
+                .cloned()
                 .ok_or_else(|| NetError::Config(format!("no link for pair {i} → {j}")))?;
             let (tx, rx) = mpsc::channel();
             comms[i].out[j] = Some(OutLink {
@@ -175,10 +187,10 @@ impl Comm for SimComm {
             world: self.world,
         })?;
         let start = clock.max(out.busy_until);
-        let finish = start + out.link.serialisation_time(len + framing);
+        let finish = out.link.finish(start, len + framing);
         out.busy_until = finish;
-        let base =
-            (finish + out.link.delay).as_nanos() as i128 + jitter_ns(&mut out.rng, out.link.jitter);
+        let spec = out.link.spec_at(finish);
+        let base = (finish + spec.delay).as_nanos() as i128 + jitter_ns(&mut out.rng, spec.jitter);
         let arrival = Duration::from_nanos(base.max(0) as u64).max(out.last_arrival);
         out.last_arrival = arrival;
         out.tx

@@ -72,6 +72,15 @@ pub struct Manifest {
     pub ended_at: Option<String>,
     /// Wall-clock seconds from start to end (not the run's virtual clock).
     pub duration_s: Option<f64>,
+    /// The resolved links: every ordered pair's rate, delay and jitter, and what changes
+    /// them over time (trace, link faults); see [`crate::net::LinkMatrix::record`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<serde_json::Value>,
+    /// What the scenario did: faults as they happened, partial rounds, frozen experts,
+    /// recovery bytes ([`crate::scenario::participation::ScenarioRecord`]); none without faults
+    /// or deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<serde_json::Value>,
 }
 
 /// The part of a manifest resume needs; tolerant of every other field.

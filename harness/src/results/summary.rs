@@ -74,6 +74,13 @@ pub struct Summary {
     pub ddp_ref: Option<String>,
     pub ddp_ref_exact: Option<bool>,
     pub bytes_reduction_vs_ddp: Option<f64>,
+    /// Scenario (faults, deadline; none without): rounds with partial participation,
+    /// (layer, expert) pairs frozen in some round, recovery payload bytes, sites absent at
+    /// the end; from the manifest's `scenario`.
+    pub partial_rounds: Option<usize>,
+    pub frozen_experts: Option<usize>,
+    pub recovery_bytes: Option<u64>,
+    pub sites_lost: Option<usize>,
 }
 
 impl Summary {
@@ -104,6 +111,10 @@ impl Summary {
             ddp_ref: None,
             ddp_ref_exact: None,
             bytes_reduction_vs_ddp: None,
+            partial_rounds: None,
+            frozen_experts: None,
+            recovery_bytes: None,
+            sites_lost: None,
         }
     }
 
@@ -218,6 +229,13 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
             s.time_to_target_s = Some(clock);
             s.step_to_target = Some(step);
         }
+    }
+    if let Some(sc) = &manifest.scenario {
+        let count = |key: &str| sc[key].as_array().map(Vec::len);
+        s.partial_rounds = count("partial_rounds");
+        s.frozen_experts = count("frozen_experts");
+        s.recovery_bytes = sc["recovery_bytes"].as_u64();
+        s.sites_lost = count("sites_absent_at_end");
     }
     s.config = Some(manifest.config);
     Ok(s)
@@ -398,6 +416,10 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
     "ddp_ref_exact",
     "bytes_reduction_vs_ddp",
     "error",
+    "partial_rounds",
+    "frozen_experts",
+    "recovery_bytes",
+    "sites_lost",
 ];
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -416,7 +438,10 @@ pub fn knob_cell(v: &Value) -> String {
 /// The CSV record of a row, in [`SUMMARY_COLUMNS`] order.
 pub fn summary_record(s: &Summary) -> Vec<String> {
     let c = s.config.as_ref();
-    let link = c.and_then(|c| c.link_spec().ok());
+    // One rate and delay only when every link has them (no topology).
+    let link = c
+        .filter(|c| c.network.topology.is_none())
+        .and_then(|c| c.link_spec().ok());
     let fomoe = c.filter(|c| c.method == Method::Fomoe);
     vec![
         s.run_id.clone(),
@@ -460,6 +485,10 @@ pub fn summary_record(s: &Summary) -> Vec<String> {
         opt(s.ddp_ref_exact),
         opt(s.bytes_reduction_vs_ddp),
         opt(s.error.clone()),
+        opt(s.partial_rounds),
+        opt(s.frozen_experts),
+        opt(s.recovery_bytes),
+        opt(s.sites_lost),
     ]
 }
 

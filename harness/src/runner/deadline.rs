@@ -13,9 +13,16 @@
 //!
 //! The leader is the lowest site present at the round's end (Photon's aggregator in star
 //! mode, which gathers the uploads). Messages: `READY` = `b'R'` + round (u64 LE), 9 bytes;
-//! `DECISION` = `b'D'` + round (u64 LE) + participant bit mask (u64 LE, sites < 64), 17
-//! bytes; counted as control traffic.
+//! `DECISION` = `b'D'` + round + participant bit mask (sites < 64) + the deadline instant
+//! in ns of run clock (each u64 LE), 25 bytes; counted as control traffic.
+//!
+//! A site left out learns how late it was from the deadline instant: when its clock after
+//! catching up is already past `deadline + round_deadline` (the earliest the next round's
+//! deadline can fall), it would miss the next round whatever it does, so it skips that
+//! round's training (it catches up in time, as a real site would by fetching the newest
+//! state on waking) until it can make a deadline again.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -55,7 +62,10 @@ pub fn send_ready(comm: &mut dyn Comm, leader: usize, round: usize) -> Result<()
 }
 
 /// The leader's side: the participants of `round` among `present` (the leader itself
-/// included iff `self_in_time`), told to every site of `notify`.
+/// included iff `self_in_time`), told to every site of `notify`. `owed[s]`: reports of
+/// earlier rounds site `s` sent (or will send) after their deadline and this leader has not
+/// read yet; they come first from `s` and are skipped, and a site found late now owes one
+/// more.
 pub fn lead(
     comm: &mut dyn Comm,
     round: usize,
@@ -63,9 +73,11 @@ pub fn lead(
     self_in_time: Option<bool>,
     present: &[usize],
     notify: &[usize],
+    owed: &mut BTreeMap<usize, usize>,
 ) -> Result<Vec<usize>> {
     let me = comm.rank();
     let mut participants = Vec::new();
+    let mut late = Vec::new();
     for &s in present {
         if s == me {
             if self_in_time == Some(true) {
@@ -73,11 +85,14 @@ pub fn lead(
             }
             continue;
         }
-        // Skip reports of earlier rounds this site sent after their deadline.
-        while let Some(msg) = comm
-            .recv_until(s, until)
-            .with_context(|| format!("deadline: waiting for site {s}"))?
-        {
+        loop {
+            let msg = comm
+                .recv_until(s, until)
+                .with_context(|| format!("deadline: waiting for site {s}"))?;
+            let Some(msg) = msg else {
+                late.push(s);
+                break;
+            };
             let r = parse(s, READY, &msg, 1)?[0] as usize;
             if r == round {
                 participants.push(s);
@@ -86,47 +101,87 @@ pub fn lead(
             if r > round {
                 bail!("deadline: site {s} reported round {r} during round {round}");
             }
+            take_owed(owed, s, r)?;
         }
     }
     if participants.is_empty() {
         // Nobody in time: the round waits for one report, the leader's own when it is a
         // present site, else the lowest present site's.
-        match self_in_time {
-            Some(_) if present.contains(&me) => participants.push(me),
-            _ => {
-                if let Some(&s) = present.first() {
-                    loop {
-                        let msg = comm
-                            .recv(s)
-                            .with_context(|| format!("deadline: waiting for site {s}"))?;
-                        if parse(s, READY, &msg, 1)?[0] as usize == round {
-                            break;
-                        }
-                    }
-                    participants.push(s);
+        if present.contains(&me) && self_in_time.is_some() {
+            participants.push(me);
+        } else if let Some(&s) = present.first() {
+            loop {
+                let msg = comm
+                    .recv(s)
+                    .with_context(|| format!("deadline: waiting for site {s}"))?;
+                let r = parse(s, READY, &msg, 1)?[0] as usize;
+                if r == round {
+                    break;
                 }
+                take_owed(owed, s, r)?;
             }
+            late.retain(|&x| x != s);
+            participants.push(s);
         }
+    }
+    for s in late {
+        *owed.entry(s).or_default() += 1;
     }
     participants.sort_unstable();
     let mask = participants.iter().fold(0u64, |m, &s| m | (1 << s));
+    let until_ns = until.as_nanos() as u64;
     for &s in notify {
         if s != me {
-            comm.send(s, message(DECISION, &[round as u64, mask]))
+            comm.send(s, message(DECISION, &[round as u64, mask, until_ns]))
                 .with_context(|| format!("deadline: decision to site {s}"))?;
         }
     }
     Ok(participants)
 }
 
+fn take_owed(owed: &mut BTreeMap<usize, usize>, s: usize, r: usize) -> Result<()> {
+    match owed.get_mut(&s) {
+        Some(n) if *n > 0 => {
+            *n -= 1;
+            Ok(())
+        }
+        _ => bail!("deadline: site {s} sent an unexpected report of round {r}"),
+    }
+}
+
+/// Read the late reports `site` owes this site (they precede anything else it sends here).
+pub fn drain_owed(
+    comm: &mut dyn Comm,
+    owed: &mut BTreeMap<usize, usize>,
+    site: usize,
+) -> Result<()> {
+    for _ in 0..owed.remove(&site).unwrap_or(0) {
+        let msg = comm
+            .recv_untimed(site)
+            .with_context(|| format!("deadline: a late report of site {site}"))?;
+        parse(site, READY, &msg, 1)?;
+    }
+    Ok(())
+}
+
+/// The leader's decision as every other site receives it.
+pub struct Decision {
+    pub participants: Vec<usize>,
+    /// The round's deadline on the run clock.
+    pub until: Duration,
+}
+
 /// Every other site's side: the leader's decision for `round`.
-pub fn await_decision(comm: &mut dyn Comm, leader: usize, round: usize) -> Result<Vec<usize>> {
+pub fn await_decision(comm: &mut dyn Comm, leader: usize, round: usize) -> Result<Decision> {
     let msg = comm
         .recv(leader)
         .with_context(|| format!("deadline: waiting for the decision of site {leader}"))?;
-    let w = parse(leader, DECISION, &msg, 2)?;
+    let w = parse(leader, DECISION, &msg, 3)?;
     if w[0] as usize != round {
         bail!("deadline: decision for round {} during round {round}", w[0]);
     }
-    Ok((0..64).filter(|s| w[1] & (1 << s) != 0).collect())
+    Ok(Decision {
+        participants: (0..64).filter(|s| w[1] & (1 << s) != 0).collect(),
+        until: Duration::from_nanos(w[2]),
+    })
 }

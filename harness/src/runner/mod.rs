@@ -221,23 +221,22 @@ fn run_sim(
     rounds: &mut CsvSink<RoundRow>,
 ) -> Result<Vec<SiteReport>> {
     tch::set_num_threads(threads as i32);
-    let links = cfg.link_matrix()?;
-    let net = crate::net::build_local(Backend::Sim, &links, &net_options(cfg, dir))?;
+    let links = cfg.net_schedule()?;
+    let comms = crate::net::sim::sim_comms_scheduled(&links, &net_options(cfg, dir))?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let gate = gate::ComputeGate::new(cores / threads);
     let shared = std::sync::Mutex::new(rounds);
     let results: Vec<Result<Option<SiteReport>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = net
-            .comms
+        let handles: Vec<_> = comms
             .into_iter()
             .enumerate()
             .map(|(i, mut comm)| {
                 let (gate, shared) = (&gate, &shared);
                 s.spawn(move || {
                     let out = Box::new(sink::SharedRounds(shared));
-                    run_endpoint(cfg, dir, i, comm.as_mut(), reg, Some(gate), out)
+                    run_endpoint(cfg, dir, i, &mut comm, reg, Some(gate), out)
                         .with_context(|| format!("site {i}"))
                 })
             })

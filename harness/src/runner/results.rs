@@ -32,12 +32,64 @@ pub fn execute_in_run_dir(
             serde_json::to_string_pretty(o)?.as_bytes(),
         )?;
     }
+    // The links and what the scenario did, in the manifest (also after a failure).
+    let record = network_record(cfg, &path, reg)
+        .and_then(|(links, scenario)| Ok(dir.set_network_record(Some(links), scenario)?));
     // Routing metrics from whatever probe records exist (also after a failure).
     let routing = routing_from_probes(cfg, &path, dir);
-    match (&outcome, routing) {
-        (Ok(_), Err(e)) => Err(e.context("computing routing metrics")),
+    match (&outcome, routing, record) {
+        (Ok(_), Err(e), _) => Err(e.context("computing routing metrics")),
+        (Ok(_), _, Err(e)) => Err(e.context("recording links and scenario")),
         _ => outcome.map(|_| ()),
     }
+}
+
+/// The manifest's `links` (resolved matrix, trace, link changes) and, for a run with
+/// faults or a deadline, its `scenario` record from participation.csv.
+fn network_record(
+    cfg: &RunConfig,
+    path: &Path,
+    reg: &MethodRegistry,
+) -> Result<(serde_json::Value, Option<serde_json::Value>)> {
+    let plan = crate::scenario::plan::Plan::new(cfg)?;
+    let changes: Vec<serde_json::Value> = plan
+        .link_changes
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "at_s": c.at.as_secs_f64(),
+                "from": c.from,
+                "to": c.to,
+                "rate": c.rate_bps.map(crate::units::format_rate),
+                "delay": c.delay.map(crate::units::format_duration),
+            })
+        })
+        .collect();
+    let links = serde_json::json!({
+        "endpoints": cfg.endpoints(),
+        "matrix": cfg.link_matrix()?.record(),
+        "trace": cfg.network.trace,
+        "changes": changes,
+    });
+    if cfg.faults.is_empty() && plan.deadline.is_none() {
+        return Ok((links, None));
+    }
+    let mcfg = cfg.model_config()?;
+    let placement = (reg.site)(cfg, 0)?.initial_placement(&mcfg, cfg.sites)?;
+    let file = path.join(crate::scenario::participation::PARTICIPATION_FILE);
+    let rows = if file.exists() {
+        crate::results::read_rows(&file)?.rows
+    } else {
+        Vec::new()
+    };
+    let rec = crate::scenario::participation::ScenarioRecord::derive(
+        &cfg.faults,
+        &plan,
+        &placement,
+        cfg.inner_steps,
+        &rows,
+    );
+    Ok((links, Some(serde_json::to_value(rec)?)))
 }
 
 fn routing_from_probes(cfg: &RunConfig, path: &Path, dir: &mut RunDir) -> Result<()> {

@@ -2,7 +2,6 @@
 //! the synchronisation among the participants, recovery for late and returning sites, and
 //! the evaluation of the global model; see the phases in [`super::site`].
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -49,14 +48,6 @@ impl RoundEnd {
             fault_ms: self.fault.as_secs_f64() * 1e3,
         }
     }
-}
-
-/// Receive and drop the late deadline report `site` still owes this site, if any.
-fn drain_stale(stale: &mut BTreeSet<usize>, comm: &mut dyn Comm, site: usize) -> Result<()> {
-    if stale.remove(&site) {
-        comm.recv_untimed(site)?;
-    }
-    Ok(())
 }
 
 impl SiteRun<'_> {
@@ -137,6 +128,44 @@ impl SiteRun<'_> {
         })
     }
 
+    /// The round end of a present site too far behind to make this round's deadline (see
+    /// [`deadline`]): it did not train; it hears the decision, reports (late), catches up.
+    pub(super) fn skipped(&mut self, round: usize, comm: &mut dyn Comm) -> Result<RoundEnd> {
+        let sites = self.ctx.cfg.sites;
+        let before = LinkTotals::read(comm, sites);
+        let leader = self
+            .deadline_leader(round)
+            .expect("a round with a deadline has a leader");
+        // Its report arrives after the deadline (it is that far behind): the leader counts
+        // it late and skips it later.
+        deadline::send_ready(comm, leader, round)?;
+        let decision = deadline::await_decision(comm, leader, round)?;
+        self.last_deadline = Some(decision.until);
+        let control = LinkTotals::read(comm, sites) - before;
+        self.round.traffic.control = self.round.traffic.control + control;
+        let recovery = self.recover(round, &decision.participants, comm)?;
+        Ok(RoundEnd {
+            status: Status::Late,
+            local: None,
+            ready_s: None,
+            recovery,
+            control,
+            steps_trained: 0,
+            fault: Duration::ZERO,
+            sync_ms: 0.0,
+            rejoined: false,
+        })
+    }
+
+    /// Whether this site, left out of the round just ended, is so far behind that it cannot
+    /// make the next round's deadline (see [`deadline`]).
+    pub(super) fn is_behind(&self, end: &RoundEnd, comm: &dyn Comm) -> bool {
+        match (end.status, self.last_deadline, self.plan.deadline) {
+            (Status::Late, Some(until), Some(d)) => comm.now() > until + d,
+            _ => false,
+        }
+    }
+
     /// The round end of a site not present at it (absent, or crashed in it): the deadline's
     /// decision, then recovery (as a recipient when it comes back next round).
     pub(super) fn away(
@@ -193,22 +222,24 @@ impl SiteRun<'_> {
             if present {
                 deadline::send_ready(comm, leader, round)?;
             }
-            return deadline::await_decision(comm, leader, round);
+            let decision = deadline::await_decision(comm, leader, round)?;
+            self.last_deadline = Some(decision.until);
+            return Ok(decision.participants);
         }
-        let on_time = self.plan.present(round);
-        for &s in &on_time {
-            drain_stale(&mut self.stale_ready, comm, s)?;
-        }
+        let present = self.plan.present(round);
         let until = self.round_open + d;
+        self.last_deadline = Some(until);
         let in_time = comm.now() <= until;
         let everyone: Vec<usize> = (0..self.ctx.cfg.sites).collect();
-        let participants = deadline::lead(comm, round, until, Some(in_time), &on_time, &everyone)?;
-        for s in on_time {
-            if s != site && !participants.contains(&s) {
-                self.stale_ready.insert(s);
-            }
-        }
-        Ok(participants)
+        deadline::lead(
+            comm,
+            round,
+            until,
+            Some(in_time),
+            &present,
+            &everyone,
+            &mut self.owed_reports,
+        )
     }
 
     /// Late sites of `round` and sites coming back in the next one fetch the global state.
@@ -239,7 +270,7 @@ impl SiteRun<'_> {
         }
         if recipients.contains(&site) {
             for &d in participants {
-                drain_stale(&mut self.stale_ready, comm, d)?;
+                deadline::drain_owed(comm, &mut self.owed_reports, d)?;
             }
         }
         let sites = self.ctx.cfg.sites;
@@ -287,10 +318,10 @@ impl SiteRun<'_> {
         };
         let sites = cfg.sites;
         let before = LinkTotals::read(comm, sites);
-        let stale = &mut self.stale_ready;
+        let owed = &mut self.owed_reports;
         let global =
             eval::evaluate_global(self.ctx, &self.st, &self.round, comm, &plan, |c, s| {
-                drain_stale(stale, c, s)
+                deadline::drain_owed(c, owed, s)
             })?;
         self.round.traffic.eval =
             self.round.traffic.eval + (LinkTotals::read(comm, sites) - before);

@@ -29,7 +29,7 @@
 //! (control), recovery and evaluation traffic are counted apart. All are cumulative in the
 //! round state, so a resumed run continues its totals.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -163,10 +163,14 @@ pub struct SiteRun<'a> {
     traffic_at_start: SiteTraffic,
     trained_at_start: usize,
     report: SiteReport,
-    /// Sites whose late deadline report this site (as leader) has not consumed yet.
-    pub(super) stale_ready: BTreeSet<usize>,
+    /// Late deadline reports each site owes this site (as a leader) and it has not read.
+    pub(super) owed_reports: BTreeMap<usize, usize>,
     /// Run clock at the start of the current round (the deadline counts from it).
     pub(super) round_open: Duration,
+    /// The deadline instant of the last round with a decision.
+    pub(super) last_deadline: Option<Duration>,
+    /// Too far behind to make the next round's deadline: skip its training.
+    behind: bool,
 }
 
 /// What one training step did, for its row.
@@ -245,8 +249,10 @@ impl<'a> SiteRun<'a> {
             st,
             round,
             plan,
-            stale_ready: BTreeSet::new(),
+            owed_reports: BTreeMap::new(),
             round_open: Duration::ZERO,
+            last_deadline: None,
+            behind: false,
         })
     }
 
@@ -262,7 +268,12 @@ impl<'a> SiteRun<'a> {
         for round in self.round.step / h..self.ctx.cfg.rounds() {
             self.round_open = comm.now();
             let role = self.plan.role(self.ctx.site, round);
-            let trained = self.lifecycle(round, role)?;
+            let skip = self.behind && role == RoundRole::Present;
+            let trained = if skip {
+                0
+            } else {
+                self.lifecycle(round, role)?
+            };
             let mut fault = Duration::ZERO;
             let mut end = None;
             for k in 0..trained {
@@ -277,13 +288,15 @@ impl<'a> SiteRun<'a> {
                 }
                 sink.step(&row)?;
             }
-            if trained < h && role != RoundRole::Absent {
+            if trained < h && role != RoundRole::Absent && !skip {
                 self.crashed(round)?;
             }
             let mut end = match end {
                 Some(e) => e,
+                None if skip => self.skipped(round, comm)?,
                 None => self.away(round, role, comm)?,
             };
+            self.behind = self.is_behind(&end, comm);
             end.steps_trained = trained;
             end.fault = fault;
             self.round.step = (round + 1) * h;
@@ -480,8 +493,9 @@ impl<'a> SiteRun<'a> {
     fn finish(mut self, comm: &mut dyn Comm, sink: &mut dyn SiteSink) -> Result<SiteReport> {
         // Late deadline reports still queued here are read before anything else (the final
         // barrier) receives from those sites.
-        for s in std::mem::take(&mut self.stale_ready) {
-            comm.recv_untimed(s)?;
+        let owing: Vec<usize> = self.owed_reports.keys().copied().collect();
+        for s in owing {
+            super::deadline::drain_owed(comm, &mut self.owed_reports, s)?;
         }
         let mcfg = &self.ctx.model_cfg;
         let (now, then) = (self.round.traffic, self.traffic_at_start);
