@@ -20,7 +20,8 @@
 //! catching up is already past `deadline + round_deadline` (the earliest the next round's
 //! deadline can fall), it would miss the next round whatever it does, so it skips that
 //! round's training (it catches up in time, as a real site would by fetching the newest
-//! state on waking) until it can make a deadline again.
+//! state on waking) until it can make a deadline again; it tells the leader with `SKIP(r)`
+//! (`b'S'` + round, 9 bytes), which never counts as taking part, in time or not.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -30,6 +31,7 @@ use anyhow::{bail, Context, Result};
 use crate::net::Comm;
 
 const READY: u8 = b'R';
+const SKIP: u8 = b'S';
 const DECISION: u8 = b'D';
 
 fn message(tag: u8, words: &[u64]) -> Vec<u8> {
@@ -38,6 +40,14 @@ fn message(tag: u8, words: &[u64]) -> Vec<u8> {
         m.extend_from_slice(&w.to_le_bytes());
     }
     m
+}
+
+/// A site's report for a round: in time or not, it takes part (`READY`) or says it will
+/// not (`SKIP`).
+fn parse_report(from: usize, msg: &[u8]) -> Result<(bool, usize)> {
+    let tag = msg.first().copied().unwrap_or(0);
+    let t = if tag == SKIP { SKIP } else { READY };
+    Ok((tag == READY, parse(from, t, msg, 1)?[0] as usize))
 }
 
 fn parse(from: usize, tag: u8, msg: &[u8], words: usize) -> Result<Vec<u64>> {
@@ -59,6 +69,12 @@ fn parse(from: usize, tag: u8, msg: &[u8], words: usize) -> Result<Vec<u64>> {
 pub fn send_ready(comm: &mut dyn Comm, leader: usize, round: usize) -> Result<()> {
     comm.send(leader, message(READY, &[round as u64]))
         .with_context(|| format!("deadline: ready report to site {leader}"))
+}
+
+/// A present site's report that it will not take part in `round` (too far behind).
+pub fn send_skip(comm: &mut dyn Comm, leader: usize, round: usize) -> Result<()> {
+    comm.send(leader, message(SKIP, &[round as u64]))
+        .with_context(|| format!("deadline: skip report to site {leader}"))
 }
 
 /// The leader's side: the participants of `round` among `present` (the leader itself
@@ -93,9 +109,11 @@ pub fn lead(
                 late.push(s);
                 break;
             };
-            let r = parse(s, READY, &msg, 1)?[0] as usize;
+            let (ready, r) = parse_report(s, &msg)?;
             if r == round {
-                participants.push(s);
+                if ready {
+                    participants.push(s);
+                }
                 break;
             }
             if r > round {
@@ -114,7 +132,7 @@ pub fn lead(
                 let msg = comm
                     .recv(s)
                     .with_context(|| format!("deadline: waiting for site {s}"))?;
-                let r = parse(s, READY, &msg, 1)?[0] as usize;
+                let (_, r) = parse_report(s, &msg)?;
                 if r == round {
                     break;
                 }
@@ -159,7 +177,7 @@ pub fn drain_owed(
         let msg = comm
             .recv_untimed(site)
             .with_context(|| format!("deadline: a late report of site {site}"))?;
-        parse(site, READY, &msg, 1)?;
+        parse_report(site, &msg)?;
     }
     Ok(())
 }

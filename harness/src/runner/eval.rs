@@ -132,10 +132,12 @@ impl EvalReport {
     }
 }
 
-/// The evaluator's result: one row per domain and the global router's probe top-k.
+/// The evaluator's result: one row per domain and the global router's probe top-k, and
+/// the global model when it had to be assembled (else it is the evaluator's own).
 pub struct GlobalEval {
     pub rows: Vec<RoundRow>,
     pub probe: Vec<Vec<Vec<i64>>>,
+    pub assembled: Option<ParamStore>,
 }
 
 /// Who takes which part in one round's evaluation.
@@ -224,7 +226,7 @@ pub fn evaluate_global(
         before_recv(comm, s)?;
         reports.push(EvalReport::decode(s, &comm.recv_untimed(s)?)?);
     }
-    let assembled;
+    let mut assembled = None;
     let model = if lacking.is_empty() {
         &st.model
     } else {
@@ -247,8 +249,7 @@ pub fn evaluate_global(
                     .copy_(&Tensor::from_slice(&v))
             });
         }
-        assembled = MoeModel::from_store(mcfg, full);
-        &assembled
+        &*assembled.insert(MoeModel::from_store(mcfg, full))
     };
     let received_now = LinkTotals::read(comm, sites).received - before.received;
     let (res, _) = clock::measure(ctx.compute_gate, || {
@@ -293,5 +294,9 @@ pub fn evaluate_global(
             sync_ms: plan.sync_ms,
         })
         .collect();
-    Ok(Some(GlobalEval { rows, probe }))
+    Ok(Some(GlobalEval {
+        rows,
+        probe,
+        assembled: assembled.map(|m| m.store),
+    }))
 }

@@ -30,7 +30,7 @@ pub mod eval;
 pub mod gate;
 pub mod recovery;
 pub mod results;
-mod round_end;
+pub mod round_end;
 pub mod sink;
 pub mod site;
 

@@ -19,6 +19,9 @@ use crate::scenario::plan::{Return, RoundRole};
 use crate::strategy::round_state::LinkTotals;
 use crate::strategy::{replicated_inner_state, Strategy, SyncOutcome};
 
+/// The global model the evaluator writes beside the sites' checkpoints.
+pub const GLOBAL_CHECKPOINT: &str = "ckpt-global.safetensors";
+
 /// What a round's end did at this site (its participation row, and what eval needs).
 pub(super) struct RoundEnd {
     status: Status,
@@ -136,9 +139,7 @@ impl SiteRun<'_> {
         let leader = self
             .deadline_leader(round)
             .expect("a round with a deadline has a leader");
-        // Its report arrives after the deadline (it is that far behind): the leader counts
-        // it late and skips it later.
-        deadline::send_ready(comm, leader, round)?;
+        deadline::send_skip(comm, leader, round)?;
         let decision = deadline::await_decision(comm, leader, round)?;
         self.last_deadline = Some(decision.until);
         let control = LinkTotals::read(comm, sites) - before;
@@ -328,6 +329,16 @@ impl SiteRun<'_> {
         if let Some(g) = global {
             sink.probe(round, "global", &g.probe)?;
             sink.rounds(&g.rows)?;
+            if let Some(dir) = self.checkpoint_dir(round) {
+                // The global model as evaluated: every expert, frozen ones at their last
+                // global value.
+                let store = g.assembled.as_ref().unwrap_or(&self.st.model.store);
+                crate::checkpoint::CheckpointWriter::new()
+                    .model(store)
+                    .meta("round", round)
+                    .meta("config_hash", cfg.hash())
+                    .write(&dir.join(GLOBAL_CHECKPOINT))?;
+            }
         }
         Ok(())
     }

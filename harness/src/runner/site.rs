@@ -467,13 +467,19 @@ impl<'a> SiteRun<'a> {
         }
     }
 
-    /// At a round boundary, every `checkpoint_every` rounds and at the last one.
+    /// The checkpoint directory when `round` is a checkpoint round (every
+    /// `checkpoint_every_rounds` rounds and the last one).
+    pub(super) fn checkpoint_dir(&self, round: usize) -> Option<&Path> {
+        let (dir, every) = self.ctx.checkpoint.as_ref()?;
+        let due = (round + 1).is_multiple_of((*every).max(1)) || round + 1 == self.ctx.cfg.rounds();
+        due.then_some(dir.as_path())
+    }
+
+    /// At a checkpoint round: the site's state and its round state.
     fn checkpoint(&self, round: usize) -> Result<()> {
-        if let Some((dir, every)) = &self.ctx.checkpoint {
-            if (round + 1).is_multiple_of((*every).max(1)) || round + 1 == self.ctx.cfg.rounds() {
-                let path = dir.join(format!("ckpt-site{}.safetensors", self.ctx.site));
-                self.save_checkpoint(&path)?;
-            }
+        if let Some(dir) = self.checkpoint_dir(round) {
+            let path = dir.join(format!("ckpt-site{}.safetensors", self.ctx.site));
+            self.save_checkpoint(&path)?;
         }
         Ok(())
     }
