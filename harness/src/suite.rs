@@ -194,6 +194,9 @@ const KEY_ORDER: &[(&str, &str)] = &[
     ("network.jitter", "j"),
     ("data.heterogeneity", "het_"),
     ("optim.lr", "lr"),
+    ("faults", ""),
+    ("on_site_loss", "loss_"),
+    ("round_deadline", "dl"),
 ];
 
 fn key_rank(path: &str) -> usize {

@@ -17,7 +17,8 @@
 //!   so up and down may differ;
 //! - `regions`: named regions, each a list of sites; `within` links two sites of one
 //!   region, `between` lists the links between regions (both directions unless
-//!   `directed`), e.g. two sites in one region and two across an ocean.
+//!   `directed`), e.g. two sites in one region and two across an ocean; `aggregator`
+//!   names the region of Photon's aggregator, so one topology serves every method.
 //!
 //! Photon's aggregator (star mode) is endpoint M: a topology that lists endpoints (per-site,
 //! matrix, regions) includes it.
@@ -294,6 +295,10 @@ pub enum Topology {
         within: Option<LinkSpec>,
         #[serde(default)]
         between: Vec<RegionLink>,
+        /// The region of Photon's aggregator (the last endpoint, star mode) when no region
+        /// lists it; other methods have no aggregator and ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aggregator: Option<String>,
     },
 }
 
@@ -477,8 +482,9 @@ impl Topology {
                 regions,
                 within,
                 between,
+                aggregator,
             } => {
-                let region_of = resolve_regions(regions, world)?;
+                let region_of = resolve_regions(regions, world, aggregator.as_deref())?;
                 let names = || regions.keys().cloned().collect::<Vec<_>>().join(", ");
                 let mut pair_links: BTreeMap<(&str, &str), LinkSpec> = BTreeMap::new();
                 for b in between {
@@ -541,12 +547,23 @@ impl Topology {
 
 /// The region of every endpoint, checked: each endpoint in exactly one region, no region
 /// without an endpoint.
-fn resolve_regions(
-    regions: &BTreeMap<String, Vec<usize>>,
+fn resolve_regions<'a>(
+    regions: &'a BTreeMap<String, Vec<usize>>,
     world: usize,
-) -> Result<Vec<&str>, LinkError> {
+    aggregator: Option<&str>,
+) -> Result<Vec<&'a str>, LinkError> {
     let topo = |msg: String| LinkError::Topology(msg);
     let mut region_of: Vec<Option<&str>> = vec![None; world];
+    if let Some(a) = aggregator {
+        let Some((name, _)) = regions.get_key_value(a) else {
+            return Err(topo(format!("aggregator: region `{a}` is not defined")));
+        };
+        if let Some(last) = world.checked_sub(1) {
+            if !regions.values().any(|m| m.contains(&last)) {
+                region_of[last] = Some(name.as_str());
+            }
+        }
+    }
     for (name, members) in regions {
         if members.is_empty() {
             return Err(topo(format!("region `{name}` has no site")));
@@ -568,7 +585,13 @@ fn resolve_regions(
     region_of
         .into_iter()
         .enumerate()
-        .map(|(i, r)| r.ok_or_else(|| topo(format!("endpoint {i} is in no region"))))
+        .map(|(i, r)| {
+            r.ok_or_else(|| {
+                topo(format!(
+                    "endpoint {i} is in no region (Photon's aggregator in star mode is the last endpoint: `aggregator = \"<region>\"`)"
+                ))
+            })
+        })
         .collect()
 }
 
