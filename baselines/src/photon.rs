@@ -102,6 +102,14 @@ impl Strategy for PhotonClient {
     }
 }
 
+/// Tokens each client trains on in one round: H steps of batch · seq tokens. Every client
+/// runs the same H steps of the same batch shape, so the weights are equal today; they are
+/// the weights of the average all the same, so an uneven round changes one place.
+pub fn client_tokens_per_round(cfg: &RunConfig, mcfg: &harness::model::ModelConfig) -> Vec<f32> {
+    let t = (cfg.inner_steps * mcfg.batch_size * mcfg.seq_len) as f32;
+    vec![t; cfg.sites]
+}
+
 /// The aggregator endpoint (id M): rounds of (deadline →) gather → server step → broadcast,
 /// over the round's participants.
 pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Result<()> {
@@ -120,18 +128,22 @@ pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Resul
             None => present,
             Some(d) => deadline::lead(comm, round, open + d, None, &present, &everyone, &mut owed)?,
         };
-        // Equal batches on every client: token weights are equal over the participants.
-        let weights = vec![1.0f32 / clients.len() as f32; clients.len()];
+        // w_i = tokens participant i trained on this round (H steps of its batch),
+        // θ̄ = Σ w_i θ_i / Σ w_i over the participants.
+        let all_tokens = client_tokens_per_round(cfg, &mcfg);
+        let tokens: Vec<f32> = clients.iter().map(|&c| all_tokens[c]).collect();
+        let total: f32 = tokens.iter().sum();
         let mut mean = vec![0f32; n];
         star_reduce(
             comm,
             aggregator,
             &clients,
-            Some(&weights),
+            Some(&tokens),
             cfg.wire_dtype,
             &mut mean,
         )
         .context("aggregator gather")?;
+        mean.iter_mut().for_each(|v| *v /= total);
         let delta = &outer.global - Tensor::from_slice(&mean);
         outer.apply(&delta);
         let mut theta = tensor_to_vec(&outer.global);

@@ -76,7 +76,9 @@ pub fn eval_domains(
     Ok(out)
 }
 
-/// Top-k ids of every layer on every domain's probe batch: ids[domain][layer] (row-major [T, k]).
+/// The router's top-k ids (unmasked: its preference over all E, see
+/// [`crate::model::moe::LayerRouting::router_topk_ids`]) of every layer on every domain's
+/// probe batch: ids[domain][layer] (row-major [T, k]).
 pub fn probe_topk(model: &MoeModel, data: &Dataset) -> Result<Vec<Vec<Vec<i64>>>> {
     let _g = tch::no_grad_guard();
     let mut out = Vec::new();
@@ -87,7 +89,7 @@ pub fn probe_topk(model: &MoeModel, data: &Dataset) -> Result<Vec<Vec<Vec<i64>>>
         out.push(
             f.routing
                 .iter()
-                .map(|r| Vec::<i64>::try_from(&r.topk_ids.reshape([-1])).unwrap_or_default())
+                .map(|r| Vec::<i64>::try_from(&r.router_topk_ids.reshape([-1])).unwrap_or_default())
                 .collect(),
         );
     }

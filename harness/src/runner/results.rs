@@ -23,9 +23,26 @@ pub fn execute_in_run_dir(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<()> {
-    dir.set_runtime("cpu", threads_per_site(cfg))?;
+    execute_with(cfg, dir, threads_per_site(cfg), |path, rounds| {
+        run_one_into(cfg, path, reg, opts, rounds)
+    })
+}
+
+/// Executes a run in `dir` with `run` (given the directory's path and its rounds sink; e.g.
+/// [`run_one_into`], or rank 0 of a multi-host run), recording `threads` per site, then
+/// writes `sites.json`, the links and scenario record, and the routing metrics.
+pub fn execute_with(
+    cfg: &RunConfig,
+    dir: &mut RunDir,
+    threads: usize,
+    run: impl FnOnce(
+        &Path,
+        &mut crate::results::CsvSink<crate::telemetry::RoundRow>,
+    ) -> Result<super::RunOutcome>,
+) -> Result<()> {
+    dir.set_runtime("cpu", threads)?;
     let path = dir.path().to_path_buf();
-    let outcome = run_one_into(cfg, &path, reg, opts, &mut dir.rounds);
+    let outcome = run(&path, &mut dir.rounds);
     if let Ok(o) = &outcome {
         crate::results::write_atomic(
             &path.join("sites.json"),
@@ -33,7 +50,7 @@ pub fn execute_in_run_dir(
         )?;
     }
     // The links and what the scenario did, in the manifest (also after a failure).
-    let record = network_record(cfg, &path, reg)
+    let record = network_record(cfg, &path)
         .and_then(|(links, scenario)| Ok(dir.set_network_record(Some(links), scenario)?));
     // Routing metrics from whatever probe records exist (also after a failure).
     let routing = routing_from_probes(cfg, &path, dir);
@@ -49,7 +66,6 @@ pub fn execute_in_run_dir(
 fn network_record(
     cfg: &RunConfig,
     path: &Path,
-    reg: &MethodRegistry,
 ) -> Result<(serde_json::Value, Option<serde_json::Value>)> {
     let plan = crate::scenario::plan::Plan::new(cfg)?;
     let changes: Vec<serde_json::Value> = plan
@@ -74,8 +90,7 @@ fn network_record(
     if cfg.faults.is_empty() && plan.deadline.is_none() {
         return Ok((links, None));
     }
-    let mcfg = cfg.model_config()?;
-    let placement = (reg.site)(cfg, 0)?.initial_placement(&mcfg, cfg.sites)?;
+    let placement = crate::strategy::placement::initial_placement(cfg)?;
     let file = path.join(crate::scenario::participation::PARTICIPATION_FILE);
     let rows = if file.exists() {
         crate::results::read_rows(&file)?.rows
@@ -153,20 +168,27 @@ fn routing_from_probes(cfg: &RunConfig, path: &Path, dir: &mut RunDir) -> Result
     }
     w.sync()?;
     drop(w);
-    // Skip rate of a round: mean over its steps and sites (the same for every layer).
+    // Skip rate of a (round, layer): mean over the round's steps and sites of that layer's
+    // training skip rate (steps.csv `skip_by_layer`).
     let steps: Vec<StepRow> = match csv::Reader::from_path(path.join("steps.csv")) {
         Ok(mut r) => r.deserialize().filter_map(|x| x.ok()).collect(),
         Err(_) => Vec::new(),
     };
-    let mut skip: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+    let mut skip: BTreeMap<(usize, usize), (f64, usize)> = BTreeMap::new();
     for s in &steps {
-        let e = skip.entry(s.round).or_default();
-        e.0 += s.skip_rate;
-        e.1 += 1;
+        let Some(by_layer) = crate::telemetry::parse_skip_by_layer(&s.skip_by_layer) else {
+            continue;
+        };
+        for (layer, v) in by_layer.into_iter().enumerate() {
+            let e = skip.entry((s.round, layer)).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
     }
     let dump = ProbeDump::read(path.join("probe_topk.bin")).context("reading probe_topk.bin")?;
-    let rows = routing_rows(&dump, |round, _| {
-        skip.get(&round).map_or(0.0, |(s, n)| s / *n as f64)
+    let rows = routing_rows(&dump, |round, layer| {
+        skip.get(&(round, layer))
+            .map_or(0.0, |(s, n)| s / *n as f64)
     })?;
     for r in &rows {
         dir.routing.push(r)?;

@@ -95,14 +95,14 @@ impl SiteRun<'_> {
         if me_in {
             self.round.participants = participants.clone();
             let before = LinkTotals::read(comm, sites);
-            let (st, rs) = (&mut self.st, &mut self.round);
+            let (st, rs, run_cfg) = (&mut self.st, &mut self.round, self.ctx.cfg);
             let (outcome, t) = clock::comm(comm, |c| -> Result<u64> {
                 let SyncOutcome {
                     expected_payload_sent,
                     relayout,
                 } = strategy.end_round(st, rs, c)?;
                 if let Some(r) = relayout {
-                    apply_relayout(st, rs, r)?;
+                    apply_relayout(run_cfg, st, rs, r)?;
                 }
                 Ok(expected_payload_sent)
             });

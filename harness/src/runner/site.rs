@@ -146,6 +146,23 @@ pub fn run_site(
     SiteRun::start(ctx, strategy)?.run(strategy, comm, source, sink)
 }
 
+/// Save a site's full state (model, AdamW moments, round state with the outer optimiser)
+/// as a checkpoint of the run with config hash `cfg_hash` (atomic write).
+pub fn save_site_checkpoint(
+    path: &Path,
+    st: &SiteState,
+    round: &RoundState,
+    cfg_hash: &str,
+) -> Result<()> {
+    let mut w = CheckpointWriter::new();
+    w.model(&st.model.store)
+        .adamw(&st.model.store.layout, &st.inner)
+        .meta("config_hash", cfg_hash)
+        .meta("site", st.site);
+    round.save(&mut w, &st.model.store.layout);
+    w.write(path)
+}
+
 /// Load the shared initial model (full) from a checkpoint.
 pub fn load_init(path: &Path, mcfg: &ModelConfig) -> Result<ParamStore> {
     let store = ParamStore::zeros(mcfg, Residency::full(mcfg));
@@ -463,6 +480,7 @@ impl<'a> SiteRun<'a> {
             } else {
                 0.0
             },
+            skip_by_layer: crate::telemetry::format_skip_by_layer(&s.out.routing, mcfg.top_k),
             fault_ms: ms(s.fault),
         }
     }
@@ -486,13 +504,7 @@ impl<'a> SiteRun<'a> {
 
     /// Save the site's full state at a round boundary (atomic write).
     fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let mut w = CheckpointWriter::new();
-        w.model(&self.st.model.store)
-            .adamw(&self.st.model.store.layout, &self.st.inner)
-            .meta("config_hash", self.ctx.cfg.hash())
-            .meta("site", self.ctx.site);
-        self.round.save(&mut w, &self.st.model.store.layout);
-        w.write(path)
+        save_site_checkpoint(path, &self.st, &self.round, &self.ctx.cfg.hash())
     }
 
     /// The site's report, handed to the sink.
@@ -538,6 +550,7 @@ impl<'a> SiteRun<'a> {
 /// global state (model = global copy = the received global weights, momentum as received)
 /// and starts with zero AdamW moments.
 pub(super) fn apply_relayout(
+    run_cfg: &RunConfig,
     st: &mut SiteState,
     round: &mut RoundState,
     r: Relayout,
@@ -583,6 +596,7 @@ pub(super) fn apply_relayout(
     inner.exp_avg = moved(&old, &new, &st.inner.exp_avg, &none)?;
     inner.exp_avg_sq = moved(&old, &new, &st.inner.exp_avg_sq, &none)?;
     if let Some(o) = round.outer.as_mut() {
+        o.plan = crate::strategy::outer::OuterPlan::for_layout(&new, &run_cfg.resolved_outer());
         o.global = moved(&old, &new, &o.global, &global)?;
         if let Some(m) = o.momentum.as_mut() {
             *m = moved(&old, &new, m, &momentum)?;

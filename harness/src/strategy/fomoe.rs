@@ -21,9 +21,16 @@
 //! groups of 2(ρ−1)/ρ·n_G·b, which summed over sites gives METHODS.md's
 //! 2(M−1)/M·N_dense·b + 2(ρ−1)/M·N_exp·b per site on average.
 //!
+//! Routers (`router_sync`): `all` averages every router row with the dense group over all
+//! M sites; `holders` averages row e of each layer's router (the logit of expert e) only
+//! over expert e's holders, the sites whose cross-entropy gradient actually used expert e;
+//! the rows still travel in the dense all-reduce, so bytes are unchanged (see
+//! [`super::group_sync`]'s partial ranges).
+//!
 //! Partial participation (faults, the deadline): the dense group is averaged over the
 //! round's participants and each expert over its participating holders; an expert none of
-//! whose holders takes part is not synchronised (its global value stays: frozen).
+//! whose holders takes part is not synchronised (its global value stays: frozen), and with
+//! `router_sync = holders` its router row is averaged over every participant.
 //!
 //! Degenerate cases (pinned by tests): ρ = M holds every expert and synchronises everything
 //! in one all-reduce over all sites, exactly as DiLoCo; M = 1 is single-site training with
@@ -33,14 +40,14 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
-use super::group_sync::{groups_for_site, GroupOuterSync, SyncGroup};
+use super::group_sync::{groups_for_site, GroupOuterSync, PartialRange, SyncGroup};
 pub use super::placement::ExpertPlacement;
 use super::placement::Placement;
 use super::{ExpertState, Relayout, RoundState, SiteState, Strategy, SyncOutcome};
 use crate::collective::{ring_allreduce, wire, WireDtype};
-use crate::config::{FomoeConfig, Placement as PlacementKind, RunConfig};
+use crate::config::{FomoeConfig, Placement as PlacementKind, RouterSync, RunConfig};
 use crate::model::params::tensor_to_vec;
-use crate::model::{ModelConfig, ParamLayout};
+use crate::model::ModelConfig;
 use crate::net::Comm;
 
 pub struct Fomoe {
@@ -65,17 +72,46 @@ impl Fomoe {
         })
     }
 
-    /// The site's holder groups under `placement` among `participants`.
+    /// The site's holder groups under `placement` among `participants`; with
+    /// `router_sync = holders` the dense group carries router row e of every layer as a
+    /// partial range averaged over expert e's participating holders (rows of experts every
+    /// participant holds need none).
     fn groups_of(
-        layout: &ParamLayout,
+        &self,
+        st: &SiteState,
         placement: &Placement,
         participants: &[usize],
     ) -> Vec<SyncGroup> {
-        groups_for_site(layout, participants, |l, e| {
+        let layout = &st.model.store.layout;
+        let live = |l: usize, e: usize| {
             let mut h = placement.holders_of(l, e);
             h.retain(|s| participants.contains(s));
             h
-        })
+        };
+        let mut groups = groups_for_site(layout, participants, live);
+        if self.knobs.router_sync == RouterSync::Holders {
+            let (d, experts) = (st.model.cfg.d_model, st.model.cfg.n_experts);
+            let partial: Vec<PartialRange> = (0..st.model.cfg.n_layers)
+                .flat_map(|l| {
+                    let spec = layout
+                        .spec(&format!("blocks.{l}.moe.router.weight"))
+                        .expect("every layer has a router");
+                    let offset = spec.offset;
+                    (0..experts).filter_map(move |e| {
+                        let h = live(l, e);
+                        (!h.is_empty() && h.len() < participants.len()).then(|| PartialRange {
+                            range: offset + e * d..offset + (e + 1) * d,
+                            contributes: h.contains(&self.site),
+                            contributors: h.len(),
+                        })
+                    })
+                })
+                .collect();
+            if let Some(dense) = groups.iter_mut().find(|g| g.members == participants) {
+                dense.partial = partial;
+            }
+        }
+        groups
     }
 
     /// Load-aware re-placement after the sync: the new placement (when it differs) with the
@@ -192,11 +228,7 @@ impl Strategy for Fomoe {
     fn init(&mut self, st: &mut SiteState, round: &mut RoundState) -> Result<()> {
         st.model.skip_policy = Some(self.knobs.skip_policy);
         st.model.aux_scope = self.knobs.aux_scope;
-        let groups = Self::groups_of(
-            &st.model.store.layout,
-            &round.placement,
-            &round.participants,
-        );
+        let groups = self.groups_of(st, &round.placement, &round.participants);
         self.sync.start(st, round, groups);
         Ok(())
     }
@@ -207,11 +239,7 @@ impl Strategy for Fomoe {
         round: &mut RoundState,
         comm: &mut dyn Comm,
     ) -> Result<SyncOutcome> {
-        self.sync.groups = Self::groups_of(
-            &st.model.store.layout,
-            &round.placement,
-            &round.participants,
-        );
+        self.sync.groups = self.groups_of(st, &round.placement, &round.participants);
         let mut expected = self.sync.sync(st, round, comm)?;
         let mut relayout = None;
         if self.knobs.placement == PlacementKind::LoadAware {

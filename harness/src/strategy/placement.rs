@@ -17,6 +17,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{ModelConfig, Residency};
 
+/// Who holds what at the start of a run: FoMoE's round-robin placement, else every site
+/// holds every expert.
+pub fn initial_placement(cfg: &crate::config::RunConfig) -> Result<Placement> {
+    let m = cfg.model_config()?;
+    if cfg.method != crate::config::Method::Fomoe {
+        return Ok(Placement::full(&m, cfg.sites));
+    }
+    let layer = ExpertPlacement::round_robin(m.n_experts, cfg.sites, cfg.fomoe.rho)?;
+    Ok(Placement::from_layers(
+        &vec![layer; m.n_layers],
+        m.n_experts,
+    ))
+}
+
 /// The residency of every site (indexed by site id).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
