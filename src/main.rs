@@ -23,6 +23,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Print the results of one suite directory, or of every suite under a directory.
     Report(cmd::report::Args),
+    /// Regression gate: compare a suite's results with a reference; exit 1 on any difference.
+    Compare(cmd::compare::Args),
     /// Rebuild a suite's SVG figures and REPORT-<suite>.md from its results directory alone.
     Figures(cmd::figures::Args),
     /// The study report of a suite: configurations per corpus over seeds, against DiLoCo at
@@ -42,6 +44,9 @@ enum Command {
     Site(cmd::site::Args),
     /// Measure an emulated link (rate, one-way delay) and a ring all-reduce against its bound.
     Netcheck(cmd::netcheck::Args),
+    /// System model: memory, bytes and time of every method for a model and deployment
+    /// (--sweep CSV, --validate against measured runs, --headline claims table).
+    Project(Box<cmd::project::Args>),
     /// Internal: one site of a run, started by the orchestrator.
     #[command(hide = true)]
     Worker(cmd::worker::Args),
@@ -54,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
         Command::Figures(a) => cmd::figures::run(a),
         Command::Study(a) => cmd::figures::study(a),
         Command::PaperReport(a) => cmd::paper_report::run(a),
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
         Command::RunOne(a) => cmd::run_one::run(a),
         Command::BenchStep(a) => cmd::bench_step::run(a),
         Command::Netcheck(a) => cmd::netcheck::run(a),
+        Command::Project(a) => cmd::project::run(*a),
         Command::Site(a) => cmd::site::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };

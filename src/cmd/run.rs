@@ -1,6 +1,7 @@
 //! `fomoe run SUITE [--out DIR] [--force] [--quiet] [--json] [--only RUN_ID_SUBSTRING] [--list]`
 //!
-//! Validates the whole suite first (nothing runs if any run is invalid), then runs it under
+//! Validates the whole suite first (nothing runs if any run is invalid, or if a run that
+//! would run needs more memory than this machine has: `harness::sysmodel::run_memory`), then runs it under
 //! `DIR/<suite name>/<run id>/`, skipping complete runs (same config hash), with a progress
 //! bar for the suite and for the run in progress and one line per run; `--quiet` hides
 //! both, `--json` prints one JSON object per finished run instead. summary.csv is rewritten
@@ -13,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use harness::config::RunConfig;
 use harness::orchestrate::{run_suite, RunExecutor, RunOutcome, SuiteObserver, SuiteOptions};
-use harness::results::{RunDir, RunState};
+use harness::results::{ExpectedRows, RunDir, RunState};
 use harness::suite::{Suite, SuiteRun};
 use harness::telemetry::RoundRow;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -48,6 +49,10 @@ pub struct Args {
 struct TrainingExecutor;
 
 impl RunExecutor for TrainingExecutor {
+    fn prepare(&self, cfg: &RunConfig) -> Result<ExpectedRows> {
+        harness::runner::prepare(cfg)
+    }
+
     fn execute(&self, _run_id: &str, cfg: &RunConfig, dir: &mut RunDir) -> Result<()> {
         harness::runner::execute_in_run_dir(cfg, dir, &baselines::registry(), &Default::default())
     }
@@ -71,16 +76,17 @@ pub fn run(a: Args) -> Result<()> {
             .filter(|r| a.only.as_deref().is_none_or(|o| r.id.contains(o)))
         {
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "run_id": r.id, "config_hash": r.hash, "config": r.config })
                 );
             } else {
-                println!("{}  {}", r.hash, r.id);
+                outln!("{}  {}", r.hash, r.id);
             }
         }
         return Ok(());
     }
+    check_memory(&suite, &a)?;
     let opts = SuiteOptions {
         force: a.force,
         only: a.only.clone(),
@@ -95,8 +101,8 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     progress.done();
     if !a.json {
-        print!("{}", table(&suite.name, &result.summaries));
-        println!("results: {}", result.suite_dir.display());
+        out!("{}", table(&suite.name, &result.summaries));
+        outln!("results: {}", result.suite_dir.display());
     }
     let failed = result.failed();
     if !failed.is_empty() {
@@ -108,6 +114,25 @@ pub fn run(a: Args) -> Result<()> {
             ids.join(", "),
             result.suite_dir.display()
         );
+    }
+    Ok(())
+}
+
+/// Every run that will run (selected, and not complete unless --force) must fit this
+/// machine's memory; the first that does not is refused in one line, before anything is
+/// written.
+fn check_memory(suite: &Suite, a: &Args) -> Result<()> {
+    let suite_dir = a.out.join(&suite.name);
+    for r in suite
+        .runs
+        .iter()
+        .filter(|r| a.only.as_deref().is_none_or(|o| r.id.contains(o)))
+    {
+        if !a.force && harness::results::run_state(&suite_dir.join(&r.id), &r.hash).is_complete() {
+            continue;
+        }
+        harness::runner::check_memory(&r.config)
+            .with_context(|| format!("{}: run {}", a.suite.display(), r.id))?;
     }
     Ok(())
 }
@@ -139,7 +164,7 @@ impl Progress {
 
     fn line(&self, text: String) {
         if self.mp.is_hidden() {
-            println!("{text}");
+            outln!("{text}");
         } else {
             let _ = self.mp.println(text);
         }
@@ -220,7 +245,7 @@ impl SuiteObserver for Progress {
             }
         }
         if self.json {
-            println!("{}", serde_json::to_string(o).unwrap_or_default());
+            outln!("{}", serde_json::to_string(o).unwrap_or_default());
             return;
         }
         if self.quiet {

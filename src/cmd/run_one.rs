@@ -21,6 +21,10 @@ pub fn run(a: Args) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{}: {}", a.config.display(), e.message()))?;
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    harness::runner::check_memory(&cfg)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", a.config.display()))?;
+    // Data files are opened before the old run directory is removed.
+    harness::runner::prepare(&cfg).with_context(|| a.config.display().to_string())?;
     if cfg.resume_from.is_none() && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("clearing {}", a.out.display()))?;
     }

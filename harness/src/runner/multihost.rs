@@ -104,6 +104,7 @@ struct RankRecord {
 /// Checks that `cfg` can run as `o.launch.world` ranks, before anything else happens.
 pub fn check_config(cfg: &RunConfig, o: &RankOptions) -> Result<()> {
     cfg.validate()?;
+    super::check_memory(cfg)?;
     let l = &o.launch;
     if cfg.network.backend != Backend::Tcp {
         bail!(
@@ -150,7 +151,7 @@ pub fn run_rank(cfg: &RunConfig, o: &RankOptions, reg: MethodRegistry) -> Result
         endpoints: cfg.endpoints(),
         address: o.launch.rendezvous.clone(),
         run_id: o.run_id.clone(),
-        config_hash: cfg.hash(),
+        config_hash: cfg.run_hash(),
         token: o.token.clone(),
         timeout: o.timeout,
         listeners: listeners

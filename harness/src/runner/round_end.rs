@@ -336,7 +336,7 @@ impl SiteRun<'_> {
                 crate::checkpoint::CheckpointWriter::new()
                     .model(store)
                     .meta("round", round)
-                    .meta("config_hash", cfg.hash())
+                    .meta("config_hash", cfg.checkpoint_hash())
                     .write(&dir.join(GLOBAL_CHECKPOINT))?;
             }
         }

@@ -504,7 +504,7 @@ impl<'a> SiteRun<'a> {
 
     /// Save the site's full state at a round boundary (atomic write).
     fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        save_site_checkpoint(path, &self.st, &self.round, &self.ctx.cfg.hash())
+        save_site_checkpoint(path, &self.st, &self.round, &self.ctx.cfg.checkpoint_hash())
     }
 
     /// The site's report, handed to the sink.
@@ -610,7 +610,7 @@ pub(super) fn apply_relayout(
 
 fn open_resume_checkpoint(path: &Path, cfg: &RunConfig) -> Result<Checkpoint> {
     let ck = Checkpoint::open(path)?;
-    if ck.meta("config_hash").as_deref() != Some(cfg.hash().as_str()) {
+    if ck.meta("config_hash").as_deref() != Some(cfg.checkpoint_hash().as_str()) {
         anyhow::bail!(
             "{}: checkpoint of a different run configuration (config hash differs)",
             path.display()

@@ -99,7 +99,10 @@ impl Fomoe {
                     let offset = spec.offset;
                     (0..experts).filter_map(move |e| {
                         let h = live(l, e);
-                        (!h.is_empty() && h.len() < participants.len()).then(|| PartialRange {
+                        if h.is_empty() || h.len() >= participants.len() {
+                            return None;
+                        }
+                        Some(PartialRange {
                             range: offset + e * d..offset + (e + 1) * d,
                             contributes: h.contains(&self.site),
                             contributors: h.len(),
