@@ -144,15 +144,21 @@ fn draw_run(area: &crate::figures::Area, run: &Timeline) -> DrawResult {
         .margin(8)
         .x_label_area_size(22)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..rounds as f64, 0f64..sites as f64)?;
+        .build_cartesian_2d(-0.5..rounds as f64 - 0.5, -0.5..sites as f64 - 0.5)?;
     chart
         .configure_mesh()
         .disable_mesh()
-        .x_labels(rounds.min(20) + 1)
-        .y_labels(sites + 1)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_labels(rounds.min(20))
+        .y_labels(sites)
+        .x_label_formatter(&|x| {
+            if x.fract() == 0.0 && *x >= 0.0 {
+                format!("round {x:.0}")
+            } else {
+                String::new()
+            }
+        })
         .y_label_formatter(&|y| {
-            if y.fract() == 0.0 && (*y as usize) < sites {
+            if y.fract() == 0.0 && *y >= 0.0 && (*y as usize) < sites {
                 format!("site {y:.0}")
             } else {
                 String::new()
@@ -163,13 +169,13 @@ fn draw_run(area: &crate::figures::Area, run: &Timeline) -> DrawResult {
     for r in &run.rows {
         let (x0, y0) = (r.round as f64, r.site as f64);
         chart.draw_series(std::iter::once(Rectangle::new(
-            [(x0 + 0.04, y0 + 0.08), (x0 + 0.96, y0 + 0.92)],
+            [(x0 - 0.46, y0 - 0.42), (x0 + 0.46, y0 + 0.42)],
             status_color(r.status).filled(),
         )))?;
         if r.rejoined {
             chart.draw_series(std::iter::once(Text::new(
                 "R",
-                (x0 + 0.4, y0 + 0.75),
+                (x0 - 0.05, y0 + 0.25),
                 (FONT, 13),
             )))?;
         }
