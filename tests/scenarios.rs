@@ -506,6 +506,10 @@ fn a_partial_participation_average_equals_the_mean_over_participants_exactly() {
     }
 }
 
+/// A site after recovery: its model, global copy and outer momentum (flat), and its model
+/// by parameter name.
+type SiteBuffers = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>);
+
 /// A site coming back gets the current global state of what it holds: the model and global
 /// copy of each part from the lowest participating holder (with the outer momentum), and,
 /// for a part no participant holds, its own last global value.
@@ -520,89 +524,85 @@ fn a_rejoin_equals_a_fresh_fetch_of_the_global_state() {
     // Participants {0, 3}; site 1 comes back; site 2 stays away. Site 1 holds experts
     // 2, 3 (holders {0, 1}: from site 0) and 4, 5 (holders {1, 2}: nobody present: frozen).
     let participants = [0usize, 3];
-    let states: Vec<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>)> =
-        std::thread::scope(|s| {
-            let hs: Vec<_> = comms
-                .into_iter()
-                .enumerate()
-                .map(|(site, mut comm)| {
-                    let (m, placement) = (m.clone(), placement.clone());
-                    s.spawn(move || {
-                        let store = harness::model::ParamStore::init(
-                            &m,
-                            placement.of(site).clone(),
-                            100 + site as u64,
-                        );
-                        let model = harness::model::MoeModel::from_store(&m, store);
-                        let inner = harness::optim::AdamW::new(
-                            Default::default(),
-                            model.store.numel(),
-                            0..0,
-                        );
-                        let mut st = harness::strategy::SiteState {
-                            site,
-                            sites: 4,
-                            model,
-                            inner,
-                        };
-                        let mut round = harness::strategy::RoundState::new(placement.clone());
-                        let mut outer = OuterOptimizerState::new(
-                            OuterOptimizer::Nesterov {
-                                lr: 0.7,
-                                momentum: 0.9,
-                            },
-                            &st.model.store.flat,
-                        );
-                        // Distinct momenta and (for the returning site) a global copy
-                        // unlike its model, so a copy from the wrong place shows.
-                        let n = st.model.store.numel() as i64;
-                        let mom = tch::Tensor::full(
-                            [n],
-                            0.25 * (site as f64 + 1.0),
-                            (tch::Kind::Float, tch::Device::Cpu),
-                        );
-                        outer.momentum = Some(mom);
-                        if site == 1 {
-                            outer.global =
-                                tch::Tensor::full([n], -3.0, (tch::Kind::Float, tch::Device::Cpu));
-                        }
-                        round.outer = Some(outer);
-                        harness::runner::recovery::recover(
-                            &mut st,
-                            &mut round,
-                            &mut comm,
-                            &participants,
-                            &[1],
-                            false,
-                        )
-                        .unwrap();
-                        let o = round.outer.as_ref().unwrap();
-                        let named = st
-                            .model
-                            .store
-                            .layout
-                            .specs
-                            .iter()
-                            .map(|spec| {
-                                (
-                                    spec.name.clone(),
-                                    harness::model::params::tensor_to_vec(&st.model.store.flat)
-                                        [spec.offset..spec.offset + spec.numel]
-                                        .to_vec(),
-                                )
-                            })
-                            .collect();
-                        (
-                            harness::model::params::tensor_to_vec(&st.model.store.flat),
-                            harness::model::params::tensor_to_vec(&o.global),
-                            harness::model::params::tensor_to_vec(o.momentum.as_ref().unwrap()),
-                            named,
-                        )
-                    })
+    let states: Vec<SiteBuffers> = std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .enumerate()
+            .map(|(site, mut comm)| {
+                let (m, placement) = (m.clone(), placement.clone());
+                s.spawn(move || {
+                    let store = harness::model::ParamStore::init(
+                        &m,
+                        placement.of(site).clone(),
+                        100 + site as u64,
+                    );
+                    let model = harness::model::MoeModel::from_store(&m, store);
+                    let inner =
+                        harness::optim::AdamW::new(Default::default(), model.store.numel(), 0..0);
+                    let mut st = harness::strategy::SiteState {
+                        site,
+                        sites: 4,
+                        model,
+                        inner,
+                    };
+                    let mut round = harness::strategy::RoundState::new(placement.clone());
+                    let mut outer = OuterOptimizerState::new(
+                        OuterOptimizer::Nesterov {
+                            lr: 0.7,
+                            momentum: 0.9,
+                        },
+                        &st.model.store.flat,
+                    );
+                    // Distinct momenta and (for the returning site) a global copy
+                    // unlike its model, so a copy from the wrong place shows.
+                    let n = st.model.store.numel() as i64;
+                    let mom = tch::Tensor::full(
+                        [n],
+                        0.25 * (site as f64 + 1.0),
+                        (tch::Kind::Float, tch::Device::Cpu),
+                    );
+                    outer.momentum = Some(mom);
+                    if site == 1 {
+                        outer.global =
+                            tch::Tensor::full([n], -3.0, (tch::Kind::Float, tch::Device::Cpu));
+                    }
+                    round.outer = Some(outer);
+                    harness::runner::recovery::recover(
+                        &mut st,
+                        &mut round,
+                        &mut comm,
+                        &participants,
+                        &[1],
+                        false,
+                    )
+                    .unwrap();
+                    let o = round.outer.as_ref().unwrap();
+                    let named = st
+                        .model
+                        .store
+                        .layout
+                        .specs
+                        .iter()
+                        .map(|spec| {
+                            (
+                                spec.name.clone(),
+                                harness::model::params::tensor_to_vec(&st.model.store.flat)
+                                    [spec.offset..spec.offset + spec.numel]
+                                    .to_vec(),
+                            )
+                        })
+                        .collect();
+                    (
+                        harness::model::params::tensor_to_vec(&st.model.store.flat),
+                        harness::model::params::tensor_to_vec(&o.global),
+                        harness::model::params::tensor_to_vec(o.momentum.as_ref().unwrap()),
+                        named,
+                    )
                 })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
     let value_of = |site: usize, name: &str| -> Vec<f32> {
         states[site]
             .3
@@ -897,7 +897,7 @@ fn bad_scenarios_get_one_line_errors_before_anything_runs() {
             "invalid round_deadline = 5s: applies to diloco, photon and fomoe",
         ),
         (
-            format!("method = \"diloco\"\npreset = \"tiny\"\nsites = 4\n[network]\nbackend = \"relay\"\n[[faults]]\nkind = \"link\"\nsite = 0\nat_time = \"1s\"\nrate = \"1mbit\"\n"),
+            "method = \"diloco\"\npreset = \"tiny\"\nsites = 4\n[network]\nbackend = \"relay\"\n[[faults]]\nkind = \"link\"\nsite = 0\nat_time = \"1s\"\nrate = \"1mbit\"\n".to_string(),
             "link changes are emulated on network.backend = sim only",
         ),
     ];

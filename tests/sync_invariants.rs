@@ -315,7 +315,9 @@ fn sync_time(cfg: &RunConfig) -> std::time::Duration {
                     tch::no_grad(|| {
                         let _ = st.model.store.flat.shallow_clone().g_add_scalar_(1e-3);
                     });
-                    strategy.end_round(&mut st, &mut round, comm.as_mut()).unwrap();
+                    strategy
+                        .end_round(&mut st, &mut round, comm.as_mut())
+                        .unwrap();
                     comm.now()
                 })
             })

@@ -275,7 +275,9 @@ mod tests {
         assert_eq!(crash_and_rejoin().partial_rounds(), vec![1, 2]);
         let clean = Timeline {
             run_id: "x".into(),
-            rows: (0..3).map(|r| row(r, 0, Status::Participant, false)).collect(),
+            rows: (0..3)
+                .map(|r| row(r, 0, Status::Participant, false))
+                .collect(),
         };
         assert!(clean.partial_rounds().is_empty());
     }
@@ -310,7 +312,13 @@ mod tests {
     #[test]
     fn the_report_section_counts_each_status_and_lists_partial_rounds() {
         let md = report_section("faults", &[crash_and_rejoin()]);
-        assert!(md.contains("figures/faults/participation_timeline.svg"), "{md}");
-        assert!(md.contains("| fomoe-crash-s0 | 1, 2 | 9 | 1 | 1 | 1 | 1 |"), "{md}");
+        assert!(
+            md.contains("figures/faults/participation_timeline.svg"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fomoe-crash-s0 | 1, 2 | 9 | 1 | 1 | 1 | 1 |"),
+            "{md}"
+        );
     }
 }
