@@ -311,8 +311,9 @@ fn a_crashing_site_fails_the_run_and_leaves_no_processes() {
         c.network.backend = backend;
         c.faults = vec![harness::config::Fault {
             site: 1,
-            at_step: 6,
+            at_step: Some(6),
             kind: harness::config::FaultKind::Crash,
+            ..Default::default()
         }];
         let dir = d.path().join(backend.to_string());
         let err = run_one(&c, &dir, &baselines::registry(), &opts()).unwrap_err();

@@ -359,8 +359,9 @@ fn a_crash_on_one_rank_stops_every_rank() {
     cfg.network.backend = Backend::Tcp;
     cfg.faults.push(harness::config::Fault {
         site: 2,
-        at_step: 3,
+        at_step: Some(3),
         kind: harness::config::FaultKind::Crash,
+        ..Default::default()
     });
     let config = d.path().join("crash.toml");
     write_config(&cfg, &config);

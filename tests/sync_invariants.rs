@@ -17,7 +17,7 @@ use harness::config::{Method, OuterGroups, OuterOptimizer, RouterSync, RunConfig
 use harness::net::{Backend, Comm};
 use harness::runner::{run_one, RunOptions};
 use harness::strategy::fomoe::ExpertPlacement;
-use harness::strategy::{MethodRegistry, SiteState, Strategy, SyncReport};
+use harness::strategy::{MethodRegistry, Placement, RoundState, SiteState, Strategy, SyncOutcome};
 use harness::telemetry::StepRow;
 
 /// Where the recording wrapper writes; set by the one test that uses it at a time.
@@ -38,33 +38,36 @@ impl Strategy for Recording {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
-    fn residency(&self, cfg: &harness::model::ModelConfig) -> harness::model::Residency {
-        self.inner.residency(cfg)
-    }
-    fn residency_of(
+    fn initial_placement(
         &self,
         cfg: &harness::model::ModelConfig,
-        site: usize,
-    ) -> harness::model::Residency {
-        self.inner.residency_of(cfg, site)
+        sites: usize,
+    ) -> anyhow::Result<Placement> {
+        self.inner.initial_placement(cfg, sites)
     }
     fn observe_routing(&mut self, routing: &[harness::model::moe::LayerRouting]) {
         self.inner.observe_routing(routing)
     }
-    fn init(&mut self, st: &mut SiteState) -> anyhow::Result<()> {
-        self.inner.init(st)
+    fn init(&mut self, st: &mut SiteState, round: &mut RoundState) -> anyhow::Result<()> {
+        self.inner.init(st, round)
     }
     fn on_gradient(
         &mut self,
         st: &mut SiteState,
+        round: &RoundState,
         grad: &mut tch::Tensor,
         comm: &mut dyn Comm,
-    ) -> anyhow::Result<SyncReport> {
-        self.inner.on_gradient(st, grad, comm)
+    ) -> anyhow::Result<SyncOutcome> {
+        self.inner.on_gradient(st, round, grad, comm)
     }
-    fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> anyhow::Result<SyncReport> {
+    fn end_round(
+        &mut self,
+        st: &mut SiteState,
+        round: &mut RoundState,
+        comm: &mut dyn Comm,
+    ) -> anyhow::Result<SyncOutcome> {
         let before = comm.link_counters();
-        let r = self.inner.end_round(st, comm)?;
+        let r = self.inner.end_round(st, round, comm)?;
         let after = comm.link_counters();
         let sent: Vec<u64> = after
             .iter()
@@ -74,12 +77,9 @@ impl Strategy for Recording {
         TRAFFIC.lock().unwrap().insert((st.site, self.round), sent);
         let dir = RECORD.lock().unwrap().clone().expect("record dir set");
         let path = dir.join(format!("site{}-round{}.safetensors", st.site, self.round));
-        harness::runner::site::save_site_checkpoint(&path, st, self.inner.as_ref(), 0, &self.hash)?;
+        harness::runner::site::save_site_checkpoint(&path, st, round, &self.hash)?;
         self.round += 1;
         Ok(r)
-    }
-    fn state_bytes(&self) -> usize {
-        self.inner.state_bytes()
     }
 }
 
@@ -295,7 +295,9 @@ fn sync_time(cfg: &RunConfig) -> std::time::Duration {
                     let init =
                         ParamStore::init(mcfg, harness::model::Residency::full(mcfg), cfg.seed);
                     let mut strategy = baselines::site_strategy(cfg, site).unwrap();
-                    let mut store = ParamStore::zeros(mcfg, strategy.residency(mcfg));
+                    let mut round =
+                        RoundState::new(strategy.initial_placement(mcfg, cfg.sites).unwrap());
+                    let mut store = ParamStore::zeros(mcfg, round.residency(site).clone());
                     store.copy_from(&init).unwrap();
                     let model = harness::model::MoeModel::from_store(mcfg, store);
                     let inner = harness::optim::AdamW::new(
@@ -309,11 +311,13 @@ fn sync_time(cfg: &RunConfig) -> std::time::Duration {
                         model,
                         inner,
                     };
-                    strategy.init(&mut st).unwrap();
+                    strategy.init(&mut st, &mut round).unwrap();
                     tch::no_grad(|| {
                         let _ = st.model.store.flat.shallow_clone().g_add_scalar_(1e-3);
                     });
-                    strategy.end_round(&mut st, comm.as_mut()).unwrap();
+                    strategy
+                        .end_round(&mut st, &mut round, comm.as_mut())
+                        .unwrap();
                     comm.now()
                 })
             })

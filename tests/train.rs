@@ -73,8 +73,9 @@ fn resume_from_a_checkpoint_equals_uninterrupted_training_bit_for_bit() {
     let mut crash = c.clone();
     crash.faults = vec![Fault {
         site: 0,
-        at_step: 7,
+        at_step: Some(7),
         kind: FaultKind::Crash,
+        ..Default::default()
     }];
     assert!(run_one(&crash, &cut, &baselines::registry(), &RunOptions::default()).is_err());
     let mut resume = c.clone();

@@ -3,6 +3,8 @@
 //! weights at all times.
 //!
 //! Payload per site per step: 2(M−1)/M·N·b (exactly: `bytes::ring_allreduce_traffic`).
+//! With a lost site (`on_site_loss = "continue"`) a step's mean runs over the sites that
+//! train it.
 //! Degenerate case (pinned by a test): DDP over M sites with per-site batch b equals one
 //! site with batch M·b whose rows are the union of the sites' rows, within float tolerance,
 //! with the balance loss off (it is a product of batch means and does not decompose).
@@ -12,18 +14,16 @@ use harness::collective::{ring_allreduce, WireDtype};
 use harness::config::RunConfig;
 use harness::model::params::with_f32_values;
 use harness::net::Comm;
-use harness::strategy::{SiteState, Strategy, SyncReport};
+use harness::strategy::{RoundState, SiteState, Strategy, SyncOutcome};
 use tch::Tensor;
 
 pub struct Ddp {
-    sites: usize,
     wire: WireDtype,
 }
 
 impl Ddp {
     pub fn new(cfg: &RunConfig, _site: usize) -> Result<Self> {
         Ok(Self {
-            sites: cfg.sites,
             wire: cfg.wire_dtype,
         })
     }
@@ -37,24 +37,26 @@ impl Strategy for Ddp {
     fn on_gradient(
         &mut self,
         st: &mut SiteState,
+        round: &RoundState,
         grad: &mut Tensor,
         comm: &mut dyn Comm,
-    ) -> Result<SyncReport> {
-        let all: Vec<usize> = (0..self.sites).collect();
-        let m = self.sites as f32;
+    ) -> Result<SyncOutcome> {
+        let all = &round.participants;
+        let m = all.len() as f32;
         let n = grad.numel();
         // In place on the flat gradient's memory: no copies around the all-reduce.
         with_f32_values(grad, |g| -> Result<()> {
-            ring_allreduce(comm, &all, self.wire, g).context("DDP gradient all-reduce")?;
+            ring_allreduce(comm, all, self.wire, g).context("DDP gradient all-reduce")?;
             for x in g.iter_mut() {
                 *x /= m;
             }
             Ok(())
         })?;
         let expected =
-            harness::bytes::ring_allreduce_traffic(n, &all, self.wire).payload_sent_by(st.site);
-        Ok(SyncReport {
+            harness::bytes::ring_allreduce_traffic(n, all, self.wire).payload_sent_by(st.site);
+        Ok(SyncOutcome {
             expected_payload_sent: expected,
+            relayout: None,
         })
     }
 }

@@ -5,17 +5,17 @@
 //!
 //! Payload per site per round: 2(M−1)/M·N·b; over the same steps DDP sends H× as much.
 //! It is FoMoE's group synchronisation with a single group holding everything, so FoMoE
-//! with ρ = M is bit-identical to it (pinned by a test).
+//! with ρ = M is bit-identical to it (pinned by a test). With partial participation the
+//! mean runs over the round's participants.
 
 use anyhow::Result;
 use harness::config::RunConfig;
 use harness::net::Comm;
-use harness::strategy::group_sync::{groups_for_site, GroupOuterSync};
-use harness::strategy::{SiteState, Strategy, SyncReport};
+use harness::strategy::group_sync::{groups_for_site, GroupOuterSync, SyncGroup};
+use harness::strategy::{RoundState, SiteState, Strategy, SyncOutcome};
 
 pub struct Diloco {
     name: &'static str,
-    sites: usize,
     sync: GroupOuterSync,
 }
 
@@ -28,10 +28,16 @@ impl Diloco {
     pub fn with_name(name: &'static str, cfg: &RunConfig) -> Self {
         Self {
             name,
-            sites: cfg.sites,
             sync: GroupOuterSync::new(cfg),
         }
     }
+}
+
+/// One group: the whole model among `participants` (every site without faults).
+fn everything_among(st: &SiteState, participants: &[usize]) -> Vec<SyncGroup> {
+    groups_for_site(&st.model.store.layout, participants, |_, _| {
+        participants.to_vec()
+    })
 }
 
 impl Strategy for Diloco {
@@ -39,38 +45,24 @@ impl Strategy for Diloco {
         self.name
     }
 
-    fn init(&mut self, st: &mut SiteState) -> Result<()> {
-        let all: Vec<usize> = (0..self.sites).collect();
-        let groups = groups_for_site(&st.model.store.layout, self.sites, |_, _| all.clone());
-        self.sync.start(st, groups);
+    fn init(&mut self, st: &mut SiteState, round: &mut RoundState) -> Result<()> {
+        let groups = everything_among(st, &round.participants);
+        self.sync.start(st, round, groups);
         Ok(())
     }
 
-    fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<SyncReport> {
-        let expected = self.sync.sync(st, comm)?;
-        self.sync.finish_round(st);
-        Ok(SyncReport {
-            expected_payload_sent: expected,
-        })
-    }
-
-    fn state_bytes(&self) -> usize {
-        self.sync.state_bytes()
-    }
-
-    fn save_state(
-        &self,
-        w: &mut harness::checkpoint::CheckpointWriter,
-        layout: &harness::model::ParamLayout,
-    ) {
-        self.sync.save(w, layout);
-    }
-
-    fn load_state(
+    fn end_round(
         &mut self,
-        ck: &harness::checkpoint::Checkpoint,
-        layout: &harness::model::ParamLayout,
-    ) -> Result<()> {
-        self.sync.load(ck, layout)
+        st: &mut SiteState,
+        round: &mut RoundState,
+        comm: &mut dyn Comm,
+    ) -> Result<SyncOutcome> {
+        self.sync.groups = everything_among(st, &round.participants);
+        let expected = self.sync.sync(st, round, comm)?;
+        self.sync.finish_round(st);
+        Ok(SyncOutcome {
+            expected_payload_sent: expected,
+            relayout: None,
+        })
     }
 }

@@ -5,6 +5,9 @@
 //! optimiser to Δ = θ_g − θ̄ (default FedAvg lr 1, i.e. θ_g ← θ̄; Nesterov optional) and
 //! broadcasts θ_g, which every client adopts.
 //! Payload per round: N·b up + N·b down per client; the aggregator receives and sends M×.
+//! Partial participation (faults, the deadline, which the aggregator leads): the mean and
+//! the broadcast run over the round's participants; a late or returning client fetches the
+//! global model from a participant (the runner's recovery).
 //! Ring mode: the same averaging as DiLoCo's ring all-reduce, with Photon's server
 //! optimiser (no aggregator).
 //! Degenerate case (pinned by a test): DiLoCo with outer lr 1 and momentum 0 equals
@@ -18,8 +21,10 @@ use harness::collective::{broadcast, star_reduce, WireDtype};
 use harness::config::RunConfig;
 use harness::model::params::tensor_to_vec;
 use harness::net::Comm;
+use harness::runner::deadline;
+use harness::scenario::plan::Plan;
 use harness::strategy::outer::OuterOptimizerState;
-use harness::strategy::{SiteState, Strategy, SyncReport};
+use harness::strategy::{RoundState, SiteState, Strategy, SyncOutcome};
 use tch::Tensor;
 
 /// A Photon client in star mode.
@@ -39,8 +44,11 @@ impl PhotonClient {
     }
 }
 
-fn members(sites: usize) -> Vec<usize> {
-    (0..=sites).collect()
+/// The clients taking part and the aggregator.
+fn members(clients: &[usize], aggregator: usize) -> Vec<usize> {
+    let mut m = clients.to_vec();
+    m.push(aggregator);
+    m
 }
 
 impl Strategy for PhotonClient {
@@ -48,17 +56,22 @@ impl Strategy for PhotonClient {
         "photon"
     }
 
-    fn end_round(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<SyncReport> {
+    fn end_round(
+        &mut self,
+        st: &mut SiteState,
+        round: &mut RoundState,
+        comm: &mut dyn Comm,
+    ) -> Result<SyncOutcome> {
         let aggregator = self.sites;
-        let clients: Vec<usize> = (0..self.sites).collect();
+        let clients = &round.participants;
         let mut theta = tensor_to_vec(&st.model.store.flat);
         let n = theta.len();
-        star_reduce(comm, aggregator, &clients, None, self.wire, &mut theta)
+        star_reduce(comm, aggregator, clients, None, self.wire, &mut theta)
             .context("Photon upload")?;
         broadcast(
             comm,
             aggregator,
-            &members(self.sites),
+            &members(clients, aggregator),
             self.wire,
             &mut theta,
         )
@@ -73,13 +86,18 @@ impl Strategy for PhotonClient {
         if !self.keep_inner_state {
             st.inner.reset();
         }
-        let up = harness::bytes::star_reduce_traffic(n, aggregator, &clients, self.wire)
+        let up = harness::bytes::star_reduce_traffic(n, aggregator, clients, self.wire)
             .payload_sent_by(st.site);
-        let down =
-            harness::bytes::broadcast_traffic(n, aggregator, &members(self.sites), self.wire)
-                .payload_sent_by(st.site);
-        Ok(SyncReport {
+        let down = harness::bytes::broadcast_traffic(
+            n,
+            aggregator,
+            &members(clients, aggregator),
+            self.wire,
+        )
+        .payload_sent_by(st.site);
+        Ok(SyncOutcome {
             expected_payload_sent: up + down,
+            relayout: None,
         })
     }
 }
@@ -92,21 +110,33 @@ pub fn client_tokens_per_round(cfg: &RunConfig, mcfg: &harness::model::ModelConf
     vec![t; cfg.sites]
 }
 
-/// The aggregator endpoint (id M): rounds of gather → server step → broadcast.
+/// The aggregator endpoint (id M): rounds of (deadline →) gather → server step → broadcast,
+/// over the round's participants.
 pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Result<()> {
     let mcfg = cfg.model_config()?;
+    let plan = Plan::new(cfg)?;
     let init = harness::runner::site::load_init(&dir.join("init.safetensors"), &mcfg)?;
     let mut outer = OuterOptimizerState::new(cfg.outer_optimizer(), &init.flat);
-    let clients: Vec<usize> = (0..cfg.sites).collect();
+    let aggregator = cfg.sites;
+    let everyone: Vec<usize> = (0..cfg.sites).collect();
     let n = init.numel();
-    for _ in 0..cfg.rounds() {
-        // w_i = tokens client i trained on this round (H steps of its batch), θ̄ = Σ w_i θ_i / Σ w_i.
-        let tokens = client_tokens_per_round(cfg, &mcfg);
+    let mut owed = std::collections::BTreeMap::new();
+    for round in 0..cfg.rounds() {
+        let open = comm.now();
+        let present = plan.present(round);
+        let clients = match plan.deadline {
+            None => present,
+            Some(d) => deadline::lead(comm, round, open + d, None, &present, &everyone, &mut owed)?,
+        };
+        // w_i = tokens participant i trained on this round (H steps of its batch),
+        // θ̄ = Σ w_i θ_i / Σ w_i over the participants.
+        let all_tokens = client_tokens_per_round(cfg, &mcfg);
+        let tokens: Vec<f32> = clients.iter().map(|&c| all_tokens[c]).collect();
         let total: f32 = tokens.iter().sum();
         let mut mean = vec![0f32; n];
         star_reduce(
             comm,
-            cfg.sites,
+            aggregator,
             &clients,
             Some(&tokens),
             cfg.wire_dtype,
@@ -119,8 +149,8 @@ pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Resul
         let mut theta = tensor_to_vec(&outer.global);
         broadcast(
             comm,
-            cfg.sites,
-            &members(cfg.sites),
+            aggregator,
+            &members(&clients, aggregator),
             cfg.wire_dtype,
             &mut theta,
         )

@@ -186,6 +186,18 @@ impl Checkpoint {
             .collect())
     }
 
+    /// All values of f32 tensor `name`, whatever its size.
+    pub fn all_values(&self, name: &str) -> Result<Vec<f32>> {
+        let n: usize = {
+            let st = self.tensors()?;
+            let t = st
+                .tensor(name)
+                .map_err(|_| anyhow::anyhow!("{}: missing tensor {name}", self.path.display()))?;
+            t.shape().iter().product()
+        };
+        self.values(name, n)
+    }
+
     /// Fill a flat buffer laid out by `layout` from tensors named `prefix + param name`.
     pub fn read_params(&self, prefix: &str, layout: &ParamLayout, flat: &Tensor) -> Result<()> {
         let mut all = vec![0f32; layout.total];

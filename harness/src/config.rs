@@ -54,7 +54,8 @@ impl Method {
 /// - `inner_steps`, `outer`, `keep_inner_state`: methods with rounds (DiLoCo, Photon, FoMoE);
 ///   `outer_groups`: DiLoCo and FoMoE (the group synchronisation);
 ///   DDP and single only use H as their eval period, which a suite takes from its base;
-/// - `network.*`, `wire_dtype`: every method but `single` (which never communicates);
+/// - `network.*`, `wire_dtype`, `on_site_loss`: every method but `single` (which never
+///   communicates); `round_deadline`: methods with rounds;
 /// - everything else: every method.
 pub fn knob_applies(method: Method, path: &str) -> bool {
     let head = path.split('.').next().unwrap_or(path);
@@ -63,7 +64,8 @@ pub fn knob_applies(method: Method, path: &str) -> bool {
         "photon_topology" => method == Method::Photon,
         "inner_steps" | "outer" | "keep_inner_state" => method.has_rounds(),
         "outer_groups" => matches!(method, Method::Diloco | Method::Fomoe),
-        "network" | "wire_dtype" => method != Method::Single,
+        "network" | "wire_dtype" | "on_site_loss" => method != Method::Single,
+        "round_deadline" => method.has_rounds(),
         _ => true,
     }
 }
@@ -236,22 +238,7 @@ pub enum PhotonTopology {
     Ring,
 }
 
-/// A scripted failure (fault injection), given as data in the suite file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fault {
-    pub site: usize,
-    /// Inner step (1-based) at whose start the fault fires.
-    pub at_step: usize,
-    pub kind: FaultKind,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FaultKind {
-    /// The site stops with an error (its process exits non-zero).
-    Crash,
-}
+pub use crate::scenario::{Fault, FaultKind, OnSiteLoss};
 
 /// Links and backend.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -267,6 +254,13 @@ pub struct NetworkConfig {
     /// one-way, e.g. "20ms"
     pub delay: Option<String>,
     pub jitter: Option<String>,
+    /// Links per site, per pair, as a matrix or by region ([`crate::net::Topology`]);
+    /// replaces `scenario` (which is then ignored) and excludes `rate`/`delay`/`jitter`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<crate::net::Topology>,
+    /// Time-varying bandwidth from a CSV trace (`sim` only, [`crate::net::schedule`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::net::schedule::TraceConfig>,
 }
 
 impl Default for NetworkConfig {
@@ -277,7 +271,20 @@ impl Default for NetworkConfig {
             rate: None,
             delay: None,
             jitter: None,
+            topology: None,
+            trace: None,
         }
+    }
+}
+
+fn topology_kind(t: &crate::net::Topology) -> &'static str {
+    use crate::net::Topology;
+    match t {
+        Topology::Uniform { .. } => "uniform",
+        Topology::PerPair { .. } => "per-pair",
+        Topology::PerSite { .. } => "per-site",
+        Topology::Matrix { .. } => "matrix",
+        Topology::Regions { .. } => "regions",
     }
 }
 
@@ -338,9 +345,17 @@ pub struct RunConfig {
     /// `checkpoint_every_rounds`: neither is part of either hash (see [`RunConfig::run_hash`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<std::path::PathBuf>,
-    /// Scripted failures. Part of the run's identity ([`RunConfig::run_hash`]), not of
+    /// Scripted failures (`[[faults]]`, see [`crate::scenario`]). Part of the run's identity ([`RunConfig::run_hash`]), not of
     /// checkpoint compatibility ([`RunConfig::checkpoint_hash`]).
     pub faults: Vec<Fault>,
+    /// What a lost site (crash, leave) does to the run: `fail` or `continue`; none = the
+    /// method's default (ddp, diloco: fail; photon, fomoe: continue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_site_loss: Option<OnSiteLoss>,
+    /// Straggler deadline per round (e.g. "30s"; methods with rounds; none = off): a site
+    /// that has not reported by then is left out of the round's average.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub round_deadline: Option<String>,
 }
 
 impl Default for RunConfig {
@@ -369,6 +384,8 @@ impl Default for RunConfig {
             checkpoint_every_rounds: None,
             resume_from: None,
             faults: Vec::new(),
+            on_site_loss: None,
+            round_deadline: None,
         }
     }
 }
@@ -573,22 +590,7 @@ impl RunConfig {
                 "Photon's aggregator keeps no checkpoint yet: resume is available for single, ddp, diloco, fomoe and photon_topology = ring",
             ));
         }
-        for f in &self.faults {
-            if f.site >= self.sites {
-                return Err(ConfigError::new(
-                    "faults.site",
-                    f.site,
-                    format!("must be below sites = {}", self.sites),
-                ));
-            }
-            if f.at_step == 0 || f.at_step > self.steps {
-                return Err(ConfigError::new(
-                    "faults.at_step",
-                    f.at_step,
-                    format!("must be in 1..={}", self.steps),
-                ));
-            }
-        }
+
         if self.network.backend == Backend::Tcp {
             let n = &self.network;
             for (field, v) in [
@@ -606,7 +608,22 @@ impl RunConfig {
                 }
             }
         }
-        self.link_matrix()?;
+        if self.network.backend == Backend::Tcp {
+            for (field, set) in [
+                ("network.topology", self.network.topology.is_some()),
+                ("network.trace", self.network.trace.is_some()),
+            ] {
+                if set {
+                    return Err(ConfigError::new(
+                        field,
+                        "given",
+                        "not applied by backend tcp (real links, no emulation)",
+                    ));
+                }
+            }
+        }
+        crate::scenario::plan::Plan::new(self)?;
+        self.net_schedule()?;
         self.data
             .validate()
             .map_err(|e| ConfigError::new("data", e.to_string(), "a valid [data] table"))?;
@@ -640,13 +657,60 @@ impl RunConfig {
         Ok(spec)
     }
 
-    /// Links between the sites (plus Photon's aggregator, the last endpoint, in star mode).
+    /// Links between the sites (plus Photon's aggregator, the last endpoint, in star mode):
+    /// the topology when given, else the uniform link of [`RunConfig::link_spec`].
     pub fn link_matrix(&self) -> Result<crate::net::LinkMatrix, ConfigError> {
         use crate::net::Topology;
-        let spec = self.link_spec()?;
-        Topology::uniform(spec)
-            .resolve(self.endpoints())
-            .map_err(|e| ConfigError::new("network", "topology", e.to_string()))
+        let n = &self.network;
+        let topology = match &n.topology {
+            Some(t) => {
+                for (field, set) in [
+                    ("rate", n.rate.is_some()),
+                    ("delay", n.delay.is_some()),
+                    ("jitter", n.jitter.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(
+                            format!("network.{field}"),
+                            "given",
+                            "not combined with network.topology (give the links in the topology)",
+                        ));
+                    }
+                }
+                t.clone()
+            }
+            None => Topology::uniform(self.link_spec()?),
+        };
+        topology.resolve(self.endpoints()).map_err(|e| {
+            ConfigError::new("network.topology", topology_kind(&topology), e.to_string())
+        })
+    }
+
+    /// The links over time: the matrix, the bandwidth trace and the scripted link changes.
+    pub fn net_schedule(&self) -> Result<crate::net::schedule::NetSchedule, ConfigError> {
+        let matrix = self.link_matrix()?;
+        let trace = match &self.network.trace {
+            Some(t) => {
+                if self.network.backend != Backend::Sim {
+                    return Err(ConfigError::new(
+                        "network.trace",
+                        t.file.display(),
+                        format!("time-varying links are emulated on network.backend = sim only ({} applies static links)", self.network.backend),
+                    ));
+                }
+                Some(
+                    crate::net::schedule::Trace::load(t, self.endpoints())
+                        .map_err(|e| ConfigError::new("network.trace", t.file.display(), e))?,
+                )
+            }
+            None => None,
+        };
+        let plan = crate::scenario::plan::Plan::new(self)?;
+        Ok(crate::net::schedule::NetSchedule::new(
+            &matrix,
+            trace.as_ref(),
+            &plan.link_changes,
+        ))
     }
 
     /// Processes joined by the network: sites, plus the aggregator for Photon star.
@@ -737,11 +801,36 @@ mod tests {
         let mut crash = clean.clone();
         crash.faults = vec![Fault {
             site: 1,
-            at_step: 6,
+            at_step: Some(6),
             kind: FaultKind::Crash,
+            ..Default::default()
         }];
         assert_ne!(clean.run_hash(), crash.run_hash());
         assert_eq!(clean.checkpoint_hash(), crash.checkpoint_hash());
+        // Every kind of fault, not only crashes: a stall or a link change is another run,
+        // and its checkpoints resume the clean one.
+        for fault in [
+            Fault {
+                kind: FaultKind::Stall,
+                site: 1,
+                at_step: Some(6),
+                duration: Some("2s".into()),
+                ..Default::default()
+            },
+            Fault {
+                kind: FaultKind::Link,
+                site: 0,
+                peer: Some(1),
+                at_time: Some("1s".into()),
+                rate: Some("10mbit".into()),
+                ..Default::default()
+            },
+        ] {
+            let mut faulty = crash.clone();
+            faulty.faults.push(fault);
+            assert_ne!(faulty.run_hash(), crash.run_hash());
+            assert_eq!(faulty.checkpoint_hash(), clean.checkpoint_hash());
+        }
         // Operational settings are in neither.
         let mut resumed = clean.clone();
         resumed.resume_from = Some("/tmp/x".into());

@@ -15,6 +15,7 @@ pub mod orchestrate;
 pub mod results;
 pub mod rng;
 pub mod runner;
+pub mod scenario;
 pub mod strategy;
 pub mod suite;
 pub mod sys;

@@ -209,6 +209,9 @@ const KEY_ORDER: &[(&str, &str)] = &[
     ("data.path", ""),
     ("data.heterogeneity", "het_"),
     ("optim.lr", "lr"),
+    ("faults", ""),
+    ("on_site_loss", "loss_"),
+    ("round_deadline", "dl"),
 ];
 
 fn key_rank(path: &str) -> usize {

@@ -1,8 +1,9 @@
 //! Telemetry rows a run produces (the columns of steps.csv, rounds.csv, routing.csv).
 //!
 //! Per-step time is split into parts that must add up to the step's wall time within 5%:
-//! `wall_ms ≈ data_ms + compute_ms + comm_ms + opt_ms`. On the `sim` backend `comm_ms`
-//! is virtual (link model), compute is measured.
+//! `wall_ms ≈ data_ms + compute_ms + comm_ms + opt_ms + fault_ms` (`fault_ms` is time
+//! injected by a scripted stall or slow-down, 0 without faults). On the `sim` backend
+//! `comm_ms` is virtual (link model), compute is measured.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,10 @@ pub struct StepRow {
     /// files written before it existed.
     #[serde(default)]
     pub skip_by_layer: String,
+    /// Time injected by scripted faults in this step: a stall before it, and the extra
+    /// compute time of a slow site; part of `wall_ms`.
+    #[serde(default)]
+    pub fault_ms: f64,
 }
 
 /// [`StepRow::skip_by_layer`] of one forward pass: skipped / routed slots per layer.

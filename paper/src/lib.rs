@@ -21,6 +21,8 @@
 //!                                           (FoMoE) and without (full replica)
 //! <out>/figures/<suite>/routing_stability   saturation, cross-site agreement, overlap vs round
 //! <out>/figures/<suite>/load_balance        CV of expert load, skip rate vs round
+//! <out>/figures/<suite>/participation_timeline  each site's part in each round (suites
+//!                                           with scenario runs only, see [`timeline`])
 //! ```
 //! Each figure is written as `<name>.svg` and `<name>.png` (the SVG rasterised, see
 //! [`raster`]). Every file is written atomically and is a pure function of the inputs (no
@@ -43,6 +45,7 @@ pub mod quality_figures;
 pub mod raster;
 pub mod report;
 pub mod study;
+pub mod timeline;
 
 use std::path::{Path, PathBuf};
 
@@ -170,8 +173,12 @@ pub fn generate_from(suite: &SuiteData, out: &Path) -> Result<Generated, PaperEr
         })?;
         written.extend(write_figure(&fig_dir, name, &svg)?);
     }
+    // Scenario runs (faults, deadline) add the participation timeline.
+    let (timeline_files, timeline_section) = timeline::write(suite, &fig_dir)?;
+    written.extend(timeline_files);
     let report = report_path(out, &suite.name);
-    write_atomic(&report, report::markdown(suite).as_bytes())?;
+    let markdown = report::markdown(suite) + &timeline_section;
+    write_atomic(&report, markdown.as_bytes())?;
     Ok(Generated {
         suite: suite.name.clone(),
         report,

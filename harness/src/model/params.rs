@@ -193,6 +193,50 @@ impl ParamLayout {
     pub fn spec(&self, name: &str) -> Option<&ParamSpec> {
         self.specs.iter().find(|s| s.name == name)
     }
+
+    /// The values of `flat` (laid out by `self`) moved to the layout `to`: every parameter
+    /// both layouts have is copied by name; each expert block only `to` has is filled from
+    /// `incoming[(layer, expert)]` (the whole block, fc1 then fc2), or zero when absent
+    /// there. This is how a change of residency carries the model, the optimiser moments and
+    /// the outer state over in one rule.
+    pub fn move_values(
+        &self,
+        to: &ParamLayout,
+        flat: &Tensor,
+        incoming: &BTreeMap<(usize, usize), &[f32]>,
+    ) -> Result<Vec<f32>, String> {
+        let old = tensor_to_vec(flat);
+        if old.len() != self.total {
+            return Err(format!(
+                "{} values for a layout of {}",
+                old.len(),
+                self.total
+            ));
+        }
+        let mut out = vec![0f32; to.total];
+        for spec in &to.specs {
+            if let Some(o) = self.spec(&spec.name) {
+                out[spec.offset..spec.offset + spec.numel]
+                    .copy_from_slice(&old[o.offset..o.offset + o.numel]);
+            }
+        }
+        for (&(layer, expert), r) in &to.experts {
+            if self.experts.contains_key(&(layer, expert)) {
+                continue;
+            }
+            if let Some(v) = incoming.get(&(layer, expert)) {
+                if v.len() != r.len() {
+                    return Err(format!(
+                        "expert ({layer},{expert}): {} values, its block has {}",
+                        v.len(),
+                        r.len()
+                    ));
+                }
+                out[r.clone()].copy_from_slice(v);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A site's parameters: one flat f32 buffer and a leaf view per parameter.
@@ -397,6 +441,32 @@ mod tests {
         );
         assert!(part.spec("blocks.1.moe.experts.4.fc2.weight").is_some());
         assert!(part.spec("blocks.1.moe.experts.0.fc2.weight").is_none());
+    }
+
+    #[test]
+    fn move_values_copies_by_name_and_fills_gained_experts() {
+        let cfg = ModelConfig::preset("tiny").unwrap();
+        let a = ParamStore::init(&cfg, Residency::uniform(&cfg, &[1, 2]), 5);
+        let to = ParamLayout::new(&cfg, &Residency::uniform(&cfg, &[2, 6]));
+        let gained = vec![0.5f32; cfg.params_per_expert()];
+        let mut incoming = BTreeMap::new();
+        incoming.insert((0, 6), gained.as_slice());
+        let moved = a.layout.move_values(&to, &a.flat, &incoming).unwrap();
+        let mut b = ParamStore::zeros(&cfg, Residency::uniform(&cfg, &[2, 6]));
+        b.load_flat(&moved);
+        for name in ["wte.weight", "blocks.1.moe.experts.2.fc2.weight"] {
+            assert!(b.get(name).unwrap().equal(a.get(name).unwrap()), "{name}");
+        }
+        let r = to.experts[&(0, 6)].clone();
+        assert_eq!(&moved[r], gained.as_slice(), "gained from incoming");
+        let r = to.experts[&(1, 6)].clone();
+        assert!(
+            moved[r].iter().all(|&v| v == 0.0),
+            "gained without state: zero"
+        );
+        let short = [1.0f32; 3];
+        incoming.insert((1, 6), short.as_slice());
+        assert!(a.layout.move_values(&to, &a.flat, &incoming).is_err());
     }
 
     #[test]

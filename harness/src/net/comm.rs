@@ -9,6 +9,9 @@
 //! - counters are per peer and exact: payload bytes are what callers passed to `send` /
 //!   got from `recv`; framing bytes are the handshake plus 8 bytes per frame (see
 //!   [`frame`](super::frame)); sent bytes are counted when `send` accepts the message;
+//! - `recv_until(from, t)` is `recv` with a deadline on the run clock: the next message from
+//!   `from` if it has arrived by `t`, else `None` with the message (if any) left queued for
+//!   a later receive; on `sim` a `None` moves the receiver's clock to `t` (it waited);
 //! - `now()` is the time that the run's clocks agree on: the virtual clock on `sim`, wall
 //!   time since the network's epoch on real backends; `advance(dt)` adds local compute time
 //!   to the virtual clock (a no-op on real backends, where compute takes real time).
@@ -62,6 +65,14 @@ pub trait Comm: Send {
     fn send(&mut self, to: usize, payload: Vec<u8>) -> Result<(), NetError>;
     /// Next message from site `from`, blocking.
     fn recv(&mut self, from: usize) -> Result<Vec<u8>, NetError>;
+    /// Next message from site `from` if it arrives by `until` on the run clock, else `None`
+    /// (the message stays queued); see the module doc.
+    fn recv_until(&mut self, from: usize, until: Duration) -> Result<Option<Vec<u8>>, NetError>;
+    /// `recv` for traffic outside the run's time (evaluation): on `sim` the clock does not
+    /// move to the message's arrival; real backends, where waiting takes real time, `recv`.
+    fn recv_untimed(&mut self, from: usize) -> Result<Vec<u8>, NetError> {
+        self.recv(from)
+    }
     /// Counters per peer, indexed by site id (this site's own entry is all zero).
     fn link_counters(&self) -> Vec<LinkCounters>;
     /// The run's clock: virtual on `sim`, wall time since the epoch on real backends.
@@ -84,6 +95,12 @@ impl<C: Comm + ?Sized> Comm for Box<C> {
     }
     fn recv(&mut self, from: usize) -> Result<Vec<u8>, NetError> {
         (**self).recv(from)
+    }
+    fn recv_until(&mut self, from: usize, until: Duration) -> Result<Option<Vec<u8>>, NetError> {
+        (**self).recv_until(from, until)
+    }
+    fn recv_untimed(&mut self, from: usize) -> Result<Vec<u8>, NetError> {
+        (**self).recv_untimed(from)
     }
     fn link_counters(&self) -> Vec<LinkCounters> {
         (**self).link_counters()

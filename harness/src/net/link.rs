@@ -12,7 +12,16 @@
 //! - `per-pair`: listed pairs (both directions unless `directed`), the rest from `default`;
 //! - `per-site`: each site has an uplink rate, a downlink rate, a delay and a jitter to the
 //!   core; pair (i, j) gets rate `min(up_i, down_j)`, delay `delay_i + delay_j` and jitter
-//!   `jitter_i + jitter_j`.
+//!   `jitter_i + jitter_j`;
+//! - `matrix`: `links[i][j]` is the link i → j (a full M×M table, `"-"` on the diagonal),
+//!   so up and down may differ;
+//! - `regions`: named regions, each a list of sites; `within` links two sites of one
+//!   region, `between` lists the links between regions (both directions unless
+//!   `directed`), e.g. two sites in one region and two across an ocean; `aggregator`
+//!   names the region of Photon's aggregator, so one topology serves every method.
+//!
+//! Photon's aggregator (star mode) is endpoint M: a topology that lists endpoints (per-site,
+//! matrix, regions) includes it.
 //!
 //! Impossible values are refused when the config is read: rate must be in
 //! [1 kbit/s, 1 tbit/s], delay at most 10 s, jitter at most the delay (so no sampled delay is
@@ -24,6 +33,7 @@
 
 use crate::units::{format_duration, format_rate, parse_duration, parse_rate_bps};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -274,6 +284,72 @@ pub enum Topology {
     PerSite {
         sites: Vec<SiteAccess>,
     },
+    Matrix {
+        links: Vec<Vec<MatrixCell>>,
+    },
+    Regions {
+        /// Region name → its endpoints.
+        regions: BTreeMap<String, Vec<usize>>,
+        /// The link between two endpoints of one region.
+        #[serde(default)]
+        within: Option<LinkSpec>,
+        #[serde(default)]
+        between: Vec<RegionLink>,
+        /// The region of Photon's aggregator (the last endpoint, star mode) when no region
+        /// lists it; other methods have no aggregator and ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aggregator: Option<String>,
+    },
+}
+
+/// One cell of a `matrix` topology: a link, or `"-"` (no link: the diagonal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MatrixCell(pub Option<LinkSpec>);
+
+impl Serialize for MatrixCell {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(l) => l.serialize(s),
+            None => s.serialize_str("-"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for MatrixCell {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Cell;
+        impl<'de> serde::de::Visitor<'de> for Cell {
+            type Value = MatrixCell;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "\"-\" or a link (scenario name or table)")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MatrixCell, E> {
+                if v == "-" {
+                    return Ok(MatrixCell(None));
+                }
+                LinkVisitor.visit_str(v).map(|l| MatrixCell(Some(l)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<MatrixCell, A::Error> {
+                LinkVisitor.visit_map(map).map(|l| MatrixCell(Some(l)))
+            }
+        }
+        d.deserialize_any(Cell)
+    }
+}
+
+/// A link between two regions of a `regions` topology.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionLink {
+    /// `[from, to]`.
+    pub regions: [String; 2],
+    pub link: LinkSpec,
+    /// Only `from → to`; by default the link applies in both directions.
+    #[serde(default)]
+    pub directed: bool,
 }
 
 impl Topology {
@@ -370,9 +446,153 @@ impl Topology {
                     }
                 }
             }
+            Topology::Matrix { links: rows } => {
+                let ok = rows.len() == world && rows.iter().all(|r| r.len() == world);
+                if !ok {
+                    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+                    return Err(topo(format!(
+                        "link matrix is {}×{cols}, the run has {world} endpoints (sites, plus Photon's aggregator in star mode)",
+                        rows.len()
+                    )));
+                }
+                for (i, row) in rows.iter().enumerate() {
+                    for (j, cell) in row.iter().enumerate() {
+                        match (i == j, cell.0) {
+                            (true, None) => {}
+                            (true, Some(_)) => {
+                                return Err(topo(format!(
+                                    "matrix[{i}][{i}] must be \"-\" (no link to itself)"
+                                )))
+                            }
+                            (false, None) => {
+                                return Err(topo(format!(
+                                    "matrix[{i}][{j}] is \"-\": pair {i} → {j} needs a link"
+                                )))
+                            }
+                            (false, Some(l)) => {
+                                l.validate()
+                                    .map_err(|e| topo(format!("matrix[{i}][{j}]: {e}")))?;
+                                links[i * world + j] = Some(l);
+                            }
+                        }
+                    }
+                }
+            }
+            Topology::Regions {
+                regions,
+                within,
+                between,
+                aggregator,
+            } => {
+                let region_of = resolve_regions(regions, world, aggregator.as_deref())?;
+                let names = || regions.keys().cloned().collect::<Vec<_>>().join(", ");
+                let mut pair_links: BTreeMap<(&str, &str), LinkSpec> = BTreeMap::new();
+                for b in between {
+                    for r in &b.regions {
+                        if !regions.contains_key(r) {
+                            return Err(topo(format!(
+                                "between: region `{r}` is not defined (regions: {})",
+                                names()
+                            )));
+                        }
+                    }
+                    let (a, c) = (b.regions[0].as_str(), b.regions[1].as_str());
+                    if a == c {
+                        return Err(topo(format!("between: `{a}` to itself: use `within`")));
+                    }
+                    b.link.validate()?;
+                    let mut set = |x: &'_ str, y: &'_ str| -> Result<(), LinkError> {
+                        let key = (
+                            regions.get_key_value(x).expect("checked").0.as_str(),
+                            regions.get_key_value(y).expect("checked").0.as_str(),
+                        );
+                        if pair_links.insert(key, b.link).is_some() {
+                            return Err(topo(format!(
+                                "between: regions {x} → {y} are given twice"
+                            )));
+                        }
+                        Ok(())
+                    };
+                    set(a, c)?;
+                    if !b.directed {
+                        set(c, a)?;
+                    }
+                }
+                if let Some(w) = within {
+                    w.validate()?;
+                }
+                for i in 0..world {
+                    for j in 0..world {
+                        if i == j {
+                            continue;
+                        }
+                        let (ri, rj) = (region_of[i], region_of[j]);
+                        let link = if ri == rj {
+                            within.ok_or_else(|| topo(format!("region `{ri}` has two endpoints ({i}, {j}) and no `within` link")))?
+                        } else {
+                            *pair_links.get(&(ri, rj)).ok_or_else(|| {
+                                topo(format!(
+                                    "no link between regions {ri} → {rj} (pair {i} → {j})"
+                                ))
+                            })?
+                        };
+                        links[i * world + j] = Some(link);
+                    }
+                }
+            }
         }
         Ok(LinkMatrix { world, links })
     }
+}
+
+/// The region of every endpoint, checked: each endpoint in exactly one region, no region
+/// without an endpoint.
+fn resolve_regions<'a>(
+    regions: &'a BTreeMap<String, Vec<usize>>,
+    world: usize,
+    aggregator: Option<&str>,
+) -> Result<Vec<&'a str>, LinkError> {
+    let topo = |msg: String| LinkError::Topology(msg);
+    let mut region_of: Vec<Option<&str>> = vec![None; world];
+    if let Some(a) = aggregator {
+        let Some((name, _)) = regions.get_key_value(a) else {
+            return Err(topo(format!("aggregator: region `{a}` is not defined")));
+        };
+        if let Some(last) = world.checked_sub(1) {
+            if !regions.values().any(|m| m.contains(&last)) {
+                region_of[last] = Some(name.as_str());
+            }
+        }
+    }
+    for (name, members) in regions {
+        if members.is_empty() {
+            return Err(topo(format!("region `{name}` has no site")));
+        }
+        for &m in members {
+            if m >= world {
+                return Err(topo(format!(
+                    "region `{name}`: endpoint {m} is not below {world}"
+                )));
+            }
+            if let Some(other) = region_of[m] {
+                return Err(topo(format!(
+                    "endpoint {m} is in regions `{other}` and `{name}`"
+                )));
+            }
+            region_of[m] = Some(name.as_str());
+        }
+    }
+    region_of
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.ok_or_else(|| {
+                topo(format!(
+                    "endpoint {i} is in no region (Photon's aggregator in star mode is the last endpoint: `aggregator = \"<region>\"`)"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// The resolved link of every ordered pair of a run's sites.
@@ -386,6 +606,25 @@ impl LinkMatrix {
     /// Number of sites.
     pub fn world(&self) -> usize {
         self.world
+    }
+
+    /// Every ordered pair's link as JSON: `[{from, to, rate, delay, jitter}, …]`.
+    pub fn record(&self) -> serde_json::Value {
+        let mut out = Vec::new();
+        for i in 0..self.world {
+            for j in 0..self.world {
+                if let Some(l) = self.get(i, j) {
+                    out.push(serde_json::json!({
+                        "from": i,
+                        "to": j,
+                        "rate": format_rate(l.rate_bps),
+                        "delay": format_duration(l.delay),
+                        "jitter": format_duration(l.jitter),
+                    }));
+                }
+            }
+        }
+        serde_json::Value::Array(out)
     }
 
     /// The link `from → to`; `None` for `from == to` or out of range.

@@ -22,6 +22,7 @@ pub mod link;
 pub mod netns;
 pub mod relay;
 pub mod rendezvous;
+pub mod schedule;
 pub mod sim;
 pub mod tcp;
 pub mod timer;

@@ -4,10 +4,15 @@
 //! clock `t` (starting at 0) that only [`Comm::advance`] (local compute) and arrivals move.
 //! A message of `p` payload bytes sent on link i → j at the sender's clock `t`:
 //! - occupies the link for `w·8/R`, `w = p + framing(p)` the same wire bytes the relay
-//!   carries: `start = max(t, link busy until)`, `finish = start + ⌈w·8·10⁹/R⌉ ns`;
-//! - arrives at `max(finish + delay + u, previous arrival on i → j)`, `u` uniform in
+//!   carries: `start = max(t, link busy until)`, `finish = start + ⌈w·8·10⁹/R⌉ ns` (on a
+//!   link whose rate changes over time, the rate piece by piece: [`super::schedule`]);
+//! - arrives at `max(finish + delay + u, previous arrival on i → j)` (the delay in effect at
+//!   `finish`), `u` uniform in
 //!   `[−jitter, jitter]` from a generator seeded by (seed, i, j);
-//! - `recv` sets the receiver's clock to `max(own clock, arrival)`.
+//! - `recv` sets the receiver's clock to `max(own clock, arrival)`; `recv_until(from, t)`
+//!   takes the next message only if its arrival ≤ t, else keeps it for the next receive
+//!   and sets the clock to `max(own clock, t)` (the receiver waited until its deadline);
+//!   `recv_untimed` (evaluation traffic) leaves the clock where it is.
 //!
 //! Sending does not advance the sender's clock (the real backends queue too). Results
 //! depend only on each site's sequence of operations, never on thread scheduling, because
@@ -17,8 +22,9 @@
 use super::comm::{check_peer, ClockKind, Comm, LinkCounters};
 use super::error::{NetError, PeerName};
 use super::frame;
-use super::link::{LinkMatrix, LinkSpec};
+use super::link::LinkMatrix;
 use super::relay::{jitter_ns, mix};
+use super::schedule::{LinkSchedule, NetSchedule};
 use super::tcp::NetOptions;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
@@ -31,7 +37,7 @@ struct SimMsg {
 
 struct OutLink {
     tx: Sender<SimMsg>,
-    link: LinkSpec,
+    link: LinkSchedule,
     busy_until: Duration,
     last_arrival: Duration,
     rng: u64,
@@ -44,6 +50,8 @@ pub struct SimComm {
     clock: Duration,
     out: Vec<Option<OutLink>>,
     inbox: Vec<Option<Receiver<SimMsg>>>,
+    /// A message taken from an inbox that had not arrived by a `recv_until` deadline.
+    held: Vec<Option<SimMsg>>,
     counters: Vec<LinkCounters>,
     max_frame_bytes: u32,
     max_message_bytes: u64,
@@ -52,6 +60,14 @@ pub struct SimComm {
 
 /// `links.world()` connected endpoints, in site order.
 pub fn sim_comms(links: &LinkMatrix, net: &NetOptions) -> Result<Vec<SimComm>, NetError> {
+    sim_comms_scheduled(&NetSchedule::fixed(links), net)
+}
+
+/// Endpoints whose links change over time as `links` says (see [`super::schedule`]).
+pub fn sim_comms_scheduled(
+    links: &NetSchedule,
+    net: &NetOptions,
+) -> Result<Vec<SimComm>, NetError> {
     net.limits.validate()?;
     if net.run_id.len() > frame::MAX_RUN_ID_BYTES {
         return Err(NetError::Config(format!(
@@ -68,6 +84,7 @@ pub fn sim_comms(links: &LinkMatrix, net: &NetOptions) -> Result<Vec<SimComm>, N
             clock: Duration::ZERO,
             out: (0..world).map(|_| None).collect(),
             inbox: (0..world).map(|_| None).collect(),
+            held: (0..world).map(|_| None).collect(),
             counters: (0..world)
                 .map(|j| LinkCounters {
                     peer: j,
@@ -88,6 +105,7 @@ pub fn sim_comms(links: &LinkMatrix, net: &NetOptions) -> Result<Vec<SimComm>, N
             }
             let link = links
                 .get(i, j)
+                .cloned()
                 .ok_or_else(|| NetError::Config(format!("no link for pair {i} → {j}")))?;
             let (tx, rx) = mpsc::channel();
             comms[i].out[j] = Some(OutLink {
@@ -101,6 +119,41 @@ pub fn sim_comms(links: &LinkMatrix, net: &NetOptions) -> Result<Vec<SimComm>, N
         }
     }
     Ok(comms)
+}
+
+impl SimComm {
+    /// The held message from `from`, else the next one from its channel (blocking).
+    fn next_message(&mut self, from: usize) -> Result<SimMsg, NetError> {
+        check_peer(self.rank, from, self.world)?;
+        if let Some(m) = self.held[from].take() {
+            return Ok(m);
+        }
+        let rx = self.inbox[from].as_ref().ok_or(NetError::BadPeer {
+            site: self.rank,
+            peer: from,
+            world: self.world,
+        })?;
+        match rx.recv_timeout(self.idle_timeout) {
+            Ok(m) => Ok(m),
+            Err(RecvTimeoutError::Timeout) => Err(NetError::RecvTimeout {
+                peer: peer_name(from),
+                timeout: self.idle_timeout,
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(NetError::Closed {
+                peer: peer_name(from),
+            }),
+        }
+    }
+
+    /// Receive `msg`: the clock moves to its arrival, the counters count it.
+    fn accept(&mut self, from: usize, msg: SimMsg) -> Vec<u8> {
+        self.clock = self.clock.max(msg.arrival);
+        let c = &mut self.counters[from];
+        c.payload_bytes_received += msg.payload.len() as u64;
+        c.framing_bytes_received += msg.framing;
+        c.messages_received += 1;
+        msg.payload
+    }
 }
 
 fn peer_name(site: usize) -> PeerName {
@@ -134,10 +187,10 @@ impl Comm for SimComm {
             world: self.world,
         })?;
         let start = clock.max(out.busy_until);
-        let finish = start + out.link.serialisation_time(len + framing);
+        let finish = out.link.finish(start, len + framing);
         out.busy_until = finish;
-        let base =
-            (finish + out.link.delay).as_nanos() as i128 + jitter_ns(&mut out.rng, out.link.jitter);
+        let spec = out.link.spec_at(finish);
+        let base = (finish + spec.delay).as_nanos() as i128 + jitter_ns(&mut out.rng, spec.jitter);
         let arrival = Duration::from_nanos(base.max(0) as u64).max(out.last_arrival);
         out.last_arrival = arrival;
         out.tx
@@ -157,32 +210,26 @@ impl Comm for SimComm {
     }
 
     fn recv(&mut self, from: usize) -> Result<Vec<u8>, NetError> {
-        check_peer(self.rank, from, self.world)?;
-        let rx = self.inbox[from].as_ref().ok_or(NetError::BadPeer {
-            site: self.rank,
-            peer: from,
-            world: self.world,
-        })?;
-        let msg = match rx.recv_timeout(self.idle_timeout) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(NetError::RecvTimeout {
-                    peer: peer_name(from),
-                    timeout: self.idle_timeout,
-                })
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(NetError::Closed {
-                    peer: peer_name(from),
-                })
-            }
-        };
-        self.clock = self.clock.max(msg.arrival);
-        let c = &mut self.counters[from];
-        c.payload_bytes_received += msg.payload.len() as u64;
-        c.framing_bytes_received += msg.framing;
-        c.messages_received += 1;
-        Ok(msg.payload)
+        let msg = self.next_message(from)?;
+        Ok(self.accept(from, msg))
+    }
+
+    fn recv_untimed(&mut self, from: usize) -> Result<Vec<u8>, NetError> {
+        let msg = self.next_message(from)?;
+        let clock = self.clock;
+        let payload = self.accept(from, msg);
+        self.clock = clock;
+        Ok(payload)
+    }
+
+    fn recv_until(&mut self, from: usize, until: Duration) -> Result<Option<Vec<u8>>, NetError> {
+        let msg = self.next_message(from)?;
+        if msg.arrival > until {
+            self.held[from] = Some(msg);
+            self.clock = self.clock.max(until);
+            return Ok(None);
+        }
+        Ok(Some(self.accept(from, msg)))
     }
 
     fn link_counters(&self) -> Vec<LinkCounters> {

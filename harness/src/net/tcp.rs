@@ -383,6 +383,35 @@ impl TcpComm {
         })
     }
 
+    /// The next message from `from` within `wait` (`None` when none came; it stays queued).
+    fn receive_within(&mut self, from: usize, wait: Duration) -> Result<Option<Vec<u8>>, NetError> {
+        let link = self.link(from)?;
+        if let Some(e) = &link.failed {
+            return Err(e.clone());
+        }
+        let got = match link.from_reader.recv_timeout(wait) {
+            Ok(item) => item,
+            Err(RecvTimeoutError::Timeout) => return Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(NetError::Closed {
+                peer: link.name.clone(),
+            }),
+        };
+        match got {
+            Ok((payload, framing)) => {
+                link.queue.take(payload.len() as u64);
+                let c = &mut self.counters[from];
+                c.payload_bytes_received += payload.len() as u64;
+                c.framing_bytes_received += framing;
+                c.messages_received += 1;
+                Ok(Some(payload))
+            }
+            Err(e) => {
+                link.failed = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
     /// The most bytes ever queued from `peer` (received, not yet taken by `recv`); at most
     /// [`PeerLimits::max_queued_bytes`] + `max_message_bytes` (see [`PeerLimits`]).
     pub fn peak_queued_bytes(&self, peer: usize) -> u64 {
@@ -733,36 +762,18 @@ impl Comm for TcpComm {
 
     fn recv(&mut self, from: usize) -> Result<Vec<u8>, NetError> {
         let idle = self.idle_timeout;
-        let link = self.link(from)?;
-        if let Some(e) = &link.failed {
-            return Err(e.clone());
-        }
-        let got = match link.from_reader.recv_timeout(idle) {
-            Ok(item) => item,
-            Err(RecvTimeoutError::Timeout) => {
-                return Err(NetError::RecvTimeout {
-                    peer: link.name.clone(),
-                    timeout: idle,
-                })
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(NetError::Closed {
-                peer: link.name.clone(),
+        match self.receive_within(from, idle)? {
+            Some(payload) => Ok(payload),
+            None => Err(NetError::RecvTimeout {
+                peer: self.link(from)?.name.clone(),
+                timeout: idle,
             }),
-        };
-        match got {
-            Ok((payload, framing)) => {
-                link.queue.take(payload.len() as u64);
-                let c = &mut self.counters[from];
-                c.payload_bytes_received += payload.len() as u64;
-                c.framing_bytes_received += framing;
-                c.messages_received += 1;
-                Ok(payload)
-            }
-            Err(e) => {
-                link.failed = Some(e.clone());
-                Err(e)
-            }
         }
+    }
+
+    fn recv_until(&mut self, from: usize, until: Duration) -> Result<Option<Vec<u8>>, NetError> {
+        let left = until.saturating_sub(self.now());
+        self.receive_within(from, left)
     }
 
     fn link_counters(&self) -> Vec<LinkCounters> {

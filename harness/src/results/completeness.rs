@@ -12,7 +12,10 @@
 //!
 //! **Expected** ([`ExpectedRows`], given by the executor before the run starts): the rows
 //! a complete run writes, from its config alone, where the runner promises them:
-//! - `steps.csv` = steps × sites (one row per site per inner step);
+//! - `steps.csv` = steps × sites (one row per site per inner step); with faults, the
+//!   (site, step) pairs the scenario plan has the site train ([`crate::scenario::plan::Plan`]:
+//!   a crashed or departed site writes no rows while it is away); with a `round_deadline`
+//!   no promise (a site too far behind skips rounds, decided on the run clock);
 //! - `rounds.csv` = evals × domains, evals = ⌈R / eval_every_rounds⌉ with R = steps / H
 //!   (every `eval_every_rounds`-th round and always the last);
 //! - `routing.csv` = evals × layers.
@@ -162,6 +165,22 @@ fn cut_csv_files(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// steps.csv rows of a complete run (see the module doc).
+fn expected_step_rows(cfg: &RunConfig) -> Option<u64> {
+    if cfg.round_deadline.is_some() {
+        return None;
+    }
+    if cfg.faults.is_empty() {
+        return Some(cfg.steps as u64 * cfg.sites as u64);
+    }
+    // An invalid scenario is refused by validation before this promise matters.
+    let plan = crate::scenario::plan::Plan::new(cfg).ok()?;
+    let trained = (1..=cfg.steps)
+        .map(|step| plan.training(step).len() as u64)
+        .sum();
+    Some(trained)
+}
+
 /// Rows a complete run writes to its CSV files (see the module doc); `None` = no promise.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExpectedRows {
@@ -178,7 +197,7 @@ impl ExpectedRows {
         let every = cfg.eval_every_rounds.max(1) as u64;
         let evals = rounds.div_ceil(every);
         ExpectedRows {
-            steps: Some(cfg.steps as u64 * cfg.sites as u64),
+            steps: expected_step_rows(cfg),
             rounds: Some(evals * domains as u64),
             routing: Some(evals * layers as u64),
         }
@@ -204,5 +223,45 @@ impl ExpectedRows {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Method;
+    use crate::scenario::{Fault, FaultKind};
+
+    fn four_sites() -> RunConfig {
+        RunConfig {
+            method: Method::Fomoe,
+            sites: 4,
+            steps: 16,
+            inner_steps: 4,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn step_rows_follow_the_scenario_plan() {
+        let clean = four_sites();
+        assert_eq!(ExpectedRows::for_training(&clean, 4, 2).steps, Some(64));
+        // Site 3 crashes at the start of round 2 (of 4): it writes 8 rows, not 16.
+        let mut crash = clean.clone();
+        crash.faults = vec![Fault {
+            kind: FaultKind::Crash,
+            site: 3,
+            at_round: Some(2),
+            ..Default::default()
+        }];
+        crash.validate().unwrap();
+        let e = ExpectedRows::for_training(&crash, 4, 2);
+        assert_eq!(e.steps, Some(56));
+        // Evals still run every round (the lowest present site evaluates).
+        assert_eq!(e.rounds, Some(16));
+        // A deadline decides on the run clock: no promise.
+        let mut deadline = clean.clone();
+        deadline.round_deadline = Some("20s".into());
+        assert_eq!(ExpectedRows::for_training(&deadline, 4, 2).steps, None);
     }
 }

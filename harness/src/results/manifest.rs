@@ -82,6 +82,15 @@ pub struct Manifest {
     /// ([`super::completeness`]); absent while running and in schema-1 manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<FileRecords>,
+    /// The resolved links: every ordered pair's rate, delay and jitter, and what changes
+    /// them over time (trace, link faults); see [`crate::net::LinkMatrix::record`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub links: Option<serde_json::Value>,
+    /// What the scenario did: faults as they happened, partial rounds, frozen experts,
+    /// recovery bytes ([`crate::scenario::participation::ScenarioRecord`]); none without faults
+    /// or deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<serde_json::Value>,
 }
 
 /// The part of a manifest resume needs; tolerant of every other field.

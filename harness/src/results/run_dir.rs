@@ -199,6 +199,8 @@ impl RunDir {
             ended_at: None,
             duration_s: None,
             files: None,
+            links: None,
+            scenario: None,
         };
         write_atomic(&path.join(MANIFEST_FILE), &manifest.to_json())?;
         Ok(RunDir {
@@ -234,6 +236,17 @@ impl RunDir {
     pub fn set_runtime(&mut self, backend: &str, threads: usize) -> Result<(), ResultsError> {
         self.manifest.backend = backend.to_string();
         self.manifest.threads = threads;
+        write_atomic(&self.path.join(MANIFEST_FILE), &self.manifest.to_json())
+    }
+
+    /// Record the resolved links and what the scenario did (manifest `links`, `scenario`).
+    pub fn set_network_record(
+        &mut self,
+        links: Option<serde_json::Value>,
+        scenario: Option<serde_json::Value>,
+    ) -> Result<(), ResultsError> {
+        self.manifest.links = links;
+        self.manifest.scenario = scenario;
         write_atomic(&self.path.join(MANIFEST_FILE), &self.manifest.to_json())
     }
 

@@ -126,6 +126,13 @@ pub struct Summary {
     /// Per evaluated round: means over domains of the global and local eval loss, with the
     /// tokens, clock and payload at the eval.
     pub evals: Vec<EvalPoint>,
+    /// Scenario (faults, deadline; none without): rounds with partial participation,
+    /// (layer, expert) pairs frozen in some round, recovery payload bytes, sites absent at
+    /// the end; from the manifest's `scenario`.
+    pub partial_rounds: Option<usize>,
+    pub frozen_experts: Option<usize>,
+    pub recovery_bytes: Option<u64>,
+    pub sites_lost: Option<usize>,
 }
 
 impl Summary {
@@ -168,6 +175,10 @@ impl Summary {
             at_equal_payload: None,
             on_pareto_front: None,
             evals: Vec::new(),
+            partial_rounds: None,
+            frozen_experts: None,
+            recovery_bytes: None,
+            sites_lost: None,
         }
     }
 
@@ -293,6 +304,13 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
             s.time_to_stay_target_s = Some(p.clock_s);
             s.step_to_stay_target = Some(p.step);
         }
+    }
+    if let Some(sc) = &manifest.scenario {
+        let count = |key: &str| sc[key].as_array().map(Vec::len);
+        s.partial_rounds = count("partial_rounds");
+        s.frozen_experts = count("frozen_experts");
+        s.recovery_bytes = sc["recovery_bytes"].as_u64();
+        s.sites_lost = count("sites_absent_at_end");
     }
     s.config = Some(manifest.config);
     Ok(s)
@@ -540,6 +558,10 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
     "round_at_equal_payload",
     "on_pareto_front",
     "error",
+    "partial_rounds",
+    "frozen_experts",
+    "recovery_bytes",
+    "sites_lost",
 ];
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -578,7 +600,10 @@ fn budget_cells(at: &Option<AtBudget>) -> [String; 4] {
 /// The CSV record of a row, in [`SUMMARY_COLUMNS`] order.
 pub fn summary_record(s: &Summary) -> Vec<String> {
     let c = s.config.as_ref();
-    let link = c.and_then(|c| c.link_spec().ok());
+    // One rate and delay only when every link has them (no topology).
+    let link = c
+        .filter(|c| c.network.topology.is_none())
+        .and_then(|c| c.link_spec().ok());
     let fomoe = c.filter(|c| c.method == Method::Fomoe);
     vec![
         s.run_id.clone(),
@@ -630,6 +655,12 @@ pub fn summary_record(s: &Summary) -> Vec<String> {
     .chain(budget_cells(&s.at_equal_clock))
     .chain(budget_cells(&s.at_equal_payload))
     .chain([opt(s.on_pareto_front), opt(s.error.clone())])
+    .chain([
+        opt(s.partial_rounds),
+        opt(s.frozen_experts),
+        opt(s.recovery_bytes),
+        opt(s.sites_lost),
+    ])
     .collect()
 }
 

@@ -42,7 +42,10 @@ fn csv_sink_writes_header_at_creation_and_flushes_every_row() {
         text.starts_with("site,step,round,loss,ce,balance,lr,grad_norm,tokens,"),
         "{text}"
     );
-    assert!(text.ends_with("skip_rate,skip_by_layer\n"));
+    assert!(
+        text.ends_with("skip_rate,skip_by_layer,fault_ms\n"),
+        "{text}"
+    );
     assert_eq!(read_rows::<StepRow>(&path).unwrap().rows.len(), 0);
     // Read back while the writer is still open, after every row.
     for i in 0..3 {

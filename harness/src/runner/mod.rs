@@ -4,8 +4,11 @@
 //! Files the runner leaves in the run directory (besides what `results` adds):
 //! `config.json` (the resolved [`RunConfig`]), `init.safetensors` (the one seeded initial
 //! model every site starts from), per-site `steps-site<i>.csv`, `probe-site<i>.jsonl`,
-//! `site<i>.json`, site 0's `rounds.csv`, and after a successful or failed run the merged
-//! `steps.csv` (rows of all sites sorted by step, then site).
+//! `site<i>.json`, and after a successful or failed run the merged `steps.csv` (rows of all
+//! sites sorted by step, then site). Round rows go into the one rounds sink of the run
+//! directory (`rounds.csv`, [`run_one_into`]), complete with their byte totals as the
+//! evaluator derives them: pushed directly by a site thread, or read by the orchestrator
+//! from a worker's stdout and pushed (see [`sink`]).
 //!
 //! Backends: `sim` runs every endpoint as a thread of this process with a compute gate
 //! (at most cores / threads-per-site sites compute at once, each on its own cores) on a
@@ -26,11 +29,16 @@
 //! the namespaces removed, on every exit path (an error, a panic; SIGINT/SIGTERM remove the
 //! namespaces through the lab's signal handler).
 
+pub mod clock;
+pub mod deadline;
+pub mod eval;
 pub mod gate;
 pub mod launch;
 pub mod multihost;
+pub mod recovery;
 pub mod remote_sink;
 pub mod results;
+pub mod round_end;
 pub mod sink;
 pub mod site;
 
@@ -46,8 +54,9 @@ use crate::data::Dataset;
 use crate::model::params::ParamStore;
 use crate::model::{ModelConfig, Residency};
 use crate::net::{Backend, Comm, NetOptions};
+use crate::results::CsvSink;
 use crate::strategy::MethodRegistry;
-use crate::telemetry::{RoundRow, StepRow};
+use crate::telemetry::RoundRow;
 
 pub use results::execute_in_run_dir;
 
@@ -149,7 +158,8 @@ pub fn prepare(cfg: &RunConfig) -> Result<crate::results::ExpectedRows> {
     ))
 }
 
-/// Execute `cfg` with its files in `dir` (created if needed).
+/// Execute `cfg` with its files in `dir` (created if needed), round rows into the
+/// directory's `rounds.csv` (created, or appended to on resume).
 pub fn run_one(
     cfg: &RunConfig,
     dir: &Path,
@@ -158,14 +168,34 @@ pub fn run_one(
 ) -> Result<RunOutcome> {
     // Data files are opened before anything is written.
     prepare(cfg)?;
-    let mcfg = prepare_run_files(cfg, dir)?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(crate::results::run_dir::ROUNDS_FILE);
+    let mut rounds = if cfg.resume_from.is_some() {
+        CsvSink::<RoundRow>::append(path)?
+    } else {
+        CsvSink::<RoundRow>::create(path)?
+    };
+    let outcome = run_one_into(cfg, dir, reg, opts, &mut rounds);
+    rounds.finish()?;
+    outcome
+}
+
+/// Execute `cfg` with its files in `dir`, round rows into `rounds` (the run directory's sink).
+pub fn run_one_into(
+    cfg: &RunConfig,
+    dir: &Path,
+    reg: &MethodRegistry,
+    opts: &RunOptions,
+    rounds: &mut CsvSink<RoundRow>,
+) -> Result<RunOutcome> {
+    prepare_run_files(cfg, dir)?;
     let threads = threads_per_site(cfg);
     let start = Instant::now();
     let result = match cfg.network.backend {
-        Backend::Sim => run_sim(cfg, &mcfg, dir, reg, threads),
-        Backend::Relay | Backend::Netns | Backend::Tcp => run_processes(cfg, dir, opts),
+        Backend::Sim => run_sim(cfg, dir, reg, threads, rounds),
+        Backend::Relay | Backend::Netns | Backend::Tcp => run_processes(cfg, dir, opts, rounds),
     };
-    let sites = finish_run_files(dir, result)?;
+    let sites = finish_run_files(cfg, dir, result)?;
     Ok(RunOutcome {
         sites,
         wall_s: start.elapsed().as_secs_f64(),
@@ -195,13 +225,18 @@ pub fn prepare_run_files(cfg: &RunConfig, dir: &Path) -> Result<ModelConfig> {
     Ok(mcfg)
 }
 
-/// After the sites ran (`result`): merges the per-site step files (also after a failure, so
-/// partial results stay readable) and fills rounds.csv's byte totals.
-pub fn finish_run_files(dir: &Path, result: Result<Vec<SiteReport>>) -> Result<Vec<SiteReport>> {
+/// After the sites ran (`result`): merges the per-site step and participation files (also
+/// after a failure, so partial results stay readable).
+pub fn finish_run_files(
+    cfg: &RunConfig,
+    dir: &Path,
+    result: Result<Vec<SiteReport>>,
+) -> Result<Vec<SiteReport>> {
     let merged = crate::results::merge_site_steps(dir);
+    let participation = crate::scenario::participation::merge_participation(dir, cfg.sites);
     let sites = result?;
     merged?;
-    fill_round_totals(dir)?;
+    participation?;
     Ok(sites)
 }
 
@@ -227,7 +262,8 @@ pub fn check_memory(cfg: &RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// Body of one site (or Photon's aggregator) given its endpoint; used by threads and workers.
+/// Body of one site (or Photon's aggregator) given its endpoint, its telemetry in files of
+/// `dir` ([`sink::FileSink::create`]: site 0 writes `rounds.csv`).
 pub fn run_endpoint(
     cfg: &RunConfig,
     dir: &Path,
@@ -240,6 +276,25 @@ pub fn run_endpoint(
         return run_endpoint_with(cfg, dir, endpoint, comm, reg, gate, &mut sink::NullSink);
     }
     let mut sink = sink::FileSink::create(dir, endpoint, cfg.resume_from.is_some())?;
+    run_endpoint_with(cfg, dir, endpoint, comm, reg, gate, &mut sink)
+}
+
+/// [`run_endpoint`] with the round rows going to `rounds` (the run directory's sink, or the
+/// orchestrator through a worker's stdout): what site threads and workers use.
+pub fn run_endpoint_to<'r>(
+    cfg: &RunConfig,
+    dir: &Path,
+    endpoint: usize,
+    comm: &mut dyn Comm,
+    reg: &MethodRegistry,
+    gate: Option<&gate::ComputeGate>,
+    rounds: Box<dyn sink::RoundsOut + 'r>,
+) -> Result<Option<SiteReport>> {
+    if endpoint >= cfg.sites {
+        return run_endpoint_with(cfg, dir, endpoint, comm, reg, gate, &mut sink::NullSink);
+    }
+    let mut sink =
+        sink::FileSink::with_rounds(dir, endpoint, cfg.resume_from.is_some(), Some(rounds))?;
     run_endpoint_with(cfg, dir, endpoint, comm, reg, gate, &mut sink)
 }
 
@@ -304,27 +359,28 @@ pub fn run_endpoint_with(
 
 fn run_sim(
     cfg: &RunConfig,
-    _mcfg: &ModelConfig,
     dir: &Path,
     reg: &MethodRegistry,
     threads: usize,
+    rounds: &mut CsvSink<RoundRow>,
 ) -> Result<Vec<SiteReport>> {
     tch::set_num_threads(threads as i32);
-    let links = cfg.link_matrix()?;
-    let net = crate::net::build_local(Backend::Sim, &links, &net_options(cfg, dir))?;
+    let links = cfg.net_schedule()?;
+    let comms = crate::net::sim::sim_comms_scheduled(&links, &net_options(cfg, dir))?;
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let gate = gate::ComputeGate::new(cores / threads);
+    let shared = std::sync::Mutex::new(rounds);
     let results: Vec<Result<Option<SiteReport>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = net
-            .comms
+        let handles: Vec<_> = comms
             .into_iter()
             .enumerate()
             .map(|(i, mut comm)| {
-                let gate = &gate;
+                let (gate, shared) = (&gate, &shared);
                 s.spawn(move || {
-                    run_endpoint(cfg, dir, i, comm.as_mut(), reg, Some(gate))
+                    let out = Box::new(sink::SharedRounds(shared));
+                    run_endpoint_to(cfg, dir, i, &mut comm, reg, Some(gate), out)
                         .with_context(|| format!("site {i}"))
                 })
             })
@@ -423,7 +479,12 @@ impl Drop for Workers {
     }
 }
 
-fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<SiteReport>> {
+fn run_processes(
+    cfg: &RunConfig,
+    dir: &Path,
+    opts: &RunOptions,
+    rounds: &mut CsvSink<RoundRow>,
+) -> Result<Vec<SiteReport>> {
     let links = cfg.link_matrix()?;
     let net = net_options(cfg, dir);
     // Declared before the workers, so dropped after them on every path.
@@ -450,6 +511,18 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
         None => std::env::current_exe().context("locating the fomoe executable")?,
     };
     let mut workers = Workers::default();
+    // Round rows come from the evaluating worker's stdout; they go into `rounds` here.
+    let (rows_tx, rows_rx) = std::sync::mpsc::channel::<Result<Vec<RoundRow>>>();
+    let mut readers = Vec::new();
+    let mut push_rows = |rows_rx: &std::sync::mpsc::Receiver<Result<Vec<RoundRow>>>,
+                         failure: &mut Option<String>| {
+        for rows in rows_rx.try_iter() {
+            let pushed = rows.and_then(|r| sink::RoundsOut::push(&mut *rounds, &r));
+            if let Err(e) = pushed {
+                failure.get_or_insert(format!("round rows: {e:#}"));
+            }
+        }
+    };
     for i in 0..cfg.endpoints() {
         let _ = std::fs::remove_file(dir.join(format!("error-site{i}.txt")));
         let log_path = dir.join(format!("worker-site{i}.log"));
@@ -462,7 +535,7 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             .arg("--site")
             .arg(i.to_string())
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
         die_with_parent(&mut cmd);
         // Held until the worker has started; then only the worker has it.
@@ -492,11 +565,15 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
                 if let Some(mut stdin) = c.stdin.take() {
                     let _ = std::io::Write::write_all(&mut stdin, &config);
                 }
+                if let Some(out) = c.stdout.take() {
+                    readers.push(read_round_lines(i, out, rows_tx.clone()));
+                }
                 workers.0.push((i, c));
             }
             Err(e) => bail!("starting worker for site {i} ({}): {e}", exe.display()),
         }
     }
+    drop(rows_tx);
     // Failures as they are seen; after the first, the others get a moment to exit on their
     // own, so the root cause (a crash) and its consequences (peers whose links closed) are
     // all named, root cause first, whatever order the processes happened to exit in.
@@ -521,6 +598,9 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             }
         }
         workers.0 = still;
+        let mut rows_failure = None;
+        push_rows(&rows_rx, &mut rows_failure);
+        failures.extend(rows_failure);
         if !failures.is_empty() {
             let since = *first_failure.get_or_insert_with(Instant::now);
             if since.elapsed() >= FAILURE_GRACE {
@@ -539,6 +619,10 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     }
     let mut failure = (!failures.is_empty()).then(|| failures.join("; "));
     drop(workers);
+    for r in readers {
+        let _ = r.join();
+    }
+    push_rows(&rows_rx, &mut failure);
     match network {
         ProcessNet::Relay(r) => drop(r),
         ProcessNet::Direct { .. } => {}
@@ -552,6 +636,27 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
         bail!(f);
     }
     read_site_reports(cfg, dir)
+}
+
+/// A thread forwarding the round rows a worker prints (see [`sink::StdoutRounds`]); other
+/// lines are passed on to the log.
+fn read_round_lines(
+    site: usize,
+    out: std::process::ChildStdout,
+    tx: std::sync::mpsc::Sender<Result<Vec<RoundRow>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            match sink::parse_rounds_line(&line) {
+                Some(rows) => {
+                    let _ = tx.send(rows.with_context(|| format!("site {site}")));
+                }
+                None => tracing::info!("worker {site}: {line}"),
+            }
+        }
+    })
 }
 
 /// Make the worker receive SIGKILL when the process that started it dies (Linux
@@ -640,7 +745,8 @@ pub fn worker_main(
                 crate::net::tcp::TcpComm::connect_on(&sc, Some(listener))?
             }
         };
-        run_endpoint(&cfg, dir, endpoint, &mut comm, reg, None)?;
+        let rounds = Box::new(sink::StdoutRounds);
+        run_endpoint_to(&cfg, dir, endpoint, &mut comm, reg, None, rounds)?;
         Ok(())
     })();
     if let Err(e) = &result {
@@ -650,47 +756,4 @@ pub fn worker_main(
         );
     }
     result
-}
-
-/// Fill rounds.csv's cumulative byte totals from steps.csv (all sites' training traffic
-/// up to each eval) and site reports' eval traffic.
-fn fill_round_totals(dir: &Path) -> Result<()> {
-    let p = dir.join("rounds.csv");
-    if !p.exists() {
-        return Ok(());
-    }
-    let steps: Vec<StepRow> = csv::Reader::from_path(dir.join("steps.csv"))?
-        .deserialize()
-        .collect::<Result<_, _>>()?;
-    let mut rounds: Vec<RoundRow> = csv::Reader::from_path(&p)?
-        .deserialize()
-        .collect::<Result<_, _>>()?;
-    // Photon's aggregator: every round moves the same bytes, so its share up to round r
-    // is (r + 1) / rounds of its total.
-    let agg: Option<(u64, u64, usize)> = std::fs::read_to_string(dir.join("aggregator.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| {
-            Some((
-                v["payload_sent"].as_u64()?,
-                v["framing_sent"].as_u64()?,
-                v["rounds"].as_u64()? as usize,
-            ))
-        });
-    for r in &mut rounds {
-        let upto = steps.iter().filter(|s| s.step <= r.step);
-        r.payload_bytes_total = upto.clone().map(|s| s.payload_sent).sum();
-        r.framing_bytes_total = upto.map(|s| s.framing_sent).sum();
-        if let Some((p, f, n)) = agg {
-            let share = |x: u64| x * (r.round as u64 + 1) / n.max(1) as u64;
-            r.payload_bytes_total += share(p);
-            r.framing_bytes_total += share(f);
-        }
-    }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in &rounds {
-        w.serialize(r)?;
-    }
-    crate::results::write_atomic(&p, &w.into_inner()?)?;
-    Ok(())
 }

@@ -276,7 +276,8 @@ fn run_rank0(
     let env = RunEnv::detect(SITE_SUITE, "cpu");
     let mut dir = RunDir::create(&o.out, &o.run_id, cfg, &env)
         .with_context(|| format!("rank 0: run directory {}", o.out.display()))?;
-    let result = super::results::execute_with(cfg, &mut dir, threads, |path| {
+    // Rank 0's site 0 writes rounds.csv in the run directory itself (FileSink).
+    let result = super::results::execute_with(cfg, &mut dir, threads, |path, _rounds| {
         let start = Instant::now();
         prepare_run_files(cfg, path)?;
         let init =
@@ -292,6 +293,7 @@ fn run_rank0(
         }
         let outcome = train_and_collect(cfg, m, controls, listeners, net, reg, path, threads);
         let sites = finish_run_files(
+            cfg,
             path,
             outcome
                 .map(|_| ())

@@ -1,5 +1,6 @@
 //! Binding of the runner to a suite's run directory ([`crate::results::RunDir`]): execute
-//! the run, then turn the per-site probe dumps into `probe_topk.bin` and `routing.csv`.
+//! the run with its round rows going into the directory's own rounds sink, then turn the
+//! per-site probe dumps into `probe_topk.bin` and `routing.csv`.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -8,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::sink::ProbeRecord;
-use super::{run_one, threads_per_site, RunOptions};
+use super::{run_one_into, threads_per_site, RunOptions};
 use crate::config::RunConfig;
 use crate::metrics::probe::{routing_rows, ProbeDomain, ProbeDump, ProbeHeader, Router};
 use crate::results::RunDir;
@@ -22,35 +23,88 @@ pub fn execute_in_run_dir(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<()> {
-    execute_with(cfg, dir, threads_per_site(cfg), |path| {
-        run_one(cfg, path, reg, opts)
+    execute_with(cfg, dir, threads_per_site(cfg), |path, rounds| {
+        run_one_into(cfg, path, reg, opts, rounds)
     })
 }
 
-/// Executes a run in `dir` with `run` (given the directory's path; e.g. [`run_one`], or
-/// rank 0 of a multi-host run), recording `threads` per site, then writes `sites.json` and
-/// the routing metrics.
+/// Executes a run in `dir` with `run` (given the directory's path and its rounds sink; e.g.
+/// [`run_one_into`], or rank 0 of a multi-host run), recording `threads` per site, then
+/// writes `sites.json`, the links and scenario record, and the routing metrics.
 pub fn execute_with(
     cfg: &RunConfig,
     dir: &mut RunDir,
     threads: usize,
-    run: impl FnOnce(&Path) -> Result<super::RunOutcome>,
+    run: impl FnOnce(
+        &Path,
+        &mut crate::results::CsvSink<crate::telemetry::RoundRow>,
+    ) -> Result<super::RunOutcome>,
 ) -> Result<()> {
     dir.set_runtime("cpu", threads)?;
     let path = dir.path().to_path_buf();
-    let outcome = run(&path);
+    let outcome = run(&path, &mut dir.rounds);
     if let Ok(o) = &outcome {
         crate::results::write_atomic(
             &path.join("sites.json"),
             serde_json::to_string_pretty(o)?.as_bytes(),
         )?;
     }
+    // The links and what the scenario did, in the manifest (also after a failure).
+    let record = network_record(cfg, &path)
+        .and_then(|(links, scenario)| Ok(dir.set_network_record(Some(links), scenario)?));
     // Routing metrics from whatever probe records exist (also after a failure).
     let routing = routing_from_probes(cfg, &path, dir);
-    match (&outcome, routing) {
-        (Ok(_), Err(e)) => Err(e.context("computing routing metrics")),
+    match (&outcome, routing, record) {
+        (Ok(_), Err(e), _) => Err(e.context("computing routing metrics")),
+        (Ok(_), _, Err(e)) => Err(e.context("recording links and scenario")),
         _ => outcome.map(|_| ()),
     }
+}
+
+/// The manifest's `links` (resolved matrix, trace, link changes) and, for a run with
+/// faults or a deadline, its `scenario` record from participation.csv.
+fn network_record(
+    cfg: &RunConfig,
+    path: &Path,
+) -> Result<(serde_json::Value, Option<serde_json::Value>)> {
+    let plan = crate::scenario::plan::Plan::new(cfg)?;
+    let changes: Vec<serde_json::Value> = plan
+        .link_changes
+        .iter()
+        .map(|c| {
+            serde_json::json!({
+                "at_s": c.at.as_secs_f64(),
+                "from": c.from,
+                "to": c.to,
+                "rate": c.rate_bps.map(crate::units::format_rate),
+                "delay": c.delay.map(crate::units::format_duration),
+            })
+        })
+        .collect();
+    let links = serde_json::json!({
+        "endpoints": cfg.endpoints(),
+        "matrix": cfg.link_matrix()?.record(),
+        "trace": cfg.network.trace,
+        "changes": changes,
+    });
+    if cfg.faults.is_empty() && plan.deadline.is_none() {
+        return Ok((links, None));
+    }
+    let placement = crate::strategy::placement::initial_placement(cfg)?;
+    let file = path.join(crate::scenario::participation::PARTICIPATION_FILE);
+    let rows = if file.exists() {
+        crate::results::read_rows(&file)?.rows
+    } else {
+        Vec::new()
+    };
+    let rec = crate::scenario::participation::ScenarioRecord::derive(
+        &cfg.faults,
+        &plan,
+        &placement,
+        cfg.inner_steps,
+        &rows,
+    );
+    Ok((links, Some(serde_json::to_value(rec)?)))
 }
 
 fn routing_from_probes(cfg: &RunConfig, path: &Path, dir: &mut RunDir) -> Result<()> {

@@ -1,35 +1,58 @@
 //! One site's training loop, shared by every method and backend.
 //!
-//! Per inner step: data → forward/backward → `strategy.on_gradient` (DDP syncs here) →
-//! clip + AdamW. Every H steps: `strategy.end_round` (outer sync). At eval rounds, before
-//! the sync, the site evaluates its local model (with skip) and dumps its local router's
-//! top-k on the probe set; after the sync the global model is evaluated (assembled at site 0
-//! when no site holds all of it) and site 0 writes the round's rows.
+//! A [`SiteRun`] owns what the site trains ([`SiteState`]: model and inner AdamW) and what
+//! it keeps across rounds ([`RoundState`]: step, placement, outer optimiser, traffic), and
+//! runs the loop as named phases, each round as the scenario ([`Plan`]) has it for this site:
 //!
-//! Time: `data_ms + compute_ms + comm_ms + opt_ms = wall_ms` per step by construction on
-//! every backend: on real backends each part is measured wall time and wall is their sum
-//! plus the (tiny) bookkeeping between them; on `sim`, compute parts are measured while
-//! holding the compute gate and comm time is the virtual clock's advance during the sync.
-//! Bytes: training traffic is the change of this site's link counters inside
-//! `on_gradient`/`end_round`; evaluation traffic (assembling the global model, gathering
-//! local losses) is counted apart.
+//! ```text
+//! for each round:
+//!     lifecycle     a scripted loss (crash, leave) fails the run under on_site_loss = fail
+//!     for each step this site trains (all H, up to a crash, none when absent):
+//!         faults        a stall before the step; a slow site's compute stretched
+//!         train step    data → forward/backward → strategy.on_gradient (DDP syncs here,
+//!                       among the sites training the step) → clip + AdamW
+//!         round end     (last step) local eval at eval rounds → deadline (who takes part)
+//!                       → strategy.end_round among the participants (its relayout
+//!                       applied) → recovery (late and returning sites fetch the global state)
+//!         step row      telemetry of the step (its traffic added to the round state)
+//!     away          (not present at the round's end) the deadline's decision, recovery
+//!     eval          (eval rounds) the global model, at the evaluator (see [`super::eval`])
+//!     checkpoint    (every `checkpoint_every_rounds`) site and round state
+//!     participation this site's part in the round (participation.csv)
+//! ```
+//!
+//! Time: `data_ms + compute_ms + comm_ms + opt_ms + fault_ms = wall_ms` per step by
+//! construction on every backend (see [`super::clock`]); evaluation happens inside a step's
+//! time window but is not part of the training step (on `sim` it does not advance the
+//! clock; on real backends its time is taken out of `wall_ms`).
+//! Bytes: training traffic is what moves inside `on_gradient` and `end_round`; deadline
+//! (control), recovery and evaluation traffic are counted apart. All are cumulative in the
+//! round state, so a resumed run continues its totals.
 
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tch::Tensor;
 
+use super::clock::{self, StepStart};
+use super::eval;
+use super::sink::SiteSink;
+use crate::checkpoint::{Checkpoint, CheckpointWriter};
 use crate::config::RunConfig;
 use crate::data::{Batch, Dataset};
 use crate::model::params::ParamStore;
-use crate::model::{ModelConfig, MoeModel, Residency};
-use crate::net::{ClockKind, Comm, LinkCounters};
+use crate::model::{ForwardOutput, ModelConfig, MoeModel, ParamLayout, Residency};
+use crate::net::Comm;
 use crate::optim::{clip_grad_norm, AdamW};
-use crate::strategy::{SiteState, Strategy};
-use crate::telemetry::{RoundRow, StepRow};
+use crate::scenario::plan::{Plan, RoundRole};
+use crate::scenario::OnSiteLoss;
+use crate::strategy::round_state::{LinkTotals, SiteTraffic};
+use crate::strategy::{Relayout, RoundState, SiteState, Strategy};
+use crate::telemetry::StepRow;
 
-use super::sink::SiteSink;
+pub use super::eval::{batch_tensors, eval_domains, probe_topk};
 
 /// Where a site's batches come from (tests substitute the joint batch of M sites).
 pub trait BatchSource {
@@ -69,7 +92,8 @@ pub struct SiteMemory {
     pub experts_held: usize,
 }
 
-/// What a site reports at the end.
+/// What a site reports at the end (bytes and times of this attempt; steps and tokens it
+/// trained since the start of the run).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SiteReport {
     pub site: usize,
@@ -84,78 +108,15 @@ pub struct SiteReport {
     pub comm_s: f64,
     pub clock_s: f64,
     pub final_loss: f64,
-}
-
-pub fn batch_tensors(b: &Batch) -> (Tensor, Tensor) {
-    let shape = b.shape();
-    (
-        Tensor::from_slice(&b.inputs).view(shape),
-        Tensor::from_slice(&b.targets).view(shape),
-    )
-}
-
-fn sent(c: &[LinkCounters]) -> (u64, u64, u64, u64) {
-    c.iter().fold((0, 0, 0, 0), |a, l| {
-        (
-            a.0 + l.payload_bytes_sent,
-            a.1 + l.framing_bytes_sent,
-            a.2 + l.payload_bytes_received,
-            a.3 + l.framing_bytes_received,
-        )
-    })
-}
-
-/// Probe top-k ids of a model: `[domain][layer]`, each row-major `[tokens, k]`.
-type ProbeIds = Vec<Vec<Vec<i64>>>;
-
-/// Mean CE per domain of `model` on the eval sets (no grad).
-pub fn eval_domains(
-    model: &MoeModel,
-    data: &Dataset,
-    max_sequences: usize,
-    batch_size: usize,
-) -> Result<Vec<f64>> {
-    let _g = tch::no_grad_guard();
-    let mut out = Vec::with_capacity(data.n_domains());
-    for d in 0..data.n_domains() {
-        let mut total = 0.0;
-        let mut count = 0usize;
-        for b in data.eval_batches(d, batch_size)? {
-            if count >= max_sequences {
-                break;
-            }
-            let (x, y) = batch_tensors(&b);
-            let ce = model.forward(&x, &y).ce.double_value(&[]);
-            total += ce * b.batch_size as f64;
-            count += b.batch_size;
-        }
-        out.push(if count == 0 {
-            f64::NAN
-        } else {
-            total / count as f64
-        });
-    }
-    Ok(out)
-}
-
-/// The router's top-k ids (unmasked: its preference over all E, see
-/// [`crate::model::moe::LayerRouting::router_topk_ids`]) of every layer on every domain's
-/// probe batch: ids[domain][layer] (row-major [T, k]).
-pub fn probe_topk(model: &MoeModel, data: &Dataset) -> Result<Vec<Vec<Vec<i64>>>> {
-    let _g = tch::no_grad_guard();
-    let mut out = Vec::new();
-    for d in 0..data.n_domains() {
-        let b = data.probe_batch(d)?;
-        let (x, y) = batch_tensors(&b);
-        let f = model.forward(&x, &y);
-        out.push(
-            f.routing
-                .iter()
-                .map(|r| Vec::<i64>::try_from(&r.router_topk_ids.reshape([-1])).unwrap_or_default())
-                .collect(),
-        );
-    }
-    Ok(out)
+    /// Recovery payload this site received in this attempt (coming back, catching up).
+    #[serde(default)]
+    pub recovery_payload_received: u64,
+    /// Deadline control payload this site sent in this attempt.
+    #[serde(default)]
+    pub control_payload_sent: u64,
+    /// Steps this site trained in this attempt (`steps` counts since the run's start).
+    #[serde(default)]
+    pub steps_this_attempt: usize,
 }
 
 /// Everything one site needs to run.
@@ -168,83 +129,13 @@ pub struct SiteContext<'a> {
     /// Sim backend: serialises compute of the sites (threads of one process).
     pub compute_gate: Option<&'a super::gate::ComputeGate>,
     /// Save `ckpt-site<i>.safetensors` in this directory every this many rounds.
-    pub checkpoint: Option<(std::path::PathBuf, usize)>,
+    pub checkpoint: Option<(PathBuf, usize)>,
     /// Continue from this checkpoint (written by the same site of the same run config).
-    pub resume: Option<std::path::PathBuf>,
+    pub resume: Option<PathBuf>,
 }
 
-/// Save the site's full state at a round boundary (atomic write).
-pub fn save_site_checkpoint(
-    path: &Path,
-    st: &SiteState,
-    strategy: &dyn Strategy,
-    step: usize,
-    cfg_hash: &str,
-) -> Result<()> {
-    let mut w = crate::checkpoint::CheckpointWriter::new();
-    w.model(&st.model.store)
-        .adamw(&st.model.store.layout, &st.inner)
-        .meta("step", step)
-        .meta("config_hash", cfg_hash)
-        .meta("site", st.site);
-    strategy.save_state(&mut w, &st.model.store.layout);
-    w.write(path)
-}
-
-struct Timer {
-    kind: ClockKind,
-}
-
-/// Runs `f` as compute: under the gate on sim (and advancing the virtual clock).
-fn compute<T>(
-    gate: Option<&super::gate::ComputeGate>,
-    comm: &mut dyn Comm,
-    f: impl FnOnce() -> T,
-) -> (T, Duration) {
-    let guard = gate.map(|g| g.acquire());
-    let t = Instant::now();
-    let out = f();
-    let dt = t.elapsed();
-    drop(guard);
-    comm.advance(dt);
-    (out, dt)
-}
-
-impl Timer {
-    /// Duration of a communication section (virtual on sim, wall otherwise) and the host
-    /// wall time it took.
-    fn comm<T>(
-        &self,
-        comm: &mut dyn Comm,
-        f: impl FnOnce(&mut dyn Comm) -> T,
-    ) -> (T, Duration, Duration) {
-        let a = comm.now();
-        let t = Instant::now();
-        let cpu0 = thread_cpu_time();
-        let out = f(comm);
-        let cpu = thread_cpu_time().saturating_sub(cpu0);
-        match self.kind {
-            ClockKind::Virtual => (out, comm.now().saturating_sub(a), cpu),
-            _ => (out, t.elapsed(), cpu),
-        }
-    }
-}
-
-/// CPU time consumed by the calling thread.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// Run one site to the end. Site 0 also evaluates the global model and writes rounds.
+/// Run one site to the end. The evaluator (site 0) also evaluates the global model and
+/// writes the round rows.
 pub fn run_site(
     ctx: &SiteContext<'_>,
     strategy: &mut dyn Strategy,
@@ -252,349 +143,485 @@ pub fn run_site(
     source: &mut dyn BatchSource,
     sink: &mut dyn SiteSink,
 ) -> Result<SiteReport> {
-    let cfg = ctx.cfg;
-    let mcfg = &ctx.model_cfg;
-    let site = ctx.site;
-    let residency = strategy.residency(mcfg);
-    let mut store = ParamStore::zeros(mcfg, residency.clone());
-    store
-        .copy_from(ctx.init)
-        .map_err(anyhow::Error::msg)
-        .context("loading the shared initial model")?;
-    let model = MoeModel::from_store(mcfg, store);
-    let inner = AdamW::new(
-        cfg.optim.clone(),
-        model.store.numel(),
-        model.store.layout.decayed.clone(),
-    );
-    let mut st = SiteState {
-        site,
-        sites: cfg.sites,
-        model,
-        inner,
-    };
-    strategy.init(&mut st)?;
-    let mut step = 0usize;
-    if let Some(path) = &ctx.resume {
-        let ck = crate::checkpoint::Checkpoint::open(path)?;
-        if ck.meta("config_hash").as_deref() != Some(cfg.checkpoint_hash().as_str()) {
-            anyhow::bail!(
-                "{}: checkpoint of a different run configuration (config hash differs)",
-                path.display()
-            );
-        }
-        ck.read_model(&st.model.store)?;
-        ck.read_adamw(&st.model.store.layout, &mut st.inner)?;
-        strategy.load_state(&ck, &st.model.store.layout)?;
-        step = ck
-            .meta("step")
-            .and_then(|s| s.parse().ok())
-            .context("checkpoint metadata `step` missing")?;
-        if !step.is_multiple_of(cfg.inner_steps) || step > cfg.steps {
-            anyhow::bail!(
-                "{}: step {step} is not a round boundary of this run",
-                path.display()
-            );
-        }
-    }
-
-    let timer = Timer {
-        kind: comm.clock_kind(),
-    };
-    let h = cfg.inner_steps;
-    let rounds = cfg.rounds();
-    let tokens_per_step = mcfg.batch_size * mcfg.seq_len;
-    let mut report = SiteReport {
-        site,
-        ..Default::default()
-    };
-    let mut eval_bytes = 0u64;
-    let mut train_bytes = (0u64, 0u64);
-    let mut last_loss = f64::NAN;
-    for round in step / h..rounds {
-        for _ in 0..h {
-            if let Some(f) = cfg
-                .faults
-                .iter()
-                .find(|f| f.site == site && f.at_step == step + 1)
-            {
-                match f.kind {
-                    crate::config::FaultKind::Crash => {
-                        anyhow::bail!("injected fault: site {site} crashed at step {}", step + 1)
-                    }
-                }
-            }
-            let t_step = Instant::now();
-            let clock0 = comm.now();
-            let ((x, y), data_dt) = {
-                let t = Instant::now();
-                let b = source.batch(step)?;
-                let xy = batch_tensors(&b);
-                let dt = t.elapsed();
-                comm.advance(dt);
-                (xy, dt)
-            };
-            let lr = cfg.optim.lr_at(step, cfg.steps);
-            let ((out, mut grad), compute_dt) = compute(ctx.compute_gate, comm, || {
-                let out = st.model.forward(&x, &y);
-                let g = st.model.flat_grad(&out.loss);
-                (out, g)
-            });
-            strategy.observe_routing(&out.routing);
-            let c0 = sent(&comm.link_counters());
-            let (sync, comm_dt, host_dt) =
-                timer.comm(comm, |c| strategy.on_gradient(&mut st, &mut grad, c));
-            let sync = sync?;
-            let (mut comm_dt, mut host_dt) = (comm_dt, host_dt);
-            let (norm, opt_dt) = compute(ctx.compute_gate, comm, || {
-                let n = clip_grad_norm(&mut grad, cfg.optim.grad_clip);
-                st.inner.step(&st.model.store.flat, &grad, lr);
-                n
-            });
-            let mut expected = sync.expected_payload_sent;
-            step += 1;
-            let end_of_round = step.is_multiple_of(h);
-            let mut eval_rows: Option<(Vec<f64>, ProbeIds)> = None;
-            // Evaluation of the local model happens inside the step's time window but is
-            // not part of the training step: it is taken out of `wall_ms`.
-            let mut eval_dt = Duration::ZERO;
-            if end_of_round {
-                let is_eval = (round + 1) % cfg.eval_every_rounds == 0 || round + 1 == rounds;
-                if is_eval {
-                    // Local model (with skip) before the sync.
-                    let ((local, probe), dt) = compute(ctx.compute_gate, comm, || {
-                        (
-                            eval_domains(&st.model, ctx.data, cfg.eval_sequences, mcfg.batch_size),
-                            probe_topk(&st.model, ctx.data),
-                        )
-                    });
-                    eval_dt = dt;
-                    eval_rows = Some((local?, probe?));
-                }
-                let (r, dt, host) = timer.comm(comm, |c| strategy.end_round(&mut st, c));
-                expected += r?.expected_payload_sent;
-                comm_dt += dt;
-                host_dt += host;
-                if let Some((dir, every)) = &ctx.checkpoint {
-                    if (round + 1) % every.max(&1) == 0 || round + 1 == rounds {
-                        let path = dir.join(format!("ckpt-site{site}.safetensors"));
-                        save_site_checkpoint(&path, &st, strategy, step, &cfg.checkpoint_hash())?;
-                    }
-                }
-            }
-            let c1 = sent(&comm.link_counters());
-            let ce = out.ce.double_value(&[]);
-            last_loss = ce;
-            let skipped: i64 = out.routing.iter().map(|r| r.skipped_slots).sum();
-            let skip_by_layer = crate::telemetry::format_skip_by_layer(&out.routing, mcfg.top_k);
-            let slots: i64 = out
-                .routing
-                .iter()
-                .map(|r| r.tokens * mcfg.top_k as i64)
-                .sum();
-            let wall = match timer.kind {
-                ClockKind::Virtual => comm.now().saturating_sub(clock0),
-                _ => t_step.elapsed(),
-            }
-            .saturating_sub(eval_dt)
-            .as_secs_f64();
-            let row = StepRow {
-                site,
-                step,
-                round,
-                loss: out.loss.double_value(&[]),
-                ce,
-                balance: out.balance.iter().sum::<f64>() / out.balance.len().max(1) as f64,
-                lr,
-                grad_norm: norm,
-                tokens: tokens_per_step,
-                data_ms: data_dt.as_secs_f64() * 1e3,
-                compute_ms: compute_dt.as_secs_f64() * 1e3,
-                comm_ms: comm_dt.as_secs_f64() * 1e3,
-                comm_cpu_ms: host_dt.as_secs_f64() * 1e3,
-                opt_ms: opt_dt.as_secs_f64() * 1e3,
-                wall_ms: wall * 1e3,
-                clock_s: comm.now().as_secs_f64(),
-                payload_sent: c1.0 - c0.0,
-                payload_recv: c1.2 - c0.2,
-                framing_sent: c1.1 - c0.1,
-                framing_recv: c1.3 - c0.3,
-                skip_rate: if slots > 0 {
-                    skipped as f64 / slots as f64
-                } else {
-                    0.0
-                },
-                skip_by_layer,
-            };
-            train_bytes.0 += row.payload_sent;
-            train_bytes.1 += row.framing_sent;
-            report.expected_payload_sent += expected;
-            report.compute_s += (data_dt + compute_dt + opt_dt).as_secs_f64();
-            report.comm_s += comm_dt.as_secs_f64();
-            sink.step(&row)?;
-            if let Some((local, local_probe)) = eval_rows {
-                let e0 = sent(&comm.link_counters());
-                sink.probe(round, "local", &local_probe)?;
-                let global = evaluate_global(
-                    ctx,
-                    &st,
-                    strategy,
-                    comm,
-                    &local,
-                    round,
-                    step,
-                    comm_dt.as_secs_f64() * 1e3,
-                )?;
-                if let Some((rows, probe)) = global {
-                    sink.probe(round, "global", &probe)?;
-                    // Byte totals are filled in when the run's files are merged (site 0 sees
-                    // only its own links).
-                    sink.rounds(&rows)?;
-                }
-                let e1 = sent(&comm.link_counters());
-                eval_bytes += e1.0 - e0.0;
-            }
-        }
-    }
-    report.steps = step;
-    report.tokens = step * tokens_per_step;
-    report.payload_sent = train_bytes.0;
-    report.framing_sent = train_bytes.1;
-    report.eval_payload_sent = eval_bytes;
-    report.clock_s = comm.now().as_secs_f64();
-    report.final_loss = last_loss;
-    let n = st.model.store.numel();
-    report.memory = SiteMemory {
-        params: 4 * n,
-        grads: 4 * n,
-        inner_optimizer: st.inner.bytes(),
-        outer_state: strategy.state_bytes(),
-        total: 8 * n + st.inner.bytes() + strategy.state_bytes(),
-        params_held: n,
-        experts_held: st.model.store.residency.blocks(),
-    };
-    sink.finish(&report)?;
-    Ok(report)
+    SiteRun::start(ctx, strategy)?.run(strategy, comm, source, sink)
 }
 
-/// After the sync of an eval round: site 0 gathers the other sites' local losses and, when
-/// it does not hold every expert, the global weights of the experts it lacks (each from
-/// its lowest-numbered holder), evaluates the global model and returns the round's rows
-/// and the global router's probe top-k. Other sites send and return None.
-#[allow(clippy::too_many_arguments)]
-fn evaluate_global(
-    ctx: &SiteContext<'_>,
+/// Save a site's full state (model, AdamW moments, round state with the outer optimiser)
+/// as a checkpoint of the run with config hash `cfg_hash` (atomic write).
+pub fn save_site_checkpoint(
+    path: &Path,
     st: &SiteState,
-    strategy: &dyn Strategy,
-    comm: &mut dyn Comm,
-    local: &[f64],
-    round: usize,
-    step: usize,
-    sync_ms: f64,
-) -> Result<Option<(Vec<RoundRow>, ProbeIds)>> {
-    let cfg = ctx.cfg;
-    let mcfg = &ctx.model_cfg;
-    let sites = cfg.sites;
-    let site = ctx.site;
-    // Who holds what (every site can compute every site's residency from the config).
-    let residencies: Vec<Residency> = (0..sites).map(|s| strategy.residency_of(mcfg, s)).collect();
-    let mine = &residencies[0];
-    let lacking: Vec<(usize, usize, usize)> = (0..mcfg.n_layers)
-        .flat_map(|l| (0..mcfg.n_experts).map(move |e| (l, e)))
-        .filter(|&(l, e)| !mine.holds(l, e))
-        .map(|(l, e)| {
-            let src = (0..sites)
-                .find(|&s| residencies[s].holds(l, e))
-                .expect("every expert has a holder");
-            (l, e, src)
-        })
-        .collect();
-    if site != 0 {
-        let loss_bytes: Vec<u8> = local.iter().flat_map(|v| v.to_le_bytes()).collect();
-        comm.send(0, loss_bytes)?;
-        for &(l, e, src) in &lacking {
-            if src == site {
-                let r = st.model.store.layout.experts[&(l, e)].clone();
-                let v = crate::model::params::tensor_to_vec(&st.model.store.flat.narrow(
-                    0,
-                    r.start as i64,
-                    r.len() as i64,
-                ));
-                comm.send(0, v.iter().flat_map(|x| x.to_le_bytes()).collect())?;
-            }
-        }
-        return Ok(None);
-    }
-    let mut locals = vec![local.to_vec()];
-    for s in 1..sites {
-        let msg = comm.recv(s)?;
-        locals.push(
-            msg.chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                .collect(),
-        );
-    }
-    let global_model;
-    let model = if lacking.is_empty() {
-        &st.model
-    } else {
-        let full = ParamStore::zeros(mcfg, Residency::full(mcfg));
-        full.copy_held_from(&st.model.store);
-        for &(l, e, src) in &lacking {
-            let msg = comm.recv(src)?;
-            let v: Vec<f32> = msg
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                .collect();
-            let r = full.layout.experts[&(l, e)].clone();
-            if v.len() != r.len() {
-                anyhow::bail!(
-                    "expert ({l},{e}) from site {src}: {} values, expected {}",
-                    v.len(),
-                    r.len()
-                );
-            }
-            tch::no_grad(|| {
-                full.flat
-                    .narrow(0, r.start as i64, r.len() as i64)
-                    .copy_(&Tensor::from_slice(&v))
-            });
-        }
-        global_model = MoeModel::from_store(mcfg, full);
-        &global_model
-    };
-    let (res, _) = compute(ctx.compute_gate, comm, || {
-        (
-            eval_domains(model, ctx.data, cfg.eval_sequences, mcfg.batch_size),
-            probe_topk(model, ctx.data),
-        )
-    });
-    let (global_losses, probe) = (res.0?, res.1?);
-    let rows = ctx
-        .data
-        .domains()
-        .iter()
-        .enumerate()
-        .map(|(d, info)| RoundRow {
-            round,
-            step,
-            domain: info.name.clone(),
-            eval_loss: global_losses[d],
-            floor: info.entropy_floor_nats,
-            local_eval_loss: locals.iter().map(|l| l[d]).sum::<f64>() / locals.len() as f64,
-            payload_bytes_total: 0,
-            framing_bytes_total: 0,
-            eval_bytes_total: 0,
-            clock_s: comm.now().as_secs_f64(),
-            sync_ms,
-        })
-        .collect();
-    Ok(Some((rows, probe)))
+    round: &RoundState,
+    cfg_hash: &str,
+) -> Result<()> {
+    let mut w = CheckpointWriter::new();
+    w.model(&st.model.store)
+        .adamw(&st.model.store.layout, &st.inner)
+        .meta("config_hash", cfg_hash)
+        .meta("site", st.site);
+    round.save(&mut w, &st.model.store.layout);
+    w.write(path)
 }
 
 /// Load the shared initial model (full) from a checkpoint.
 pub fn load_init(path: &Path, mcfg: &ModelConfig) -> Result<ParamStore> {
     let store = ParamStore::zeros(mcfg, Residency::full(mcfg));
-    crate::checkpoint::Checkpoint::open(path)?.read_model(&store)?;
+    Checkpoint::open(path)?.read_model(&store)?;
     Ok(store)
+}
+
+/// One site's run: its state and what it has measured (see the module doc).
+pub struct SiteRun<'a> {
+    pub(super) ctx: &'a SiteContext<'a>,
+    pub(super) st: SiteState,
+    pub(super) round: RoundState,
+    pub(super) plan: Plan,
+    /// Traffic at the start of this attempt (a resumed run reports only its own bytes).
+    traffic_at_start: SiteTraffic,
+    trained_at_start: usize,
+    report: SiteReport,
+    /// Late deadline reports each site owes this site (as a leader) and it has not read.
+    pub(super) owed_reports: BTreeMap<usize, usize>,
+    /// Run clock at the start of the current round (the deadline counts from it).
+    pub(super) round_open: Duration,
+    /// The deadline instant of the last round with a decision.
+    pub(super) last_deadline: Option<Duration>,
+    /// Too far behind to make the next round's deadline: skip its training.
+    behind: bool,
+}
+
+/// What one training step did, for its row.
+pub(super) struct StepRecord {
+    start: StepStart,
+    out: ForwardOutput,
+    lr: f64,
+    grad_norm: f64,
+    data: Duration,
+    compute: Duration,
+    pub(super) comm: Duration,
+    pub(super) comm_cpu: Duration,
+    opt: Duration,
+    /// Stall and slow-down time injected into the step.
+    fault: Duration,
+    /// Evaluation inside the step's window (not part of the step's wall time).
+    pub(super) eval: Duration,
+    /// Training traffic of the step (synchronisation only).
+    pub(super) training: LinkTotals,
+    pub(super) expected_payload: u64,
+}
+
+impl<'a> SiteRun<'a> {
+    /// The site's state from the shared initial model, or from its checkpoint on resume.
+    pub fn start(ctx: &'a SiteContext<'a>, strategy: &mut dyn Strategy) -> Result<Self> {
+        let cfg = ctx.cfg;
+        let mcfg = &ctx.model_cfg;
+        let plan = Plan::new(cfg)?;
+        let resume = match &ctx.resume {
+            Some(path) => Some(open_resume_checkpoint(path, cfg)?),
+            None => None,
+        };
+        let mut round = match &resume {
+            Some(ck) => RoundState::read(ck, mcfg, cfg.sites)
+                .with_context(|| format!("resuming from {}", ck_path(ctx)))?,
+            None => RoundState::new(strategy.initial_placement(mcfg, cfg.sites)?),
+        };
+        let mut store = ParamStore::zeros(mcfg, round.residency(ctx.site).clone());
+        store
+            .copy_from(ctx.init)
+            .map_err(anyhow::Error::msg)
+            .context("loading the shared initial model")?;
+        let model = MoeModel::from_store(mcfg, store);
+        let inner = AdamW::new(
+            cfg.optim.clone(),
+            model.store.numel(),
+            model.store.layout.decayed.clone(),
+        );
+        let mut st = SiteState {
+            site: ctx.site,
+            sites: cfg.sites,
+            model,
+            inner,
+        };
+        strategy.init(&mut st, &mut round)?;
+        if let Some(ck) = &resume {
+            ck.read_model(&st.model.store)?;
+            ck.read_adamw(&st.model.store.layout, &mut st.inner)?;
+            round.read_outer(ck, &st.model.store.layout)?;
+            if !round.step.is_multiple_of(cfg.inner_steps) || round.step > cfg.steps {
+                anyhow::bail!(
+                    "{}: step {} is not a round boundary of this run",
+                    ck_path(ctx),
+                    round.step
+                );
+            }
+        }
+        Ok(Self {
+            ctx,
+            traffic_at_start: round.traffic,
+            trained_at_start: round.trained_steps,
+            report: SiteReport {
+                site: ctx.site,
+                ..Default::default()
+            },
+            st,
+            round,
+            plan,
+            owed_reports: BTreeMap::new(),
+            round_open: Duration::ZERO,
+            last_deadline: None,
+            behind: false,
+        })
+    }
+
+    /// The loop of the module doc, to the end of the run.
+    pub fn run(
+        mut self,
+        strategy: &mut dyn Strategy,
+        comm: &mut dyn Comm,
+        source: &mut dyn BatchSource,
+        sink: &mut dyn SiteSink,
+    ) -> Result<SiteReport> {
+        let h = self.ctx.cfg.inner_steps;
+        for round in self.round.step / h..self.ctx.cfg.rounds() {
+            self.round_open = comm.now();
+            let role = self.plan.role(self.ctx.site, round);
+            let skip = self.behind && role == RoundRole::Present;
+            let trained = if skip {
+                0
+            } else {
+                self.lifecycle(round, role)?
+            };
+            let mut fault = Duration::ZERO;
+            let mut end = None;
+            for k in 0..trained {
+                let mut step = self.train_step(round, strategy, comm, source)?;
+                if k + 1 == h {
+                    end = Some(self.round_end(round, strategy, comm, &mut step)?);
+                }
+                fault += step.fault;
+                let row = self.step_row(round, &step, comm);
+                if let Some(e) = end.as_mut() {
+                    e.sync_ms = row.comm_ms;
+                }
+                sink.step(&row)?;
+            }
+            if trained < h && role != RoundRole::Absent && !skip {
+                self.crashed(round)?;
+            }
+            let mut end = match end {
+                Some(e) => e,
+                None if skip => self.skipped(round, comm)?,
+                None => self.away(round, role, comm)?,
+            };
+            self.behind = self.is_behind(&end, comm);
+            end.steps_trained = trained;
+            end.fault = fault;
+            self.round.step = (round + 1) * h;
+            self.eval(round, &end, comm, sink)?;
+            self.checkpoint(round)?;
+            sink.participation(&end.row(round, self.ctx.site))?;
+        }
+        self.finish(comm, sink)
+    }
+
+    /// How many steps of `round` this site trains; under `on_site_loss = fail` a scripted
+    /// loss at the round's start stops the run here.
+    fn lifecycle(&mut self, round: usize, role: RoundRole) -> Result<usize> {
+        let h = self.ctx.cfg.inner_steps;
+        let site = self.ctx.site;
+        let fail = self.plan.on_site_loss == OnSiteLoss::Fail;
+        let was_present = round == 0 || self.plan.role(site, round - 1) == RoundRole::Present;
+        match role {
+            RoundRole::Present => Ok(h),
+            RoundRole::Crashes { at_step } => Ok(at_step - (round * h + 1)),
+            RoundRole::Absent if fail && was_present => {
+                let crash_at = round * h + 1;
+                let crashed = self.ctx.cfg.faults.iter().any(|f| {
+                    f.site == site
+                        && f.kind == crate::config::FaultKind::Crash
+                        && (f.at_step == Some(crash_at) || f.at_round == Some(round))
+                });
+                if crashed {
+                    anyhow::bail!("injected fault: site {site} crashed at step {crash_at}");
+                }
+                anyhow::bail!("injected fault: site {site} left at round {round}");
+            }
+            RoundRole::Absent => Ok(0),
+        }
+    }
+
+    /// The site stops training mid-round (a crash): the run fails under `on_site_loss =
+    /// fail`; otherwise it goes dormant until it rejoins.
+    fn crashed(&mut self, round: usize) -> Result<()> {
+        let step = self.round.step + 1;
+        if self.plan.on_site_loss == OnSiteLoss::Fail {
+            anyhow::bail!(
+                "injected fault: site {} crashed at step {step}",
+                self.ctx.site
+            );
+        }
+        tracing::info!(
+            "site {} crashed at step {step} (round {round})",
+            self.ctx.site
+        );
+        Ok(())
+    }
+
+    /// Faults of the step, data, forward/backward, the gradient hook (DDP's sync among the
+    /// sites training the step), clipping and the inner step.
+    fn train_step(
+        &mut self,
+        round: usize,
+        strategy: &mut dyn Strategy,
+        comm: &mut dyn Comm,
+        source: &mut dyn BatchSource,
+    ) -> Result<StepRecord> {
+        let cfg = self.ctx.cfg;
+        let gate = self.ctx.compute_gate;
+        let site = self.ctx.site;
+        let step = self.round.step;
+        let start = StepStart::now(comm);
+        let mut fault = Duration::ZERO;
+        if let Some(d) = self.plan.stall(site, step + 1) {
+            clock::pause(comm, d);
+            fault += d;
+        }
+        let slow = self.plan.slow_factor(site, round);
+        let (xy, data) = clock::compute(None, comm, || -> Result<_> {
+            Ok(eval::batch_tensors(&source.batch(step)?))
+        });
+        let (x, y) = xy?;
+        let lr = cfg.optim.lr_at(step, cfg.steps);
+        let st = &mut self.st;
+        let ((out, mut grad), compute) = clock::compute(gate, comm, || {
+            let out = st.model.forward(&x, &y);
+            let g = st.model.flat_grad(&out.loss);
+            (out, g)
+        });
+        fault += clock::slow_down(comm, compute, slow);
+        strategy.observe_routing(&out.routing);
+        self.round.participants = self.plan.training(step + 1);
+        let before = LinkTotals::read(comm, cfg.sites);
+        let rs = &self.round;
+        let (sync, t) = clock::comm(comm, |c| strategy.on_gradient(st, rs, &mut grad, c));
+        let sync = sync?;
+        let training = LinkTotals::read(comm, cfg.sites) - before;
+        let (grad_norm, opt) = clock::compute(gate, comm, || {
+            let n = clip_grad_norm(&mut grad, cfg.optim.grad_clip);
+            st.inner.step(&st.model.store.flat, &grad, lr);
+            n
+        });
+        fault += clock::slow_down(comm, opt, slow);
+        self.round.step += 1;
+        self.round.trained_steps += 1;
+        Ok(StepRecord {
+            start,
+            out,
+            lr,
+            grad_norm,
+            data,
+            compute,
+            comm: t.elapsed,
+            comm_cpu: t.cpu,
+            opt,
+            fault,
+            eval: Duration::ZERO,
+            training,
+            expected_payload: sync.expected_payload_sent,
+        })
+    }
+
+    /// The step's row; adds its traffic and times to the round state and the report.
+    fn step_row(&mut self, round: usize, s: &StepRecord, comm: &dyn Comm) -> StepRow {
+        let mcfg = &self.ctx.model_cfg;
+        let traffic = &mut self.round.traffic;
+        traffic.training = traffic.training + s.training;
+        traffic.expected_training_payload += s.expected_payload;
+        let ce = s.out.ce.double_value(&[]);
+        self.report.final_loss = ce;
+        self.report.compute_s += (s.data + s.compute + s.opt).as_secs_f64();
+        self.report.comm_s += s.comm.as_secs_f64();
+        let skipped: i64 = s.out.routing.iter().map(|r| r.skipped_slots).sum();
+        let slots: i64 = s
+            .out
+            .routing
+            .iter()
+            .map(|r| r.tokens * mcfg.top_k as i64)
+            .sum();
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        // On sim evaluation does not advance the clock; on real backends it takes real time.
+        let wall = match comm.clock_kind() {
+            crate::net::ClockKind::Virtual => s.start.elapsed(comm),
+            crate::net::ClockKind::Wall => s.start.elapsed(comm).saturating_sub(s.eval),
+        };
+        StepRow {
+            site: self.ctx.site,
+            step: self.round.step,
+            round,
+            loss: s.out.loss.double_value(&[]),
+            ce,
+            balance: s.out.balance.iter().sum::<f64>() / s.out.balance.len().max(1) as f64,
+            lr: s.lr,
+            grad_norm: s.grad_norm,
+            tokens: mcfg.batch_size * mcfg.seq_len,
+            data_ms: ms(s.data),
+            compute_ms: ms(s.compute),
+            comm_ms: ms(s.comm),
+            comm_cpu_ms: ms(s.comm_cpu),
+            opt_ms: ms(s.opt),
+            wall_ms: ms(wall),
+            clock_s: comm.now().as_secs_f64(),
+            payload_sent: s.training.sent.payload,
+            payload_recv: s.training.received.payload,
+            framing_sent: s.training.sent.framing,
+            framing_recv: s.training.received.framing,
+            skip_rate: if slots > 0 {
+                skipped as f64 / slots as f64
+            } else {
+                0.0
+            },
+            skip_by_layer: crate::telemetry::format_skip_by_layer(&s.out.routing, mcfg.top_k),
+            fault_ms: ms(s.fault),
+        }
+    }
+
+    /// The checkpoint directory when `round` is a checkpoint round (every
+    /// `checkpoint_every_rounds` rounds and the last one).
+    pub(super) fn checkpoint_dir(&self, round: usize) -> Option<&Path> {
+        let (dir, every) = self.ctx.checkpoint.as_ref()?;
+        let due = (round + 1).is_multiple_of((*every).max(1)) || round + 1 == self.ctx.cfg.rounds();
+        due.then_some(dir.as_path())
+    }
+
+    /// At a checkpoint round: the site's state and its round state.
+    fn checkpoint(&self, round: usize) -> Result<()> {
+        if let Some(dir) = self.checkpoint_dir(round) {
+            let path = dir.join(format!("ckpt-site{}.safetensors", self.ctx.site));
+            self.save_checkpoint(&path)?;
+        }
+        Ok(())
+    }
+
+    /// Save the site's full state at a round boundary (atomic write).
+    fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        save_site_checkpoint(path, &self.st, &self.round, &self.ctx.cfg.checkpoint_hash())
+    }
+
+    /// The site's report, handed to the sink.
+    fn finish(mut self, comm: &mut dyn Comm, sink: &mut dyn SiteSink) -> Result<SiteReport> {
+        // Late deadline reports still queued here are read before anything else (the final
+        // barrier) receives from those sites.
+        let owing: Vec<usize> = self.owed_reports.keys().copied().collect();
+        for s in owing {
+            super::deadline::drain_owed(comm, &mut self.owed_reports, s)?;
+        }
+        let mcfg = &self.ctx.model_cfg;
+        let (now, then) = (self.round.traffic, self.traffic_at_start);
+        let r = &mut self.report;
+        r.steps = self.round.trained_steps;
+        r.tokens = self.round.trained_steps * mcfg.batch_size * mcfg.seq_len;
+        r.payload_sent = now.training.sent.payload - then.training.sent.payload;
+        r.framing_sent = now.training.sent.framing - then.training.sent.framing;
+        r.expected_payload_sent = now.expected_training_payload - then.expected_training_payload;
+        r.eval_payload_sent = now.eval.sent.payload - then.eval.sent.payload;
+        r.recovery_payload_received =
+            now.recovery.received.payload - then.recovery.received.payload;
+        r.control_payload_sent = now.control.sent.payload - then.control.sent.payload;
+        r.steps_this_attempt = self.round.trained_steps - self.trained_at_start;
+        r.clock_s = comm.now().as_secs_f64();
+        let n = self.st.model.store.numel();
+        let (inner, outer) = (self.st.inner.bytes(), self.round.outer_bytes());
+        r.memory = SiteMemory {
+            params: 4 * n,
+            grads: 4 * n,
+            inner_optimizer: inner,
+            outer_state: outer,
+            total: 8 * n + inner + outer,
+            params_held: n,
+            experts_held: self.st.model.store.residency.blocks(),
+        };
+        sink.finish(r)?;
+        Ok(self.report)
+    }
+}
+
+/// Move the site to a new placement: one relayout of the model, the AdamW moments and the
+/// outer optimiser. Parameters the site keeps carry their values; a gained expert takes its
+/// global state (model = global copy = the received global weights, momentum as received)
+/// and starts with zero AdamW moments.
+pub(super) fn apply_relayout(
+    run_cfg: &RunConfig,
+    st: &mut SiteState,
+    round: &mut RoundState,
+    r: Relayout,
+) -> Result<()> {
+    type Blocks<'b> = BTreeMap<(usize, usize), &'b [f32]>;
+    fn moved(
+        old: &ParamLayout,
+        new: &ParamLayout,
+        flat: &Tensor,
+        incoming: &Blocks,
+    ) -> Result<Tensor> {
+        let v = old
+            .move_values(new, flat, incoming)
+            .map_err(anyhow::Error::msg)
+            .context("relayout")?;
+        Ok(Tensor::from_slice(&v))
+    }
+    let cfg = st.model.cfg.clone();
+    let old = st.model.store.layout.clone();
+    let mut store = ParamStore::zeros(&cfg, r.placement.of(st.site).clone());
+    let new = store.layout.clone();
+    let global: Blocks = r
+        .incoming
+        .iter()
+        .map(|(&k, x)| (k, x.global.as_slice()))
+        .collect();
+    let momentum: Blocks = r
+        .incoming
+        .iter()
+        .filter_map(|(&k, x)| x.momentum.as_deref().map(|m| (k, m)))
+        .collect();
+    let none = Blocks::new();
+    store.load_flat(
+        &old.move_values(&new, &st.model.store.flat, &global)
+            .map_err(anyhow::Error::msg)
+            .context("relayout of the model")?,
+    );
+    let mut model = MoeModel::from_store(&cfg, store);
+    model.skip_policy = st.model.skip_policy;
+    model.aux_scope = st.model.aux_scope;
+    let mut inner = AdamW::new(st.inner.cfg.clone(), new.total, new.decayed.clone());
+    inner.step = st.inner.step;
+    inner.exp_avg = moved(&old, &new, &st.inner.exp_avg, &none)?;
+    inner.exp_avg_sq = moved(&old, &new, &st.inner.exp_avg_sq, &none)?;
+    if let Some(o) = round.outer.as_mut() {
+        o.plan = crate::strategy::outer::OuterPlan::for_layout(&new, &run_cfg.resolved_outer());
+        o.global = moved(&old, &new, &o.global, &global)?;
+        if let Some(m) = o.momentum.as_mut() {
+            *m = moved(&old, &new, m, &momentum)?;
+        }
+    }
+    st.model = model;
+    st.inner = inner;
+    round.placement = r.placement;
+    Ok(())
+}
+
+fn open_resume_checkpoint(path: &Path, cfg: &RunConfig) -> Result<Checkpoint> {
+    let ck = Checkpoint::open(path)?;
+    if ck.meta("config_hash").as_deref() != Some(cfg.checkpoint_hash().as_str()) {
+        anyhow::bail!(
+            "{}: checkpoint of a different run configuration (config hash differs)",
+            path.display()
+        );
+    }
+    Ok(ck)
+}
+
+fn ck_path(ctx: &SiteContext<'_>) -> String {
+    ctx.resume
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }

@@ -24,9 +24,14 @@
 //! site's own step-(t−1) receives, and each link carries its messages in the order (step,
 //! canonical group) on both ends.
 //!
+//! Partial participation: the groups are formed over the round's participants only (the
+//! dense range with every participant, an expert with its participating holders), so each
+//! average is the mean over the sites that took part, with equal weights.
+//!
 //! Degenerate cases: one group with every site and every range (DiLoCo, and FoMoE with
 //! ρ = M, whose dense range and experts then share one all-reduce) gives identical bytes
-//! and identical arithmetic; a group of one site (FoMoE ρ = 1 experts) sends nothing.
+//! and identical arithmetic; a group of one site (FoMoE ρ = 1 experts, or an expert whose
+//! other holders are absent) sends nothing and applies its own Δ.
 //! Payload per site per round: Σ_G bytes::ring_allreduce_traffic(n_G, G).payload_sent_by(site),
 //! which for divisible sizes is 2(|G|−1)/|G|·n_G·b.
 
@@ -36,7 +41,7 @@ use std::ops::Range;
 use anyhow::{Context, Result};
 
 use super::outer::{OuterOptimizerState, OuterPlan};
-use super::SiteState;
+use super::{RoundState, SiteState};
 use crate::collective::{ring_allreduce_groups, RingJob, WireDtype};
 use crate::config::{ResolvedOuter, RunConfig};
 use crate::model::params::{tensor_to_vec, ParamLayout};
@@ -66,18 +71,18 @@ impl SyncGroup {
     }
 }
 
-/// The groups of one site: the dense range with all `sites`, each resident expert block
-/// with `holders_of(layer, expert)`; ranges with equal members merged, groups in canonical
-/// order (by member list), ranges in layout order.
+/// The groups of one site: the dense range with `dense_members` (every site, or the round's
+/// participants), each resident expert block with `holders_of(layer, expert)` (its holders
+/// taking part); ranges with equal members merged, groups in canonical order (by member
+/// list), ranges in layout order.
 pub fn groups_for_site(
     layout: &ParamLayout,
-    sites: usize,
+    dense_members: &[usize],
     holders_of: impl Fn(usize, usize) -> Vec<usize>,
 ) -> Vec<SyncGroup> {
     let mut by_members: BTreeMap<Vec<usize>, Vec<Range<usize>>> = BTreeMap::new();
-    let everyone: Vec<usize> = (0..sites).collect();
     by_members
-        .entry(everyone)
+        .entry(dense_members.to_vec())
         .or_default()
         .push(layout.dense.clone());
     for (&(layer, expert), r) in &layout.experts {
@@ -182,16 +187,15 @@ pub fn outer_sync(
     Ok(expected_payload_sent(groups, st.site, wire))
 }
 
-/// One site's share of a group synchronisation, as DiLoCo and FoMoE hold it: the outer
-/// optimiser over what the site holds, the site's holder groups, and the knobs that decide
-/// what a round does. The strategies differ only in the groups they give it.
+/// One site's share of a group synchronisation, as DiLoCo and FoMoE hold it: the site's
+/// holder groups and the knobs that decide what a round does. The outer optimiser it
+/// applies lives in the site's [`RoundState`] (checkpointed whole with the round); the
+/// strategies differ only in the groups they give it.
 pub struct GroupOuterSync {
     /// The outer optimiser of each parameter group.
     pub kinds: ResolvedOuter,
     pub wire: WireDtype,
     pub keep_inner_state: bool,
-    /// `None` until [`GroupOuterSync::start`].
-    pub outer: Option<OuterOptimizerState>,
     pub groups: Vec<SyncGroup>,
 }
 
@@ -201,14 +205,13 @@ impl GroupOuterSync {
             kinds: cfg.resolved_outer(),
             wire: cfg.wire_dtype,
             keep_inner_state: cfg.keep_inner_state,
-            outer: None,
             groups: Vec::new(),
         }
     }
 
     /// Start from the site's current parameters (θ_g = θ_site, zero momentum).
-    pub fn start(&mut self, st: &SiteState, groups: Vec<SyncGroup>) {
-        self.outer = Some(self.fresh_state(&st.model.store.layout, &st.model.store.flat));
+    pub fn start(&mut self, st: &SiteState, round: &mut RoundState, groups: Vec<SyncGroup>) {
+        round.outer = Some(self.fresh_state(&st.model.store.layout, &st.model.store.flat));
         self.groups = groups;
     }
 
@@ -218,8 +221,16 @@ impl GroupOuterSync {
     }
 
     /// [`outer_sync`] over the site's groups; the expected payload bytes it sent.
-    pub fn sync(&mut self, st: &mut SiteState, comm: &mut dyn Comm) -> Result<u64> {
-        let outer = self.outer.as_mut().expect("GroupOuterSync::start ran");
+    pub fn sync(
+        &mut self,
+        st: &mut SiteState,
+        round: &mut RoundState,
+        comm: &mut dyn Comm,
+    ) -> Result<u64> {
+        let outer = round
+            .outer
+            .as_mut()
+            .context("the outer optimiser was not started (strategy init)")?;
         outer_sync(st, outer, &self.groups, comm, self.wire)
     }
 
@@ -227,23 +238,6 @@ impl GroupOuterSync {
     pub fn finish_round(&self, st: &mut SiteState) {
         if !self.keep_inner_state {
             st.inner.reset();
-        }
-    }
-
-    pub fn state_bytes(&self) -> usize {
-        self.outer.as_ref().map_or(0, |o| o.bytes())
-    }
-
-    pub fn save(&self, w: &mut crate::checkpoint::CheckpointWriter, layout: &ParamLayout) {
-        if let Some(o) = &self.outer {
-            o.save(w, layout);
-        }
-    }
-
-    pub fn load(&mut self, ck: &crate::checkpoint::Checkpoint, layout: &ParamLayout) -> Result<()> {
-        match &mut self.outer {
-            Some(o) => o.load(ck, layout),
-            None => Ok(()),
         }
     }
 }

@@ -95,7 +95,7 @@ pub fn holder_groups(
             None => Residency::full(cfg),
         };
         let layout = ParamLayout::new(cfg, &residency);
-        let site_groups = groups_for_site(&layout, sites, |_, e| match placement {
+        let site_groups = groups_for_site(&layout, &everyone, |_, e| match placement {
             Some(p) => p.holders_of(e).to_vec(),
             None => everyone.clone(),
         });
