@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::collective::WireDtype;
 use crate::data::DataConfig;
+use crate::device::{DeviceChoice, Precision};
 use crate::model::{AuxScope, ConfigError, ModelConfig, RouterKind, SkipPolicy};
 use crate::net::Backend;
 use crate::optim::AdamWConfig;
@@ -237,6 +238,14 @@ pub struct RunConfig {
     pub resume_from: Option<std::path::PathBuf>,
     /// Scripted failures.
     pub faults: Vec<Fault>,
+    /// Where sites compute: cpu (default), cuda, auto (see `crate::device`). Left out of the
+    /// serialised config, and so of the hash, at its default, so CPU configs keep theirs.
+    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
+    pub device: DeviceChoice,
+    /// Matmul precision: fp32 (default) or bf16 with fp32 master weights and optimiser
+    /// state (see `crate::device`). Serialised like `device`.
+    #[serde(skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 impl Default for RunConfig {
@@ -264,6 +273,8 @@ impl Default for RunConfig {
             checkpoint_every_rounds: None,
             resume_from: None,
             faults: Vec::new(),
+            device: DeviceChoice::Cpu,
+            precision: Precision::Fp32,
         }
     }
 }

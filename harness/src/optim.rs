@@ -106,7 +106,7 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig, numel: usize, decayed: Range<usize>) -> Self {
-        let z = || Tensor::zeros([numel as i64], (Kind::Float, tch::Device::Cpu));
+        let z = || Tensor::zeros([numel as i64], (Kind::Float, crate::device::device()));
         Self {
             cfg,
             exp_avg: z(),

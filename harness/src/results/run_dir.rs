@@ -181,6 +181,7 @@ impl RunDir {
             started_at: rfc3339_utc(SystemTime::now()),
             ended_at: None,
             duration_s: None,
+            device: None,
         };
         write_atomic(&path.join(MANIFEST_FILE), &manifest.to_json())?;
         Ok(RunDir {
@@ -209,6 +210,15 @@ impl RunDir {
     pub fn set_runtime(&mut self, backend: &str, threads: usize) -> Result<(), ResultsError> {
         self.manifest.backend = backend.to_string();
         self.manifest.threads = threads;
+        write_atomic(&self.path.join(MANIFEST_FILE), &self.manifest.to_json())
+    }
+
+    /// Record the device facts of the run (see [`crate::device::facts`]).
+    pub fn set_device(
+        &mut self,
+        facts: crate::device::facts::DeviceFacts,
+    ) -> Result<(), ResultsError> {
+        self.manifest.device = Some(facts);
         write_atomic(&self.path.join(MANIFEST_FILE), &self.manifest.to_json())
     }
 

@@ -91,6 +91,8 @@ pub fn run_one(
     opts: &RunOptions,
 ) -> Result<RunOutcome> {
     cfg.validate()?;
+    // An unusable device is an error before anything is written.
+    crate::device::resolve(cfg.device, 0)?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::results::write_atomic(
@@ -150,6 +152,13 @@ pub fn run_endpoint(
         crate::collective::barrier(comm, &all)?;
         return Ok(None);
     }
+    // The site's tensors live on its device from here on (the aggregator above stays on
+    // the host: it only averages host buffers).
+    let device = crate::device::resolve(cfg.device, endpoint)?.device;
+    let mut runtime = crate::device::Runtime::new(device, cfg.precision);
+    // A caller may ask for the CUDA path's host copies on the CPU (tests do).
+    runtime.stage_payloads |= crate::device::current().stage_payloads;
+    let _runtime = crate::device::enter(runtime);
     let data = Dataset::open(&cfg.data, mcfg.seq_len)?;
     let init = site::load_init(&dir.join("init.safetensors"), &mcfg)?;
     let mut strategy = (reg.site)(cfg, endpoint)?;
@@ -193,7 +202,11 @@ fn run_sim(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let gate = gate::ComputeGate::new(cores / threads);
+    // Sites on a GPU compute one at a time (see `crate::device`, "Sharing one GPU").
+    let on_gpu = crate::device::resolve(cfg.device, 0)?.device.is_cuda();
+    let gate = gate::ComputeGate::new(if on_gpu { 1 } else { cores / threads });
+    // Site threads inherit the caller's request to stage payloads (see `run_endpoint`).
+    let stage = crate::device::current().stage_payloads;
     let results: Vec<Result<Option<SiteReport>>> = std::thread::scope(|s| {
         let handles: Vec<_> = net
             .comms
@@ -202,6 +215,12 @@ fn run_sim(
             .map(|(i, mut comm)| {
                 let gate = &gate;
                 s.spawn(move || {
+                    let _staged = stage.then(|| {
+                        crate::device::enter(crate::device::Runtime {
+                            stage_payloads: true,
+                            ..crate::device::Runtime::CPU
+                        })
+                    });
                     run_endpoint(cfg, dir, i, comm.as_mut(), reg, Some(gate))
                         .with_context(|| format!("site {i}"))
                 })

@@ -22,7 +22,15 @@ pub fn execute_in_run_dir(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<()> {
-    dir.set_runtime("cpu", threads_per_site(cfg))?;
+    let device = crate::device::resolve(cfg.device, 0)?.device;
+    let facts = crate::device::facts::DeviceFacts::detect(
+        device,
+        cfg.precision,
+        cfg.sites,
+        &cfg.network.backend.to_string(),
+    );
+    dir.set_runtime(&facts.device.clone(), threads_per_site(cfg))?;
+    dir.set_device(facts)?;
     let path = dir.path().to_path_buf();
     let outcome = run_one(cfg, &path, reg, opts);
     if let Ok(o) = &outcome {

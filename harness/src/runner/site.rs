@@ -89,8 +89,8 @@ pub struct SiteReport {
 pub fn batch_tensors(b: &Batch) -> (Tensor, Tensor) {
     let shape = b.shape();
     (
-        Tensor::from_slice(&b.inputs).view(shape),
-        Tensor::from_slice(&b.targets).view(shape),
+        crate::device::staging::upload_i64(&b.inputs, &shape),
+        crate::device::staging::upload_i64(&b.targets, &shape),
     )
 }
 
@@ -199,6 +199,7 @@ fn compute<T>(
     let guard = gate.map(|g| g.acquire());
     let t = Instant::now();
     let out = f();
+    crate::device::synchronize();
     let dt = t.elapsed();
     drop(guard);
     comm.advance(dt);

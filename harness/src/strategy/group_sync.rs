@@ -27,7 +27,7 @@ use super::outer::OuterOptimizerState;
 use super::SiteState;
 use crate::collective::{ring_allreduce, WireDtype};
 use crate::config::{OuterOptimizer, RunConfig};
-use crate::model::params::{tensor_to_vec, ParamLayout};
+use crate::model::params::ParamLayout;
 use crate::net::Comm;
 
 /// Ranges of the flat buffer held by exactly `members`.
@@ -100,7 +100,10 @@ pub fn outer_sync(
     comm: &mut dyn Comm,
     wire: WireDtype,
 ) -> Result<u64> {
-    let mut delta = tensor_to_vec(&(&outer.global - &st.model.store.flat));
+    // Δ on the device, lent to the host as one payload (staged through pinned memory on a
+    // GPU, in place on the CPU); it is written back when `delta` goes out of scope.
+    let mut delta_t = &outer.global - &st.model.store.flat;
+    let mut delta = crate::device::staging::HostCopy::new(&mut delta_t);
     let mut buf = Vec::new();
     for g in groups {
         buf.clear();
@@ -118,7 +121,8 @@ pub fn outer_sync(
             off += r.len();
         }
     }
-    outer.apply(&tch::Tensor::from_slice(&delta));
+    drop(delta);
+    outer.apply(&delta_t);
     tch::no_grad(|| st.model.store.flat.shallow_clone().copy_(&outer.global));
     Ok(expected_payload_sent(groups, st.site, wire))
 }
