@@ -25,12 +25,18 @@ enum Command {
     Report(cmd::report::Args),
     /// Rebuild a suite's SVG figures and REPORT-<suite>.md from its results directory alone.
     Figures(cmd::figures::Args),
+    /// Generate paper/REPORT.md (the abstract's claims beside measured and projected numbers)
+    /// and its figures from a spec file; --check fails when the committed files differ.
+    PaperReport(cmd::paper_report::Args),
     /// Train one site (no communication) and print a summary.
     Train(cmd::train::Args),
     /// Execute one run configuration (TOML) and print its outcome.
     RunOne(cmd::run_one::Args),
     /// Throughput of one training step: tokens/s, GFLOP/s, and the measured fp32 matmul rate.
     BenchStep(cmd::bench_step::Args),
+    /// One site of a run whose sites are on separate hosts (rank, world and rendezvous from
+    /// flags or the Slurm environment; token from FOMOE_TOKEN or --token-file).
+    Site(cmd::site::Args),
     /// Measure an emulated link (rate, one-way delay) and a ring all-reduce against its bound.
     Netcheck(cmd::netcheck::Args),
     /// Internal: one site of a run, started by the orchestrator.
@@ -46,10 +52,12 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Figures(a) => cmd::figures::run(a),
+        Command::PaperReport(a) => cmd::paper_report::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::RunOne(a) => cmd::run_one::run(a),
         Command::BenchStep(a) => cmd::bench_step::run(a),
         Command::Netcheck(a) => cmd::netcheck::run(a),
+        Command::Site(a) => cmd::site::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };
     match result {

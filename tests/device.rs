@@ -126,14 +126,23 @@ fn the_manifest_records_the_device_it_ran_on() {
     let path = tmp.path().join("diloco-s0");
     let env = RunEnv::detect("t", "cpu");
     let mut dir = RunDir::create(&path, "diloco-s0", &cfg, &env).unwrap();
-    harness::runner::execute_in_run_dir(&cfg, &mut dir, &baselines::registry(), &RunOptions::default())
-        .unwrap();
+    harness::runner::execute_in_run_dir(
+        &cfg,
+        &mut dir,
+        &baselines::registry(),
+        &RunOptions::default(),
+    )
+    .unwrap();
     let m = Manifest::read(&path.join(MANIFEST_FILE)).unwrap();
     assert_eq!(m.backend, "cpu");
     let d = m.device.expect("manifest.device");
     assert_eq!((d.device.as_str(), d.gpus), ("cpu", 0));
     assert_eq!(d.precision, Precision::Fp32);
     // The libtorch this test runs on, read at run time.
-    assert!(d.libtorch.as_deref().is_some_and(|v| v.starts_with("2.")), "{:?}", d.libtorch);
+    assert!(
+        d.libtorch.as_deref().is_some_and(|v| v.starts_with("2.")),
+        "{:?}",
+        d.libtorch
+    );
     assert!(d.sharing.starts_with("cpu: 2 site(s)"), "{}", d.sharing);
 }

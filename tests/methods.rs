@@ -233,10 +233,12 @@ fn links_and_backends_change_timing_never_the_loss() {
     assert_eq!(losses(&a), losses(&b));
     assert_eq!(losses(&a), losses(&c));
     // Virtual comm time also contains waiting for slower peers' (measured, noisy) compute,
-    // so compare the difference against the link model's bandwidth term alone:
-    // per site and round 2(M−1)/M·N·4 bytes at 100 Mbit/s, for 4 sites × 3 rounds.
+    // so compare the difference against the link model's bandwidth term alone. FoMoE's
+    // groups run in one lockstep schedule whose critical path is the dense ring: per site
+    // and round at least 2(M−1)/M·N_dense·4 bytes through one 100 Mbit/s link, for 4 sites ×
+    // 3 rounds (the expert groups' chunks travel on other links or beside it).
     let clock = |r: &[StepRow]| r.iter().map(|x| x.comm_ms).sum::<f64>() / 1e3;
-    let n = fast.model_config().unwrap().total_params() as f64;
+    let n = fast.model_config().unwrap().dense_params() as f64;
     let bandwidth_s = 1.5 * n * 4.0 * 8.0 / 100e6;
     let extra = clock(&b) - clock(&a);
     assert!(

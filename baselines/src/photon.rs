@@ -81,26 +81,36 @@ impl Strategy for PhotonClient {
     }
 }
 
+/// Tokens each client trains on in one round: H steps of batch · seq tokens. Every client
+/// runs the same H steps of the same batch shape, so the weights are equal today; they are
+/// the weights of the average all the same, so an uneven round changes one place.
+pub fn client_tokens_per_round(cfg: &RunConfig, mcfg: &harness::model::ModelConfig) -> Vec<f32> {
+    let t = (cfg.inner_steps * mcfg.batch_size * mcfg.seq_len) as f32;
+    vec![t; cfg.sites]
+}
+
 /// The aggregator endpoint (id M): rounds of gather → server step → broadcast.
 pub fn run_aggregator(cfg: &RunConfig, comm: &mut dyn Comm, dir: &Path) -> Result<()> {
     let mcfg = cfg.model_config()?;
     let init = harness::runner::site::load_init(&dir.join("init.safetensors"), &mcfg)?;
     let mut outer = OuterOptimizerState::new(cfg.outer_optimizer(), &init.flat);
     let clients: Vec<usize> = (0..cfg.sites).collect();
-    // Equal batches on every client: token weights are equal.
-    let weights = vec![1.0f32 / cfg.sites as f32; cfg.sites];
     let n = init.numel();
     for _ in 0..cfg.rounds() {
+        // w_i = tokens client i trained on this round (H steps of its batch), θ̄ = Σ w_i θ_i / Σ w_i.
+        let tokens = client_tokens_per_round(cfg, &mcfg);
+        let total: f32 = tokens.iter().sum();
         let mut mean = vec![0f32; n];
         star_reduce(
             comm,
             cfg.sites,
             &clients,
-            Some(&weights),
+            Some(&tokens),
             cfg.wire_dtype,
             &mut mean,
         )
         .context("aggregator gather")?;
+        mean.iter_mut().for_each(|v| *v /= total);
         let delta = &outer.global - Tensor::from_slice(&mean);
         outer.apply(&delta);
         let mut theta = tensor_to_vec(&outer.global);

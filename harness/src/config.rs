@@ -51,6 +51,7 @@ impl Method {
 /// cells empty.
 /// - `fomoe.*`: FoMoE only; `photon_topology`: Photon only;
 /// - `inner_steps`, `outer`, `keep_inner_state`: methods with rounds (DiLoCo, Photon, FoMoE);
+///   `outer_groups`: DiLoCo and FoMoE (the group synchronisation);
 ///   DDP and single only use H as their eval period, which a suite takes from its base;
 /// - `network.*`, `wire_dtype`: every method but `single` (which never communicates);
 /// - everything else: every method.
@@ -60,6 +61,7 @@ pub fn knob_applies(method: Method, path: &str) -> bool {
         "fomoe" => method == Method::Fomoe,
         "photon_topology" => method == Method::Photon,
         "inner_steps" | "outer" | "keep_inner_state" => method.has_rounds(),
+        "outer_groups" => matches!(method, Method::Diloco | Method::Fomoe),
         "network" | "wire_dtype" => method != Method::Single,
         _ => true,
     }
@@ -93,6 +95,57 @@ impl OuterOptimizer {
     }
 }
 
+/// Per-parameter-group overrides of the outer optimiser (DiLoCo and FoMoE). A group left
+/// out uses `outer` (or the method's default). Groups: `dense` (embeddings, positions,
+/// attention, norms), `router` (every layer's router weight), `experts` (expert fc1/fc2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OuterGroups {
+    pub dense: Option<OuterOptimizer>,
+    pub router: Option<OuterOptimizer>,
+    pub experts: Option<OuterOptimizer>,
+}
+
+impl OuterGroups {
+    pub fn is_empty(&self) -> bool {
+        self.dense.is_none() && self.router.is_none() && self.experts.is_none()
+    }
+}
+
+/// The outer optimiser of each parameter group, resolved (see [`OuterGroups`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ResolvedOuter {
+    pub dense: OuterOptimizer,
+    pub router: OuterOptimizer,
+    pub experts: OuterOptimizer,
+}
+
+impl ResolvedOuter {
+    /// Every group with the same optimiser.
+    pub fn uniform(kind: OuterOptimizer) -> Self {
+        Self {
+            dense: kind,
+            router: kind,
+            experts: kind,
+        }
+    }
+}
+
+/// Which sites' pseudo-gradients a FoMoE router row is averaged over. Row e of a layer's
+/// router (its logit for expert e) is a dense parameter every site holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterSync {
+    /// With the dense group: Δ_row = mean over all M sites.
+    #[default]
+    All,
+    /// Row e among expert e's holders only: Δ_row(e) = mean over holders(e) of Δ_s. Rows of
+    /// experts a site does not hold contribute nothing from it (it never ran them). The rows
+    /// still travel in the dense all-reduce (the same bytes); every site adopts the result,
+    /// so routers stay bit-identical everywhere. ρ = M: identical to `all`.
+    Holders,
+}
+
 /// How FoMoE places experts on sites.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -114,6 +167,7 @@ pub struct FomoeConfig {
     pub placement: Placement,
     pub skip_policy: SkipPolicy,
     pub aux_scope: AuxScope,
+    pub router_sync: RouterSync,
 }
 
 impl Default for FomoeConfig {
@@ -123,6 +177,7 @@ impl Default for FomoeConfig {
             placement: Placement::RoundRobin,
             skip_policy: SkipPolicy::Drop,
             aux_scope: AuxScope::All,
+            router_sync: RouterSync::All,
         }
     }
 }
@@ -161,7 +216,8 @@ pub enum FaultKind {
 pub struct NetworkConfig {
     pub backend: Backend,
     /// A named scenario (`same-region`, `cross-region`, `cross-continent`, `consumer`,
-    /// `internet`); explicit `rate`/`delay`/`jitter` override its values.
+    /// `internet`); explicit `rate`/`delay`/`jitter` override its values. Backend `tcp`
+    /// applies none of them (its links are the hosts' own; explicit values are refused).
     pub scenario: Option<String>,
     /// e.g. "100mbit"
     pub rate: Option<String>,
@@ -213,6 +269,9 @@ pub struct RunConfig {
     pub optim: AdamWConfig,
     /// Outer optimiser; default: Nesterov(0.7, 0.9) for DiLoCo and FoMoE, FedAvg for Photon.
     pub outer: Option<OuterOptimizer>,
+    /// Per-group overrides of `outer` (DiLoCo and FoMoE only).
+    #[serde(skip_serializing_if = "OuterGroups::is_empty")]
+    pub outer_groups: OuterGroups,
     /// Keep each site's AdamW moments across rounds (true) or reset them every round.
     pub keep_inner_state: bool,
     pub wire_dtype: WireDtype,
@@ -259,6 +318,7 @@ impl Default for RunConfig {
             inner_steps: 16,
             optim: AdamWConfig::default(),
             outer: None,
+            outer_groups: OuterGroups::default(),
             keep_inner_state: true,
             wire_dtype: WireDtype::F32,
             fomoe: FomoeConfig::default(),
@@ -324,6 +384,17 @@ impl RunConfig {
             Method::Photon => OuterOptimizer::fedavg_default(),
             _ => OuterOptimizer::diloco_default(),
         })
+    }
+
+    /// The outer optimiser of each parameter group: `outer_groups` over `outer`.
+    pub fn resolved_outer(&self) -> ResolvedOuter {
+        let d = self.outer_optimizer();
+        let g = &self.outer_groups;
+        ResolvedOuter {
+            dense: g.dense.unwrap_or(d),
+            router: g.router.unwrap_or(d),
+            experts: g.experts.unwrap_or(d),
+        }
     }
 
     /// Outer rounds: steps / H for round-based methods, else steps / H eval periods.
@@ -396,24 +467,23 @@ impl RunConfig {
                 ));
             }
         }
-        match self.outer_optimizer() {
-            OuterOptimizer::Nesterov { lr, momentum } => {
-                if !(lr > 0.0 && lr.is_finite()) {
-                    return Err(ConfigError::new("outer.lr", lr, "must be > 0"));
-                }
-                if !(0.0..1.0).contains(&momentum) {
-                    return Err(ConfigError::new(
-                        "outer.momentum",
-                        momentum,
-                        "must be in [0, 1)",
-                    ));
-                }
+        validate_outer("outer", self.outer_optimizer())?;
+        let g = &self.outer_groups;
+        for (name, o) in [
+            ("outer_groups.dense", g.dense),
+            ("outer_groups.router", g.router),
+            ("outer_groups.experts", g.experts),
+        ] {
+            if let Some(o) = o {
+                validate_outer(name, o)?;
             }
-            OuterOptimizer::Fedavg { lr } => {
-                if !(lr > 0.0 && lr.is_finite()) {
-                    return Err(ConfigError::new("outer.lr", lr, "must be > 0"));
-                }
-            }
+        }
+        if !g.is_empty() && !matches!(self.method, Method::Diloco | Method::Fomoe) {
+            return Err(ConfigError::new(
+                "outer_groups",
+                self.method.name(),
+                "per-group outer optimisers apply to diloco and fomoe only",
+            ));
         }
         if let Some(t) = self.threads_per_site {
             if t == 0 {
@@ -454,6 +524,23 @@ impl RunConfig {
                     f.at_step,
                     format!("must be in 1..={}", self.steps),
                 ));
+            }
+        }
+        if self.network.backend == Backend::Tcp {
+            let n = &self.network;
+            for (field, v) in [
+                ("network.rate", &n.rate),
+                ("network.delay", &n.delay),
+                ("network.jitter", &n.jitter),
+            ] {
+                if let Some(v) = v {
+                    return Err(ConfigError::new(
+                        field,
+                        v,
+                        "not applied by backend tcp (real links, no emulation): remove it, \
+                         or shape the hosts' own links (README: sites on separate hosts)",
+                    ));
+                }
             }
         }
         self.link_matrix()?;
@@ -519,6 +606,26 @@ impl RunConfig {
         let digest = Sha256::digest(json.as_bytes());
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
+}
+
+/// The rules every outer optimiser obeys; `field` is where it was given.
+fn validate_outer(field: &str, o: OuterOptimizer) -> Result<(), ConfigError> {
+    let lr = match o {
+        OuterOptimizer::Nesterov { lr, .. } | OuterOptimizer::Fedavg { lr } => lr,
+    };
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(ConfigError::new(format!("{field}.lr"), lr, "must be > 0"));
+    }
+    if let OuterOptimizer::Nesterov { momentum, .. } = o {
+        if !(0.0..1.0).contains(&momentum) {
+            return Err(ConfigError::new(
+                format!("{field}.momentum"),
+                momentum,
+                "must be in [0, 1)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -37,8 +37,38 @@ pub struct StepRow {
     pub payload_recv: u64,
     pub framing_sent: u64,
     pub framing_recv: u64,
-    /// Share of routed slots that hit non-resident experts (FoMoE; 0 otherwise).
+    /// Share of routed slots that hit non-resident experts (FoMoE; 0 otherwise), over all
+    /// layers.
     pub skip_rate: f64,
+    /// The same per layer, `;`-separated in layer order (e.g. `0.5;0.4375`); empty in
+    /// files written before it existed.
+    #[serde(default)]
+    pub skip_by_layer: String,
+}
+
+/// [`StepRow::skip_by_layer`] of one forward pass: skipped / routed slots per layer.
+pub fn format_skip_by_layer(routing: &[crate::model::moe::LayerRouting], top_k: usize) -> String {
+    routing
+        .iter()
+        .map(|r| {
+            let slots = r.tokens * top_k as i64;
+            let rate = if slots > 0 {
+                r.skipped_slots as f64 / slots as f64
+            } else {
+                0.0
+            };
+            format!("{rate}")
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Parses [`StepRow::skip_by_layer`]; an empty or malformed field gives `None`.
+pub fn parse_skip_by_layer(s: &str) -> Option<Vec<f64>> {
+    if s.is_empty() {
+        return None;
+    }
+    s.split(';').map(|v| v.parse().ok()).collect()
 }
 
 /// One eval of the global model at the end of a round (rounds.csv): one row per domain.

@@ -16,7 +16,8 @@ use plotters::prelude::*;
 
 use crate::load::{RoutingPoint, SuiteData};
 
-type DrawResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type DrawResult = Result<(), Box<dyn std::error::Error>>;
+pub(crate) type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
 const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
@@ -31,11 +32,11 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-fn color(i: usize) -> RGBColor {
+pub(crate) fn color(i: usize) -> RGBColor {
     PALETTE[i % PALETTE.len()]
 }
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 
 /// The SVG text of figure `name` (one of [`crate::FIGURES`]).
 pub fn render(name: &str, suite: &SuiteData) -> Result<String, String> {
@@ -43,21 +44,24 @@ pub fn render(name: &str, suite: &SuiteData) -> Result<String, String> {
     let mut svg = String::new();
     {
         let result = match name {
-            "payload_bytes.svg" => {
+            "payload_bytes" => {
                 let root = SVGBackend::with_string(&mut svg, ((140 * n as u32).max(900), 520))
                     .into_drawing_area();
                 payload(&root, suite).and_then(|_| root.present().map_err(Into::into))
             }
-            "eval_loss_tokens.svg" | "eval_loss_clock.svg" => {
+            "eval_loss_tokens" | "eval_loss_clock" => {
                 let root = SVGBackend::with_string(&mut svg, (1100, 560)).into_drawing_area();
-                loss(&root, suite, name == "eval_loss_tokens.svg")
+                loss(&root, suite, name == "eval_loss_tokens")
                     .and_then(|_| root.present().map_err(Into::into))
             }
-            "routing_stability.svg" => {
+            "pareto" | "stability" | "throughput" => {
+                return crate::quality_figures::render(name, suite);
+            }
+            "routing_stability" => {
                 let root = SVGBackend::with_string(&mut svg, (1100, 1100)).into_drawing_area();
                 routing(&root, suite).and_then(|_| root.present().map_err(Into::into))
             }
-            "load_balance.svg" => {
+            "load_balance" => {
                 let root = SVGBackend::with_string(&mut svg, (1100, 760)).into_drawing_area();
                 balance(&root, suite).and_then(|_| root.present().map_err(Into::into))
             }
@@ -65,7 +69,29 @@ pub fn render(name: &str, suite: &SuiteData) -> Result<String, String> {
         };
         result.map_err(|e| e.to_string())?;
     }
-    Ok(svg)
+    Ok(tidy_svg(&svg))
+}
+
+/// Drop the `<polyline>` elements whose points are all one point: plotters' dashed series
+/// can end with a zero-length dash, which draws nothing and which resvg reports as a path it
+/// cannot stroke.
+pub(crate) fn tidy_svg(svg: &str) -> String {
+    svg.lines()
+        .filter(|line| {
+            let Some(pts) = line
+                .trim_start()
+                .strip_prefix("<polyline")
+                .and_then(|l| l.split("points=\"").nth(1))
+                .and_then(|l| l.split('"').next())
+            else {
+                return true;
+            };
+            let mut it = pts.split_whitespace();
+            let first = it.next();
+            !it.all(|p| Some(p) == first)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// Decimal byte units, three significant digits.
@@ -85,7 +111,7 @@ pub fn human_bytes(bytes: f64) -> String {
     format!("{bytes:.0} B")
 }
 
-fn payload(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResult {
+fn payload(root: &Area, suite: &SuiteData) -> DrawResult {
     root.fill(&WHITE)?;
     let n = suite.runs.len();
     let bytes: Vec<u64> = suite.runs.iter().map(|r| r.summary.payload_bytes).collect();
@@ -153,7 +179,7 @@ fn payload(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResu
     Ok(())
 }
 
-fn range_of(values: impl Iterator<Item = f64>, pad_frac: f64) -> (f64, f64) {
+pub(crate) fn range_of(values: impl Iterator<Item = f64>, pad_frac: f64) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| {
@@ -166,26 +192,56 @@ fn range_of(values: impl Iterator<Item = f64>, pad_frac: f64) -> (f64, f64) {
     (lo - span * pad_frac, hi + span * pad_frac)
 }
 
-/// One legend for the whole figure, drawn in its own column: (label, colour, dashed).
-fn legend(
-    area: &DrawingArea<SVGBackend, Shift>,
-    entries: &[(String, RGBColor, bool)],
-) -> DrawResult {
-    for (i, (label, c, dashed)) in entries.iter().enumerate() {
+/// How a legend entry is drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Key {
+    Line,
+    Dashed,
+    Dotted,
+    Dot,
+    Ring,
+    /// Text only (no symbol), from the left edge.
+    Note,
+    /// Text only, aligned with the labels of the entries that have a symbol.
+    Indent,
+}
+
+/// One legend for the whole figure, drawn in its own column: (label, colour, key).
+pub(crate) fn legend(area: &Area, entries: &[(String, RGBColor, Key)]) -> DrawResult {
+    for (i, (label, c, key)) in entries.iter().enumerate() {
         let y = 60 + 20 * i as i32;
-        if *dashed {
-            for x in [5, 17] {
-                area.draw(&PathElement::new(
-                    vec![(x, y), (x + 8, y)],
-                    c.stroke_width(2),
-                ))?;
+        match key {
+            Key::Line => {
+                area.draw(&PathElement::new(vec![(5, y), (29, y)], c.stroke_width(2)))?;
             }
-        } else {
-            area.draw(&PathElement::new(vec![(5, y), (29, y)], c.stroke_width(2)))?;
+            Key::Dashed => {
+                for x in [5, 17] {
+                    area.draw(&PathElement::new(
+                        vec![(x, y), (x + 8, y)],
+                        c.stroke_width(2),
+                    ))?;
+                }
+            }
+            Key::Dotted => {
+                for x in [5, 11, 17, 23] {
+                    area.draw(&PathElement::new(
+                        vec![(x, y), (x + 3, y)],
+                        c.stroke_width(1),
+                    ))?;
+                }
+            }
+            Key::Dot => {
+                area.draw(&Circle::new((17, y), 4, c.filled()))?;
+            }
+            Key::Ring => {
+                area.draw(&Circle::new((17, y), 7, c.stroke_width(2)))?;
+            }
+            Key::Note | Key::Indent => {}
         }
+        let x = if *key == Key::Note { 5 } else { 36 };
         area.draw(&Text::new(
             label.clone(),
-            (36, y),
+            (x, y),
             TextStyle::from((FONT, 13).into_font()).pos(plotters::style::text_anchor::Pos::new(
                 plotters::style::text_anchor::HPos::Left,
                 plotters::style::text_anchor::VPos::Center,
@@ -196,7 +252,7 @@ fn legend(
 }
 
 /// Axis labels: integers only (rounds), blank elsewhere.
-fn integer_label(v: &f64) -> String {
+pub(crate) fn integer_label(v: &f64) -> String {
     if (v - v.round()).abs() < 1e-9 && *v >= 0.0 {
         format!("{}", v.round() as i64)
     } else {
@@ -205,7 +261,7 @@ fn integer_label(v: &f64) -> String {
 }
 
 /// Counts with k/M/G suffixes (token axes).
-fn count_label(v: &f64) -> String {
+pub(crate) fn count_label(v: &f64) -> String {
     let a = v.abs();
     for (unit, name) in [(1e9, "G"), (1e6, "M"), (1e3, "k")] {
         if a >= unit {
@@ -215,14 +271,14 @@ fn count_label(v: &f64) -> String {
     trim_float(*v)
 }
 
-fn trim_float(x: f64) -> String {
+pub(crate) fn trim_float(x: f64) -> String {
     let s = format!("{x:.2}");
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-const LEGEND_W: u32 = 260;
+pub(crate) const LEGEND_W: u32 = 260;
 
-fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: bool) -> DrawResult {
+fn loss(root: &Area, suite: &SuiteData, by_tokens: bool) -> DrawResult {
     root.fill(&WHITE)?;
     let (plot, side) = root.split_horizontally(root.dim_in_pixel().0 - LEGEND_W);
     let x_of = |p: &crate::load::EvalPoint| {
@@ -234,10 +290,12 @@ fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: boo
     };
     let xs = suite.runs.iter().flat_map(|r| r.eval.iter().map(x_of));
     let (_, x_hi) = range_of(xs.chain(std::iter::once(0.0)), 0.0);
-    let ys = suite
-        .runs
-        .iter()
-        .flat_map(|r| r.eval.iter().map(|p| p.mean_loss).chain(r.floor));
+    let ys = suite.runs.iter().flat_map(|r| {
+        r.eval
+            .iter()
+            .flat_map(|p| [p.loss, p.local_loss])
+            .chain(r.floor)
+    });
     let (y_lo, y_hi) = range_of(ys, 0.05);
     let x_hi = if x_hi > 0.0 { x_hi * 1.02 } else { 1.0 };
     let (what, desc) = if by_tokens {
@@ -268,22 +326,43 @@ fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: boo
         .draw()?;
     let mut entries = Vec::new();
     for (i, run) in suite.runs.iter().enumerate() {
-        let pts: Vec<(f64, f64)> = run
+        let global: Vec<(f64, f64)> = run
             .eval
             .iter()
-            .map(|p| (x_of(p), p.mean_loss))
+            .map(|p| (x_of(p), p.loss))
             .filter(|(x, y)| x.is_finite() && y.is_finite())
             .collect();
-        let label = if pts.is_empty() {
-            format!("{} (no data)", run.id())
-        } else {
-            run.id().to_string()
-        };
-        entries.push((label, color(i), false));
-        chart.draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))?;
-        chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color(i).filled())))?;
+        let local: Vec<(f64, f64)> = run
+            .eval
+            .iter()
+            .map(|p| (x_of(p), p.local_loss))
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        entries.push((run_label(run, global.is_empty()), color(i), Key::Line));
+        chart.draw_series(LineSeries::new(global.clone(), color(i).stroke_width(2)))?;
+        chart.draw_series(global.iter().map(|&p| Circle::new(p, 3, color(i).filled())))?;
+        // The sites' own models only where they differ from the global one.
+        if local.iter().zip(&global).any(|(l, g)| l.1 != g.1) {
+            chart.draw_series(DashedLineSeries::new(
+                local.clone(),
+                6,
+                4,
+                color(i).stroke_width(2),
+            ))?;
+            chart.draw_series(
+                local
+                    .iter()
+                    .map(|&p| Circle::new(p, 2, color(i).stroke_width(1))),
+            )?;
+        }
     }
-    // Entropy floors, one dashed line per distinct value.
+    entries.push(("solid: global model".into(), BLACK, Key::Line));
+    entries.push((
+        "dashed: sites' own models (mean)".into(),
+        BLACK,
+        Key::Dashed,
+    ));
+    // Entropy floors, one dotted line per distinct value.
     let mut floors: Vec<f64> = suite
         .runs
         .iter()
@@ -292,31 +371,40 @@ fn loss(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData, by_tokens: boo
         .collect();
     floors.sort_by(f64::total_cmp);
     floors.dedup();
+    let grey = RGBColor(110, 110, 110);
     for f in &floors {
         chart.draw_series(DashedLineSeries::new(
             vec![(0.0, *f), (x_hi, *f)],
-            8,
-            5,
-            BLACK.stroke_width(1),
+            2,
+            4,
+            grey.stroke_width(1),
         ))?;
-        entries.push((format!("entropy floor {f:.4}"), BLACK, true));
+        entries.push((format!("entropy floor {f:.4}"), grey, Key::Dotted));
     }
     if floors.is_empty() {
-        entries.push(("no entropy floor in the results".into(), WHITE, false));
+        entries.push(("no entropy floor in the results".into(), grey, Key::Note));
     }
     legend(&side, &entries)
+}
+
+/// A run's legend label: its id, `(no data)` when nothing is drawn, its status when not
+/// complete.
+pub(crate) fn run_label(run: &crate::load::RunData, no_data: bool) -> String {
+    let mut label = run.id().to_string();
+    if !run.summary.is_complete() {
+        label.push_str(&format!(" [{}]", run.summary.status));
+    }
+    if no_data {
+        label.push_str(" (no data)");
+    }
+    label
 }
 
 type Metric = fn(&RoutingPoint) -> Option<f64>;
 /// A panel: its label, the metric, and a fixed y range (else fitted to the data).
 type Panel<'a> = (&'a str, Metric, Option<(f64, f64)>);
 
-fn round_panels(
-    root: &DrawingArea<SVGBackend, Shift>,
-    suite: &SuiteData,
-    title: &str,
-    panels: &[Panel],
-) -> DrawResult {
+fn round_panels(root: &Area, suite: &SuiteData, title: &str, panels: &[Panel]) -> DrawResult {
     root.fill(&WHITE)?;
     let (head, body) = root.split_vertically(40);
     head.draw(&Text::new(
@@ -385,26 +473,16 @@ fn round_panels(
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color(i).filled())))?;
         }
     }
-    let entries: Vec<(String, RGBColor, bool)> = suite
+    let entries: Vec<(String, RGBColor, Key)> = suite
         .runs
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            (
-                if r.routing.is_empty() {
-                    format!("{} (no data)", r.id())
-                } else {
-                    r.id().to_string()
-                },
-                color(i),
-                false,
-            )
-        })
+        .map(|(i, r)| (run_label(r, r.routing.is_empty()), color(i), Key::Line))
         .collect();
     legend(&side, &entries)
 }
 
-fn routing(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResult {
+fn routing(root: &Area, suite: &SuiteData) -> DrawResult {
     round_panels(
         root,
         suite,
@@ -429,7 +507,7 @@ fn routing(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResu
     )
 }
 
-fn balance(root: &DrawingArea<SVGBackend, Shift>, suite: &SuiteData) -> DrawResult {
+fn balance(root: &Area, suite: &SuiteData) -> DrawResult {
     round_panels(
         root,
         suite,

@@ -8,23 +8,39 @@
 //!
 //! Output layout under `out` (default `paper/`):
 //! ```text
-//! <out>/REPORT-<suite>.md                        table, figures, provenance of every number
-//! <out>/figures/<suite>/payload_bytes.svg        training payload per run (log scale), × vs DDP
-//! <out>/figures/<suite>/eval_loss_tokens.svg     mean eval loss over domains vs training tokens
-//! <out>/figures/<suite>/eval_loss_clock.svg      mean eval loss over domains vs run clock (s)
-//! <out>/figures/<suite>/routing_stability.svg    saturation, cross-site agreement, overlap vs round
-//! <out>/figures/<suite>/load_balance.svg         CV of expert load, skip rate vs round
+//! <out>/REPORT-<suite>.md                   table, figures, provenance of every number
+//! <out>/figures/<suite>/payload_bytes       training payload per run (log scale), × vs DDP
+//! <out>/figures/<suite>/eval_loss_tokens    global (solid) and sites' own (dashed) mean eval
+//!                                           loss over domains vs training tokens
+//! <out>/figures/<suite>/eval_loss_clock     the same vs run clock (s)
+//! <out>/figures/<suite>/pareto              final global eval loss vs payload bytes (log x),
+//!                                           a point per run, a series per method
+//! <out>/figures/<suite>/stability           round-to-round change of the global eval loss,
+//!                                           and each run's largest increase
+//! <out>/figures/<suite>/throughput          per-site compute tokens/s vs ρ/M, with skip-token
+//!                                           (FoMoE) and without (full replica)
+//! <out>/figures/<suite>/routing_stability   saturation, cross-site agreement, overlap vs round
+//! <out>/figures/<suite>/load_balance        CV of expert load, skip rate vs round
 //! ```
-//! Every file is written atomically and is a pure function of the inputs (no timestamps,
-//! no absolute paths), so regenerating gives byte-identical files.
+//! Each figure is written as `<name>.svg` and `<name>.png` (the SVG rasterised, see
+//! [`raster`]). Every file is written atomically and is a pure function of the inputs (no
+//! timestamps, no absolute paths), so regenerating gives byte-identical files. Runs that are
+//! not `complete` are drawn in the per-run figures with their status in the legend, and never
+//! enter the Pareto or throughput figures or any comparison across runs.
 //!
 //! Degenerate cases: a run without rounds rows has no loss curve and its report cells say
 //! "no eval"; without routing rows it is listed as "no data" in the routing legends and in
 //! the report; a target not reached is reported with the best loss and the target; a run
 //! with no payload bytes is drawn at the bottom of the log axis and labelled `0 B`.
 
+pub mod claims;
+pub mod compare;
 pub mod figures;
 pub mod load;
+pub mod paper_report;
+pub mod projection;
+pub mod quality_figures;
+pub mod raster;
 pub mod report;
 
 use std::path::{Path, PathBuf};
@@ -55,25 +71,28 @@ pub enum PaperError {
     Plot { path: PathBuf, reason: String },
 }
 
-/// The figure files of a suite, in report order: (file name, title).
+/// The figures of a suite, in report order: (file stem, title).
 pub const FIGURES: &[(&str, &str)] = &[
-    ("payload_bytes.svg", "Training payload bytes per run"),
+    ("payload_bytes", "Training payload bytes per run"),
     (
-        "eval_loss_tokens.svg",
-        "Global eval loss (mean over domains) vs training tokens",
+        "eval_loss_tokens",
+        "Eval loss (mean over domains) vs training tokens: global model and the sites' own models",
     ),
     (
-        "eval_loss_clock.svg",
-        "Global eval loss (mean over domains) vs run clock",
+        "eval_loss_clock",
+        "Eval loss (mean over domains) vs run clock: global model and the sites' own models",
+    ),
+    ("pareto", "Final global eval loss vs payload bytes"),
+    ("stability", "Round-to-round change of the global eval loss"),
+    (
+        "throughput",
+        "Per-site compute throughput vs ρ/M, with and without skip-token",
     ),
     (
-        "routing_stability.svg",
+        "routing_stability",
         "Routing stability per round (mean over layers)",
     ),
-    (
-        "load_balance.svg",
-        "Load balance per round (mean over layers)",
-    ),
+    ("load_balance", "Load balance per round (mean over layers)"),
 ];
 
 /// What [`generate`] wrote.
@@ -94,9 +113,26 @@ pub fn report_path(out: &Path, suite: &str) -> PathBuf {
     out.join(format!("REPORT-{suite}.md"))
 }
 
+/// Write `<dir>/<name>.svg` and its rasterisation `<dir>/<name>.png`; returns both paths.
+pub fn write_figure(dir: &Path, name: &str, svg: &str) -> Result<[PathBuf; 2], PaperError> {
+    let svg_path = dir.join(format!("{name}.svg"));
+    let png_path = dir.join(format!("{name}.png"));
+    let png = raster::svg_to_png(svg).map_err(|reason| PaperError::Plot {
+        path: png_path.clone(),
+        reason,
+    })?;
+    write_atomic(&svg_path, svg.as_bytes())?;
+    write_atomic(&png_path, &png)?;
+    Ok([svg_path, png_path])
+}
+
 /// Read the suite in `suite_dir` and write its figures and report under `out`.
 pub fn generate(suite_dir: &Path, out: &Path) -> Result<Generated, PaperError> {
-    let suite = load_suite(suite_dir)?;
+    generate_from(&load_suite(suite_dir)?, out)
+}
+
+/// Write a loaded suite's figures and report under `out`.
+pub fn generate_from(suite: &SuiteData, out: &Path) -> Result<Generated, PaperError> {
     let fig_dir = figures_dir(out, &suite.name);
     std::fs::create_dir_all(&fig_dir).map_err(|error| PaperError::Io {
         path: fig_dir.clone(),
@@ -104,18 +140,16 @@ pub fn generate(suite_dir: &Path, out: &Path) -> Result<Generated, PaperError> {
     })?;
     let mut written = Vec::new();
     for (name, _) in FIGURES {
-        let path = fig_dir.join(name);
-        let svg = figures::render(name, &suite).map_err(|reason| PaperError::Plot {
-            path: path.clone(),
+        let svg = figures::render(name, suite).map_err(|reason| PaperError::Plot {
+            path: fig_dir.join(format!("{name}.svg")),
             reason,
         })?;
-        write_atomic(&path, svg.as_bytes())?;
-        written.push(path);
+        written.extend(write_figure(&fig_dir, name, &svg)?);
     }
     let report = report_path(out, &suite.name);
-    write_atomic(&report, report::markdown(&suite).as_bytes())?;
+    write_atomic(&report, report::markdown(suite).as_bytes())?;
     Ok(Generated {
-        suite: suite.name,
+        suite: suite.name.clone(),
         report,
         figures: written,
     })

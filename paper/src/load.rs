@@ -2,12 +2,15 @@
 //! ([`harness::results::summarize`], [`harness::results::annotate_suite`], the same code that
 //! writes `summary.csv`), plus the per-round series the figures draw.
 //!
-//! Per run, per evaluated round r (rounds.csv, one row per domain):
-//! - `mean_loss(r)` = (1/D) Σ_d eval_loss(r, d) over the D domain rows of round r;
-//! - `tokens(r)` = Σ steps.csv `tokens` over the rows (all sites) with `step ≤ step(r)`
-//!   (steps.csv `step` counts steps completed, like rounds.csv `step`);
-//! - `clock_s(r)` = the largest rounds.csv `clock_s` of round r (virtual on `sim`);
-//! - the floor = (1/D) Σ_d floor(d) of the last round, only when every domain row has one.
+//! Per run, per evaluated round r: the summary's `evals` ([`harness::results::quality`]: the
+//! global and local mean eval loss over domains, the tokens, clock and payload at the eval);
+//! the floor = (1/D) Σ_d floor(d) of the last round, only when every domain row has one.
+//!
+//! Per run, the per-site compute throughput (the throughput figure): for each site i,
+//! T_i = Σ steps.csv `tokens` / (Σ `compute_ms` / 1000) over its rows; the run's value is the
+//! mean of T_i over sites (none without compute time). It leaves out data loading, the
+//! optimiser step and communication, so it isolates the forward and backward pass that
+//! skip-token shortens.
 //!
 //! Per run, per round in routing.csv (one row per layer): each metric is the mean over the
 //! layers that have a value (the `Option` columns are empty for e.g. DDP's cross-site
@@ -20,21 +23,14 @@ use std::path::{Path, PathBuf};
 
 use harness::results::run_dir::{ROUNDS_FILE, ROUTING_FILE, STEPS_FILE};
 use harness::results::{
-    annotate_suite, read_rows, site_step_files, summarize, Summary, MANIFEST_FILE, SUMMARY_FILE,
+    annotate_suite, read_rows, site_step_files, summarize, Manifest, Summary, MANIFEST_FILE,
+    SUMMARY_FILE,
 };
 use harness::telemetry::{RoundRow, RoutingRow, StepRow};
 
 use crate::PaperError;
 
-/// One evaluated round of one run.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EvalPoint {
-    pub round: usize,
-    pub step: usize,
-    pub tokens: u64,
-    pub clock_s: f64,
-    pub mean_loss: f64,
-}
+pub use harness::results::quality::EvalPoint;
 
 /// One round of routing.csv, means over layers.
 #[derive(Clone, Debug, PartialEq)]
@@ -56,6 +52,15 @@ pub struct RunData {
     /// Mean entropy floor over domains (last round), when every domain has one.
     pub floor: Option<f64>,
     pub routing: Vec<RoutingPoint>,
+    /// Mean over sites of Σ tokens / Σ compute seconds (module doc).
+    pub compute_tokens_per_s_per_site: Option<f64>,
+    /// Where it ran, from the manifest: host, compute backend, threads per site.
+    pub host: String,
+    pub backend: String,
+    pub threads: usize,
+    pub network_backend: String,
+    pub libtorch_version: String,
+    pub git_commit: String,
     /// Whether the run directory has a steps.csv / rounds.csv / routing.csv file.
     pub has_steps_file: bool,
     pub has_rounds_file: bool,
@@ -187,39 +192,27 @@ pub fn load_run(dir: &Path) -> Result<RunData, PaperError> {
     let routing_path = dir.join(ROUTING_FILE);
     let routing_rows: Option<Vec<RoutingRow>> = rows(&routing_path)?;
 
-    // Cumulative tokens by step.
-    let mut tokens_at: BTreeMap<usize, u64> = BTreeMap::new();
-    for s in &steps {
-        *tokens_at.entry(s.step).or_insert(0) += s.tokens as u64;
-    }
-    let mut acc = 0u64;
-    for v in tokens_at.values_mut() {
-        acc += *v;
-        *v = acc;
-    }
-    let tokens_upto = |step: usize| tokens_at.range(..=step).next_back().map_or(0, |(_, &t)| t);
-
     let rounds = rounds_rows.as_deref().unwrap_or(&[]);
     let mut by_round: BTreeMap<usize, Vec<&RoundRow>> = BTreeMap::new();
     for r in rounds {
         by_round.entry(r.round).or_default().push(r);
     }
-    let eval: Vec<EvalPoint> = by_round
-        .iter()
-        .map(|(&round, rs)| {
-            let step = rs.iter().map(|r| r.step).max().unwrap_or(0);
-            EvalPoint {
-                round,
-                step,
-                tokens: tokens_upto(step),
-                clock_s: rs
-                    .iter()
-                    .map(|r| r.clock_s)
-                    .fold(f64::NEG_INFINITY, f64::max),
-                mean_loss: rs.iter().map(|r| r.eval_loss).sum::<f64>() / rs.len() as f64,
-            }
-        })
+    let eval = summary.evals.clone();
+    let mut per_site: BTreeMap<usize, (u64, f64)> = BTreeMap::new();
+    for s in &steps {
+        let e = per_site.entry(s.site).or_insert((0, 0.0));
+        e.0 += s.tokens as u64;
+        e.1 += s.compute_ms;
+    }
+    let site_rates: Vec<f64> = per_site
+        .values()
+        .filter(|(_, ms)| *ms > 0.0)
+        .map(|&(t, ms)| t as f64 / (ms / 1000.0))
         .collect();
+    let compute_tokens_per_s_per_site = (!site_rates.is_empty()
+        && site_rates.len() == per_site.len())
+    .then(|| site_rates.iter().sum::<f64>() / site_rates.len() as f64);
+    let manifest = Manifest::read(&dir.join(MANIFEST_FILE))?;
     let floor = by_round.values().next_back().and_then(|rs| {
         let fs: Option<Vec<f64>> = rs.iter().map(|r| r.floor).collect();
         fs.map(|fs| fs.iter().sum::<f64>() / fs.len() as f64)
@@ -251,6 +244,13 @@ pub fn load_run(dir: &Path) -> Result<RunData, PaperError> {
         eval,
         floor,
         routing,
+        compute_tokens_per_s_per_site,
+        host: manifest.host,
+        backend: manifest.backend,
+        threads: manifest.threads,
+        network_backend: manifest.network_backend,
+        libtorch_version: manifest.libtorch_version,
+        git_commit: manifest.git_commit,
         has_steps_file,
         has_rounds_file: rounds_rows.is_some(),
         has_routing_file: routing_rows.is_some(),

@@ -3,16 +3,20 @@
 //!
 //! Table columns: run, status, method, one column per varying knob (`-` where it does not
 //! apply), payload bytes, bytes vs DDP (DDP payload / run payload; `*` = no DDP run with the
-//! same knobs, the closest one is used), tokens/s (Σ tokens / largest run clock), final eval
-//! loss per domain and their mean, time to target. Table cells are rounded (losses 4
-//! decimals, tokens/s 1, ratio 3, seconds 2); the provenance section repeats each value
-//! unrounded with its file and column. Missing values are spelled out: "no eval" (no
-//! rounds.csv rows), "not reached (best …)", "no target", "no DDP run".
+//! same knobs, the closest one is used), tokens/s (Σ tokens / largest run clock), the global
+//! model's final eval loss per domain and their mean, the mean of the sites' own models
+//! (`local`), the largest round-to-round increase of the global loss (`max rise`), time to
+//! target (first eval at or under it) and the time from which it stays under. A second table
+//! gives each complete run's global and local loss at equal tokens, clock and payload
+//! (`harness::results::quality`). Table cells are rounded (losses 4 decimals, tokens/s 1,
+//! ratio 3, seconds 2); the provenance section repeats each value unrounded with its file
+//! and column. Missing values are spelled out: "no eval" (no rounds.csv rows), "not reached
+//! (best …)", "not at the end", "no target", "no DDP run", "no eval within".
 
 use std::fmt::Write as _;
 
 use harness::results::run_dir::{ROUNDS_FILE, ROUTING_FILE, STEPS_FILE};
-use harness::results::summary::knob_cell;
+use harness::results::summary::{knob_cell, AtBudget};
 use harness::results::{Summary, MANIFEST_FILE};
 
 use crate::load::{RunData, SuiteData};
@@ -60,6 +64,33 @@ pub fn target_cell(s: &Summary) -> String {
     }
 }
 
+/// Table cell of the first eval from which the loss stays under the target.
+pub fn stay_cell(s: &Summary) -> String {
+    match (s.target_loss, s.time_to_stay_target_s, s.time_to_target_s) {
+        (None, _, _) => "no target".into(),
+        (Some(_), Some(t), _) => format!(
+            "{t:.2} s (step {})",
+            s.step_to_stay_target.map_or("?".into(), |v| v.to_string())
+        ),
+        (Some(_), None, Some(_)) => "not at the end".into(),
+        (Some(_), None, None) => "not reached".into(),
+    }
+}
+
+/// Table cell of the largest round-to-round increase.
+pub fn rise_cell(s: &Summary) -> String {
+    match (s.max_loss_increase, s.max_loss_increase_round) {
+        (Some(x), Some(r)) => format!("{x:.4} (round {r})"),
+        (Some(x), None) => format!("{x:.4}"),
+        (None, _) if s.final_round.is_some() => "- (one eval)".into(),
+        (None, _) => "no eval".into(),
+    }
+}
+
+fn loss_cell(v: Option<f64>) -> String {
+    v.map_or("no eval".into(), |v| format!("{v:.4}"))
+}
+
 /// Table cell of bytes vs DDP.
 pub fn ratio_cell(s: &Summary) -> String {
     match (s.bytes_reduction_vs_ddp, s.ddp_ref_exact) {
@@ -93,7 +124,13 @@ pub fn markdown(suite: &SuiteData) -> String {
         "tokens/s".into(),
     ]);
     head.extend(doms.iter().map(|d| format!("eval loss `{d}`")));
-    head.extend(["eval loss mean".into(), "time to target".into()]);
+    head.extend([
+        "eval loss mean".into(),
+        "local eval loss mean".into(),
+        "max rise".into(),
+        "time to target".into(),
+        "stays under target from".into(),
+    ]);
     let _ = writeln!(m, "| {} |", head.join(" | "));
     let _ = writeln!(m, "|{}", "---|".repeat(head.len()));
     for r in &suite.runs {
@@ -128,11 +165,11 @@ pub fn markdown(suite: &SuiteData) -> String {
                 |v| format!("{v:.4}"),
             ));
         }
-        row.push(
-            s.final_eval_loss
-                .map_or("no eval".into(), |v| format!("{v:.4}")),
-        );
+        row.push(loss_cell(s.final_eval_loss));
+        row.push(loss_cell(s.final_local_eval_loss));
+        row.push(rise_cell(s));
         row.push(target_cell(s));
+        row.push(stay_cell(s));
         let _ = writeln!(
             m,
             "| {} |",
@@ -146,10 +183,19 @@ pub fn markdown(suite: &SuiteData) -> String {
     {
         let _ = writeln!(m, "\n`*`: no DDP run with the same knob values; the ratio uses the closest DDP run (named below).");
     }
+    let _ = writeln!(
+        m,
+        "\n`eval loss`: the global model (every expert, as assembled after the sync); `local`: the mean over sites of each site's own model (its resident experts and skip policy, before the sync); both are means over domains of the last evaluated round. `max rise`: the largest increase of the global eval loss mean between consecutive evals (0 when it never rose)."
+    );
+    equal_budgets(&mut m, suite);
     let _ = writeln!(m, "\n## Figures\n");
     for (name, title) in FIGURES {
         let _ = writeln!(m, "### {title}\n");
-        let _ = writeln!(m, "![{title}](figures/{}/{name})\n", suite.name);
+        let _ = writeln!(
+            m,
+            "![{title}](figures/{s}/{name}.svg)\n\n[PNG](figures/{s}/{name}.png)\n",
+            s = suite.name
+        );
         let _ = writeln!(m, "{}\n", figure_sources(name, suite));
     }
     let _ = writeln!(m, "## Where each number comes from\n");
@@ -157,6 +203,48 @@ pub fn markdown(suite: &SuiteData) -> String {
         provenance(&mut m, r, &doms);
     }
     m
+}
+
+/// The table of losses at the suite's common budgets.
+fn equal_budgets(m: &mut String, suite: &SuiteData) {
+    let runs: Vec<&Summary> = suite
+        .runs
+        .iter()
+        .map(|r| &r.summary)
+        .filter(|s| s.at_equal_tokens.is_some())
+        .collect();
+    let _ = writeln!(m, "\n## Final loss at equal tokens, clock and payload\n");
+    let Some(first) = runs.first() else {
+        let _ = writeln!(m, "No complete run with evals: nothing to compare.");
+        return;
+    };
+    let b = |a: &Option<AtBudget>| a.as_ref().map_or(0.0, |a| a.budget);
+    let _ = writeln!(
+        m,
+        "Each budget is the smallest final budget (at the last eval) among the complete runs with evals, not counting runs that sent no payload; every run is reported at its last eval within the budget, never interpolated. Budgets: {} training tokens, {} s of run clock, {} payload bytes.\n",
+        b(&first.at_equal_tokens),
+        b(&first.at_equal_clock),
+        b(&first.at_equal_payload)
+    );
+    let _ = writeln!(m, "| run | method | loss at equal tokens | local | round | loss at equal clock | local | round | loss at equal payload | local | round |");
+    let _ = writeln!(m, "|{}", "---|".repeat(11));
+    for s in runs {
+        let mut row = vec![
+            format!("`{}`", s.run_id),
+            s.method.clone().unwrap_or_else(|| "-".into()),
+        ];
+        for a in [&s.at_equal_tokens, &s.at_equal_clock, &s.at_equal_payload] {
+            match a.as_ref().filter(|a| a.round.is_some()) {
+                Some(a) => row.extend([
+                    loss_cell(a.loss),
+                    loss_cell(a.local_loss),
+                    a.round.map_or("-".into(), |r| r.to_string()),
+                ]),
+                None => row.extend(["no eval within".into(), "-".into(), "-".into()]),
+            }
+        }
+        let _ = writeln!(m, "| {} |", row.join(" | "));
+    }
 }
 
 fn no_data(suite: &SuiteData, has: impl Fn(&RunData) -> bool) -> Vec<String> {
@@ -170,42 +258,56 @@ fn no_data(suite: &SuiteData, has: impl Fn(&RunData) -> bool) -> Vec<String> {
 
 fn figure_sources(name: &str, suite: &SuiteData) -> String {
     let (from, missing) = match name {
-        "payload_bytes.svg" => (
+        "payload_bytes" => (
             format!("Data: each run's payload bytes and bytes vs DDP as in the table (`<run>/{ROUNDS_FILE}` `payload_bytes_total`, or `<run>/{STEPS_FILE}` Σ `payload_sent` without rounds rows)."),
             no_data(suite, |r| r.summary.payload_bytes > 0),
         ),
-        "eval_loss_tokens.svg" | "eval_loss_clock.svg" => (
+        "eval_loss_tokens" | "eval_loss_clock" => (
             format!(
                 "Data: `<run>/{ROUNDS_FILE}` `eval_loss` averaged over the domain rows of each round (dashed: `floor` of the last round averaged over domains), against {}.",
-                if name == "eval_loss_tokens.svg" {
+                if name == "eval_loss_tokens" {
                     format!("the training tokens up to the round: `<run>/{STEPS_FILE}` Σ `tokens` over the rows with `step` ≤ the round's `step`")
                 } else {
-                    format!("the round's `clock_s` (virtual on the sim backend)")
+                    "the round's `clock_s` (virtual on the sim backend)".to_string()
                 }
             ),
             no_data(suite, |r| !r.eval.is_empty()),
         ),
-        "routing_stability.svg" => (
+        "routing_stability" => (
             format!("Data: `<run>/{ROUTING_FILE}` `saturation_topk`, `cross_site_agreement_topk`, `overlap_prev_topk`, each averaged over the layers that have a value."),
             no_data(suite, |r| !r.routing.is_empty()),
+        ),
+        "pareto" => (
+            "Data: each complete run's payload bytes and final global eval loss mean (the table); ringed: `on_pareto_front` of summary.csv (no other complete run has both fewer-or-equal bytes and a lower-or-equal loss). Runs that are not complete are left out.".to_string(),
+            no_data(suite, |r| r.summary.is_complete() && r.summary.final_eval_loss.is_some()),
+        ),
+        "stability" => (
+            format!("Data: per run, the change of the global eval loss mean between consecutive evaluated rounds of `<run>/{ROUNDS_FILE}`; bars: summary.csv `max_loss_increase` (thin: `max_local_loss_increase`, the sites' own models)."),
+            no_data(suite, |r| r.eval.len() >= 2),
+        ),
+        "throughput" => (
+            format!("Data: per-site compute tokens/s = Σ `tokens` / Σ `compute_ms` of each site in `<run>/{STEPS_FILE}`, mean over sites. With skip-token: FoMoE runs with ρ < M; without: the full-replica runs (FoMoE ρ = M and DiLoCo) of the same preset and threads per site, whose mean is the dashed line; ×s = mean with / mean without (see `paper::compare`)."),
+            no_data(suite, |r| r.compute_tokens_per_s_per_site.is_some()),
         ),
         _ => (format!("Data: `<run>/{ROUTING_FILE}` `cv` and `skip_rate`, averaged over layers."), no_data(suite, |r| !r.routing.is_empty())),
     };
     let mut s = from;
     if !missing.is_empty() {
-        let what = if name == "payload_bytes.svg" {
-            "no payload bytes"
-        } else {
-            "no rows, not drawn"
+        let what = match name {
+            "payload_bytes" => "no payload bytes",
+            "pareto" => "no final eval or not complete, not drawn",
+            "stability" => "fewer than two evals, no change drawn",
+            "throughput" => "no compute time",
+            _ => "no rows, not drawn",
         };
         let _ = write!(s, "\nRuns with {what}: {}.", missing.join(", "));
     }
-    if (name == "eval_loss_tokens.svg" || name == "eval_loss_clock.svg")
+    if (name == "eval_loss_tokens" || name == "eval_loss_clock")
         && suite.runs.iter().all(|r| r.floor.is_none())
     {
         s.push_str("\nNo entropy floor: no run's last round has a `floor` for every domain.");
     }
-    if name == "routing_stability.svg" {
+    if name == "routing_stability" {
         let no_agree = no_data(suite, |r| {
             r.routing
                 .iter()
@@ -330,6 +432,23 @@ fn provenance(m: &mut String, r: &RunData, doms: &[String]) {
                     "- best eval loss mean {v}: lowest per-round mean of `{id}/{ROUNDS_FILE}`"
                 );
             }
+            if let Some(v) = s.final_local_eval_loss {
+                let _ = writeln!(m, "- final local eval loss mean {v}: mean of `local_eval_loss` over the round {round} rows of `{id}/{ROUNDS_FILE}`");
+            }
+            match (s.max_loss_increase, s.max_loss_increase_round) {
+                (Some(x), Some(r)) => {
+                    let _ = writeln!(m, "- largest round-to-round increase {x} at round {r}: per-round means of `eval_loss` in `{id}/{ROUNDS_FILE}`");
+                }
+                (Some(_), None) => {
+                    let _ = writeln!(m, "- largest round-to-round increase 0: the per-round mean of `eval_loss` in `{id}/{ROUNDS_FILE}` never rose");
+                }
+                (None, _) => {
+                    let _ = writeln!(
+                        m,
+                        "- largest round-to-round increase: none (one evaluated round)"
+                    );
+                }
+            }
         }
         None => {
             let why = if r.has_rounds_file {
@@ -359,6 +478,17 @@ fn provenance(m: &mut String, r: &RunData, doms: &[String]) {
                 .best_eval_loss
                 .map_or("no eval".into(), |b| format!("best mean {b}"));
             let _ = writeln!(m, "- time to target: not reached, target {t} (`{id}/{MANIFEST_FILE}` `config.target_loss`), {best} (`{id}/{ROUNDS_FILE}`)");
+        }
+    }
+    if let Some(t) = s.target_loss {
+        match (s.time_to_stay_target_s, s.step_to_stay_target) {
+            (Some(c), step) => {
+                let step = step.map_or("?".into(), |v| v.to_string());
+                let _ = writeln!(m, "- stays under target {t} from {c} s, step {step}: first round of `{id}/{ROUNDS_FILE}` after which every round's mean `eval_loss` ≤ target");
+            }
+            (None, _) => {
+                let _ = writeln!(m, "- stays under target {t}: no (the last round's mean `eval_loss` is above it, or no eval)");
+            }
         }
     }
     match (r.routing.is_empty(), r.has_routing_file) {

@@ -224,27 +224,61 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
         .iter()
         .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "payload_bytes.svg",
-            "eval_loss_tokens.svg",
-            "eval_loss_clock.svg",
-            "routing_stability.svg",
-            "load_balance.svg"
-        ]
-    );
-    for f in &g.figures {
+    let stems = [
+        "payload_bytes",
+        "eval_loss_tokens",
+        "eval_loss_clock",
+        "pareto",
+        "stability",
+        "throughput",
+        "routing_stability",
+        "load_balance",
+    ];
+    let want: Vec<String> = stems
+        .iter()
+        .flat_map(|s| [format!("{s}.svg"), format!("{s}.png")])
+        .collect();
+    assert_eq!(names, want);
+    for f in g.figures.iter().filter(|f| f.extension().unwrap() == "svg") {
         assert_eq!(f.parent().unwrap(), out.join("figures").join("synth"));
         let svg = std::fs::read_to_string(f).unwrap();
-        assert!(svg.starts_with("<svg"), "{}", f.display());
-        assert!(svg.trim_end().ends_with("</svg>"), "{}", f.display());
-        for id in ["ddp-a", "fomoe-b", "diloco-c"] {
+        let tree =
+            paper::raster::parse_svg(&svg).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        let name = f.file_name().unwrap().to_str().unwrap();
+        // Every run is named, except in the figures that only compare complete runs with a
+        // final eval (pareto) or FoMoE against full replicas (throughput).
+        let ids: &[&str] = match name {
+            "pareto.svg" => &["ddp-a", "fomoe-b"],
+            "throughput.svg" => &[],
+            _ => &["ddp-a", "fomoe-b", "diloco-c"],
+        };
+        for id in ids {
             assert!(svg.contains(id), "{} lacks {id}", f.display());
         }
+        // The PNG beside it decodes at the SVG's size × PNG_SCALE, and is not blank.
+        let (w, h) = paper::raster::png_size(tree.size().width(), tree.size().height());
+        let png_path = f.with_extension("png");
+        let mut reader = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(&png_path).unwrap(),
+        ))
+        .read_info()
+        .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (w, h), "{}", png_path.display());
+        assert!(w >= 1000 && h >= 500, "{}: {w}×{h}", png_path.display());
+        let dark = buf[..info.buffer_size()]
+            .chunks(4)
+            .filter(|p| p[0] < 100 && p[1] < 100 && p[2] < 100)
+            .count();
+        assert!(
+            dark > 2000,
+            "{}: {dark} dark pixels: no text or axes",
+            png_path.display()
+        );
     }
     let first = read_all(&out);
-    assert_eq!(first.len(), 6, "{:?}", first.keys().collect::<Vec<_>>());
+    assert_eq!(first.len(), 17, "{:?}", first.keys().collect::<Vec<_>>());
     // Second generation: byte-identical, no temporaries left.
     paper::generate(&suite, &out).unwrap();
     assert_eq!(read_all(&out), first);
@@ -271,7 +305,7 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
     let head = report.lines().find(|l| l.starts_with("| run |")).unwrap();
     assert_eq!(
         head,
-        "| run | status | method | `target_loss` | payload bytes | bytes vs DDP | tokens/s | eval loss `a` | eval loss `b` | eval loss mean | time to target |"
+        "| run | status | method | `target_loss` | payload bytes | bytes vs DDP | tokens/s | eval loss `a` | eval loss `b` | eval loss mean | local eval loss mean | max rise | time to target | stays under target from |"
     );
     // target_loss varies (2, 2, none): it is a knob column.
     // ddp-a: 2 sites × 20 steps × 64 tokens = 2560 tokens over a 10.5 s clock (its last eval).
@@ -288,6 +322,9 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
             "2.0000",
             "1.5000",
             "1.7500",
+            "1.7500",
+            "0.0000",
+            "10.50 s (step 20)",
             "10.50 s (step 20)"
         ]
     );
@@ -305,7 +342,10 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
             "2.7500",
             "2.2500",
             "2.5000",
-            "not reached (best 2.5000 > 2)"
+            "2.5000",
+            "0.0000",
+            "not reached (best 2.5000 > 2)",
+            "not reached"
         ]
     );
     // diloco-c: no rounds rows; its target_loss (none) differs from ddp-a's: closest DDP run, `*`.
@@ -323,6 +363,9 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
             "no eval",
             "no eval",
             "no eval",
+            "no eval",
+            "no eval",
+            "no target",
             "no target"
         ]
     );
@@ -347,15 +390,10 @@ fn figures_and_report_from_a_synthetic_suite_are_complete_and_deterministic() {
     ] {
         assert!(report.contains(line), "report lacks {line:?}:\n{report}");
     }
-    for f in [
-        "payload_bytes",
-        "eval_loss_tokens",
-        "eval_loss_clock",
-        "routing_stability",
-        "load_balance",
-    ] {
+    for f in stems {
         assert!(
-            report.contains(&format!("](figures/synth/{f}.svg)")),
+            report.contains(&format!("](figures/synth/{f}.svg)"))
+                && report.contains(&format!("](figures/synth/{f}.png)")),
             "{f} not linked"
         );
     }
@@ -378,7 +416,7 @@ fn series_are_the_inputs_per_round() {
     let pts: Vec<(usize, u64, f64, f64)> = a
         .eval
         .iter()
-        .map(|p| (p.step, p.tokens, p.clock_s, p.mean_loss))
+        .map(|p| (p.step, p.tokens, p.clock_s, p.loss))
         .collect();
     assert_eq!(pts, [(10, 1280, 5.25, 2.75), (20, 2560, 10.5, 1.75)]);
     assert_eq!(a.floor, Some(1.25));

@@ -3,9 +3,11 @@
 pub mod bench_step;
 pub mod figures;
 pub mod netcheck;
+pub mod paper_report;
 pub mod report;
 pub mod run;
 pub mod run_one;
+pub mod site;
 pub mod train;
 pub mod worker;
 

@@ -242,6 +242,12 @@ pub fn run(args: Args) -> Result<()> {
             args.seconds
         );
     }
+    if args.backend == Backend::Tcp {
+        bail!(
+            "invalid --backend tcp: tcp does not emulate links, so there is no link model to \
+             check; allowed: relay, sim, netns"
+        );
+    }
     if !args.size.is_multiple_of(4) {
         bail!(
             "invalid --size {}: must be a whole number of f32 values (a multiple of 4 bytes)",

@@ -13,7 +13,7 @@ pub mod ring;
 pub mod star;
 pub mod wire;
 
-pub use ring::ring_allreduce;
+pub use ring::{ring_allreduce, ring_allreduce_groups, RingJob};
 pub use star::{barrier, broadcast, star_allreduce, star_reduce};
 pub use wire::WireDtype;
 

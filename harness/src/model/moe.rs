@@ -27,7 +27,19 @@
 //! **Load balance** (Switch form): aux = E · Σ_i f_i · P_i, f_i the share of the T·k routed
 //! slots whose top-k choice is expert i (not differentiable), P_i the mean softmax
 //! probability of i (differentiable); aux = 1 at perfect balance. With `aux_scope = resident`
-//! the sum runs over the resident set R only, with f and P renormalised over R and E → |R|.
+//! the sum runs over the resident set R only, E → |R|, f the share of the slots that went
+//! to R, and P_i = mean_t p_{t,i}/Σ_{j∈R} p_{t,j} (each token's router distribution
+//! restricted to R, i.e. a softmax over R's logits).
+//! f and P always run over the same expert set: under `reroute` with a partial residency no
+//! slot can go to an absent expert, so f would be 0 there while P is not, and a loss over
+//! all E would fall below 1 and reward router mass on experts the site can't run; it
+//! therefore runs over R whatever `aux_scope` says (both scopes are the same loss there).
+//!
+//! **Router preference.** Besides the ids the policy selects, every layer reports the
+//! router's own top-k over all E scores, before any residency mask (`router_topk_ids`): the
+//! same ids under `drop`/`renormalize` and with a full residency; under `reroute` the ids the
+//! router would have picked. Cross-site agreement compares these, so every policy compares a
+//! site's router with the global router like for like.
 //! Router z-loss: mean_t(logsumexp(z_t)²).
 
 use serde::{Deserialize, Serialize};
@@ -129,6 +141,8 @@ impl LayerResidency {
 pub struct LayerRouting {
     /// [T, k] global expert ids chosen (after the policy: `reroute` never picks non-resident).
     pub topk_ids: Tensor,
+    /// [T, k] the router's top-k over all E scores, before any residency mask (module doc).
+    pub router_topk_ids: Tensor,
     /// Slots per global expert, length E (counts of the T·k choices).
     pub counts: Vec<i64>,
     /// Slots whose chosen expert is not resident (skipped work).
@@ -149,7 +163,21 @@ pub struct MoeOutput {
     pub routing: LayerRouting,
 }
 
-/// Router + gates + mask. Returns (gates [T,k] with grad, topk ids [T,k], softmax probs [T,E]).
+/// What [`route`] decides for T tokens.
+pub struct Route {
+    /// [T, k] gates of the selected slots, with grad (zero for skipped slots).
+    pub gates_tk: Tensor,
+    /// [T, k] selected global expert ids (after the policy).
+    pub topk_ids_tk: Tensor,
+    /// [T, k] the router's unmasked top-k ids (equal to `topk_ids_tk` unless rerouted).
+    pub router_topk_ids_tk: Tensor,
+    /// [T, E] softmax probabilities (with grad), for the balance loss.
+    pub probs_te: Tensor,
+    /// [T, E] router logits (with grad), for the z-loss.
+    pub logits_te: Tensor,
+}
+
+/// Router + gates + mask (see the module doc).
 pub fn route(
     x: &Tensor,
     router_w: &Tensor,
@@ -157,7 +185,7 @@ pub fn route(
     router: RouterKind,
     residency: &LayerResidency,
     policy: Option<SkipPolicy>,
-) -> (Tensor, Tensor, Tensor, Tensor) {
+) -> Route {
     let logits = x.linear::<Tensor>(router_w, None);
     let probs = logits.softmax(-1, Kind::Float);
     let scores = match router {
@@ -168,12 +196,18 @@ pub fn route(
         policy.is_some() || residency.is_full(),
         "a partial residency needs a skip policy"
     );
-    let select = if policy == Some(SkipPolicy::Reroute) {
+    let rerouted = policy == Some(SkipPolicy::Reroute) && !residency.is_full();
+    let select = if rerouted {
         scores.masked_fill(&residency.mask.logical_not(), f64::NEG_INFINITY)
     } else {
         scores.shallow_clone()
     };
     let (top_v, top_i) = select.topk(top_k as i64, -1, true, true);
+    let router_top_i = if rerouted {
+        tch::no_grad(|| scores.topk(top_k as i64, -1, true, true).1)
+    } else {
+        top_i.shallow_clone()
+    };
     let gates = match router {
         RouterKind::SoftmaxTopk => &top_v / top_v.sum_dim_intlist(-1, true, Kind::Float),
         RouterKind::SigmoidTopk => top_v,
@@ -198,22 +232,36 @@ pub fn route(
     } else {
         gates
     };
-    (gates, top_i, probs, logits)
+    Route {
+        gates_tk: gates,
+        topk_ids_tk: top_i,
+        router_topk_ids_tk: router_top_i,
+        probs_te: probs,
+        logits_te: logits,
+    }
 }
 
-/// Switch balance loss E·Σ f_i P_i from slot counts and softmax probabilities.
+/// Switch balance loss E·Σ f_i P_i from slot counts and softmax probabilities, over the
+/// set the module doc names (all E, or the resident set under `aux_scope = resident` and
+/// always under `reroute` with a partial residency).
 pub fn balance_loss(
     probs: &Tensor,
     counts: &[i64],
     top_k: usize,
     scope: AuxScope,
+    policy: Option<SkipPolicy>,
     residency: &LayerResidency,
 ) -> Tensor {
     let tokens = probs.size()[0];
     let e = counts.len();
-    let p_mean = probs.mean_dim(0, false, Kind::Float); // [E]
+    let scope = if policy == Some(SkipPolicy::Reroute) && !residency.is_full() {
+        AuxScope::Resident
+    } else {
+        scope
+    };
     match scope {
         AuxScope::All => {
+            let p_mean = probs.mean_dim(0, false, Kind::Float); // [E]
             let slots = (tokens * top_k as i64).max(1) as f64;
             let f: Vec<f32> = counts.iter().map(|&c| (c as f64 / slots) as f32).collect();
             (&p_mean * Tensor::from_slice(&f).to_device(p_mean.device())).sum(Kind::Float)
@@ -223,16 +271,23 @@ pub fn balance_loss(
             let r = &residency.resident;
             let res_slots: i64 = r.iter().map(|&i| counts[i]).sum();
             if res_slots == 0 || r.is_empty() {
-                return (p_mean.sum(Kind::Float) * 0.0).shallow_clone();
+                return (probs.sum(Kind::Float) * 0.0).shallow_clone();
             }
             let f: Vec<f32> = r
                 .iter()
                 .map(|&i| (counts[i] as f64 / res_slots as f64) as f32)
                 .collect();
+            // P̂_i = mean_t p_{t,i} / Σ_{j∈R} p_{t,j}: each token's router distribution
+            // restricted to R (a softmax over R's logits), so mass on absent experts has no
+            // say in it.
             let idx = Tensor::from_slice(&r.iter().map(|&i| i as i64).collect::<Vec<_>>())
-                .to_device(p_mean.device());
-            let p_r = p_mean.index_select(0, &idx);
-            let p_hat = &p_r / p_r.sum(Kind::Float);
+                .to_device(probs.device());
+            let p_tr = probs.index_select(1, &idx);
+            let p_hat = (&p_tr / p_tr.sum_dim_intlist(-1, true, Kind::Float)).mean_dim(
+                0,
+                false,
+                Kind::Float,
+            );
             (&p_hat * Tensor::from_slice(&f).to_device(p_hat.device())).sum(Kind::Float)
                 * r.len() as f64
         }
@@ -336,7 +391,13 @@ pub fn moe_forward_onto(
     opts: RoutingOptions,
 ) -> MoeOutput {
     let k = opts.top_k as i64;
-    let (gates, top_i, probs, logits) = route(
+    let Route {
+        gates_tk: gates,
+        topk_ids_tk: top_i,
+        router_topk_ids_tk: router_top_i,
+        probs_te: probs,
+        logits_te: logits,
+    } = route(
         x,
         router_w,
         opts.top_k,
@@ -384,7 +445,14 @@ pub fn moe_forward_onto(
         skipped_tokens,
         ..
     } = plan;
-    let balance = balance_loss(&probs, &counts, opts.top_k, opts.aux_scope, residency);
+    let balance = balance_loss(
+        &probs,
+        &counts,
+        opts.top_k,
+        opts.aux_scope,
+        opts.skip_policy,
+        residency,
+    );
     let z_loss = logits.logsumexp([-1], false).square().mean(Kind::Float);
     MoeOutput {
         y,
@@ -392,6 +460,7 @@ pub fn moe_forward_onto(
         z_loss,
         routing: LayerRouting {
             topk_ids: top_i.detach(),
+            router_topk_ids: router_top_i.detach(),
             counts,
             skipped_slots,
             skipped_tokens,

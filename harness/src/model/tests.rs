@@ -120,7 +120,7 @@ fn reroute_never_selects_a_non_resident_expert() {
         // Softmax gates of a rerouted token still sum to 1.
         let res = LayerResidency::new(8, &resident);
         if router == RouterKind::SoftmaxTopk {
-            let (g, _, _, _) = route(&l.x, &l.router, 2, router, &res, Some(SkipPolicy::Reroute));
+            let g = route(&l.x, &l.router, 2, router, &res, Some(SkipPolicy::Reroute)).gates_tk;
             let sums = g.sum_dim_intlist(-1, false, Kind::Float);
             assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-6);
         }
@@ -180,22 +180,24 @@ fn drop_zeroes_tokens_with_no_resident_expert_and_renormalize_rescales() {
         opts(2, RouterKind::SoftmaxTopk, Some(SkipPolicy::Renormalize)),
     );
     let res = LayerResidency::new(8, &resident);
-    let (g_drop, _, _, _) = route(
+    let g_drop = route(
         &l.x,
         &l.router,
         2,
         RouterKind::SoftmaxTopk,
         &res,
         Some(SkipPolicy::Drop),
-    );
-    let (g_ren, _, _, _) = route(
+    )
+    .gates_tk;
+    let g_ren = route(
         &l.x,
         &l.router,
         2,
         RouterKind::SoftmaxTopk,
         &res,
         Some(SkipPolicy::Renormalize),
-    );
+    )
+    .gates_tk;
     let kept = g_drop.get(t).sum(Kind::Float).double_value(&[]);
     assert!(kept > 0.0 && kept < 1.0);
     assert!((g_ren.get(t).sum(Kind::Float).double_value(&[]) - 1.0).abs() < 1e-6);
@@ -215,13 +217,13 @@ fn balance_loss_is_one_at_perfect_balance_and_e_at_collapse() {
         (Kind::Float, tch::Device::Cpu),
     );
     let counts = vec![t * 2 / e as i64; e];
-    let v = balance_loss(&probs, &counts, 2, AuxScope::All, &res).double_value(&[]);
+    let v = balance_loss(&probs, &counts, 2, AuxScope::All, None, &res).double_value(&[]);
     assert!((v - 1.0).abs() < 1e-6, "{v}");
     // One-hot probabilities spread evenly over tokens, balanced counts: still 1.
     let ids = Tensor::arange(t, (Kind::Int64, tch::Device::Cpu)).remainder(e as i64);
     let onehot = ids.one_hot(e as i64).to_kind(Kind::Float);
     let counts1 = vec![t / e as i64; e];
-    let v = balance_loss(&onehot, &counts1, 1, AuxScope::All, &res).double_value(&[]);
+    let v = balance_loss(&onehot, &counts1, 1, AuxScope::All, None, &res).double_value(&[]);
     assert!((v - 1.0).abs() < 1e-6, "{v}");
     // Collapse: every token to expert 0 with probability 1, k = 1 → E.
     let mut collapsed = vec![0i64; e];
@@ -229,13 +231,116 @@ fn balance_loss_is_one_at_perfect_balance_and_e_at_collapse() {
     let p0 = Tensor::zeros([t], (Kind::Int64, tch::Device::Cpu))
         .one_hot(e as i64)
         .to_kind(Kind::Float);
-    let v = balance_loss(&p0, &collapsed, 1, AuxScope::All, &res).double_value(&[]);
+    let v = balance_loss(&p0, &collapsed, 1, AuxScope::All, None, &res).double_value(&[]);
     assert!((v - e as f64).abs() < 1e-5, "{v}");
     // Resident scope over {0..3}: balanced among residents → 1.
     let res4 = LayerResidency::new(e, &[0, 1, 2, 3]);
     let counts4 = vec![4, 4, 4, 4, 9, 0, 3, 7];
-    let v = balance_loss(&probs, &counts4, 2, AuxScope::Resident, &res4).double_value(&[]);
+    let v = balance_loss(&probs, &counts4, 2, AuxScope::Resident, None, &res4).double_value(&[]);
     assert!((v - 1.0).abs() < 1e-6, "{v}");
+}
+
+/// Balanced routing as each policy can produce it with a partial residency R: under `drop`
+/// and `renormalize` slots and probabilities spread evenly over all E; under `reroute`
+/// (which never selects an absent expert) evenly over R. The balance loss is 1 in every
+/// case, for both aux scopes.
+#[test]
+fn balance_loss_is_one_at_balanced_routing_for_every_policy_and_scope() {
+    let (e, t, k) = (8usize, 32i64, 2usize);
+    let resident = [1usize, 2, 5, 6];
+    let res = LayerResidency::new(e, &resident);
+    let uniform_over = |set: &[usize]| {
+        let mut p = vec![0f32; e];
+        for &i in set {
+            p[i] = 1.0 / set.len() as f32;
+        }
+        let row = Tensor::from_slice(&p);
+        let probs = row.unsqueeze(0).expand([t, e as i64], false).contiguous();
+        let mut counts = vec![0i64; e];
+        for &i in set {
+            counts[i] = t * k as i64 / set.len() as i64;
+        }
+        (probs, counts)
+    };
+    let all: Vec<usize> = (0..e).collect();
+    for policy in [
+        SkipPolicy::Drop,
+        SkipPolicy::Renormalize,
+        SkipPolicy::Reroute,
+    ] {
+        let (probs, counts) = if policy == SkipPolicy::Reroute {
+            uniform_over(&resident)
+        } else {
+            uniform_over(&all)
+        };
+        for scope in [AuxScope::All, AuxScope::Resident] {
+            let v = balance_loss(&probs, &counts, k, scope, Some(policy), &res).double_value(&[]);
+            assert!((v - 1.0).abs() < 1e-6, "{policy:?} {scope:?}: {v}");
+        }
+    }
+}
+
+/// Under `reroute` the balance loss runs over the resident set: router mass on experts the
+/// site lacks is neither rewarded nor punished (zero gradient on their logits).
+#[test]
+fn reroute_balance_loss_ignores_router_mass_on_absent_experts() {
+    let e = 8i64;
+    let res = LayerResidency::new(e as usize, &[0, 3, 4, 7]);
+    let logits = Tensor::randn([64, e], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let probs = logits.softmax(-1, Kind::Float);
+    let counts = vec![40, 0, 0, 30, 26, 0, 0, 32];
+    for scope in [AuxScope::All, AuxScope::Resident] {
+        let loss = balance_loss(&probs, &counts, 2, scope, Some(SkipPolicy::Reroute), &res);
+        let g = Tensor::run_backward(&[loss], &[&logits], true, false);
+        let absent = g[0].index_select(1, &Tensor::from_slice(&[1i64, 2, 5, 6]));
+        assert!(
+            absent.abs().max().double_value(&[]) < 1e-7,
+            "{scope:?}: absent-expert logits get a balance gradient"
+        );
+    }
+}
+
+/// With the balance and z losses off, the router learns from the cross-entropy alone,
+/// through the gates: dispatch is one autograd graph. Detaching the gates would zero it.
+#[test]
+fn router_gets_a_cross_entropy_gradient_through_the_gates() {
+    let mut cfg = ModelConfig::preset("tiny").unwrap();
+    cfg.balance_alpha = 0.0;
+    cfg.z_loss_beta = 0.0;
+    let inputs = Tensor::arange(64, (Kind::Int64, tch::Device::Cpu))
+        .multiply_scalar(37)
+        .remainder(256)
+        .view([2, 32]);
+    let targets = Tensor::arange(64, (Kind::Int64, tch::Device::Cpu))
+        .multiply_scalar(11)
+        .remainder(256)
+        .view([2, 32]);
+    for router in [RouterKind::SoftmaxTopk, RouterKind::SigmoidTopk] {
+        cfg.router = router;
+        for residency in [
+            Residency::full(&cfg),
+            Residency::uniform(&cfg, &[0, 1, 2, 3]),
+        ] {
+            let mut model = MoeModel::new(&cfg, residency, 0);
+            if !model.store.residency.is_full() {
+                model.skip_policy = Some(SkipPolicy::Drop);
+            }
+            let out = model.forward(&inputs, &targets);
+            let g = model.flat_grad(&out.loss);
+            for l in 0..cfg.n_layers {
+                let spec = model
+                    .store
+                    .layout
+                    .spec(&format!("blocks.{l}.moe.router.weight"))
+                    .unwrap();
+                let norm = g
+                    .narrow(0, spec.offset as i64, spec.numel as i64)
+                    .norm()
+                    .double_value(&[]);
+                assert!(norm > 0.0, "{router:?} layer {l}: router gradient is zero");
+            }
+        }
+    }
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! - [`frame`]: framing, checksums, handshake; [`tcp`]: the real-socket endpoint;
 //! - backends: [`relay`] (default, no root), [`sim`] (virtual time), [`netns`] (root: one
 //!   namespace per site, kernel `tbf` for the rate, the relay in the hub namespace for delay;
-//!   another way to produce [`tcp::SiteNetConfig`]s, see [`netns::network`]).
+//!   another way to produce [`tcp::SiteNetConfig`]s, see [`netns::network`]), and `tcp`
+//!   (real links, no emulation: sites dial each other directly, [`tcp::direct_site_config`];
+//!   on one host over loopback, across hosts after the [`rendezvous`]).
 //!
 //! Real backends, in separate processes: the orchestrator starts the network (e.g.
 //! [`relay::RelayNetwork::start`]), serialises each site's [`tcp::SiteNetConfig`] to the
@@ -19,6 +21,7 @@ pub mod frame;
 pub mod link;
 pub mod netns;
 pub mod relay;
+pub mod rendezvous;
 pub mod sim;
 pub mod tcp;
 pub mod timer;
@@ -43,10 +46,13 @@ pub enum Backend {
     Sim,
     /// Network namespaces with kernel qdiscs (root).
     Netns,
+    /// Real links with no emulation: each site dials its peers directly (loopback on one
+    /// host, the hosts' own network after a rendezvous with `fomoe site`).
+    Tcp,
 }
 
 impl Backend {
-    pub const NAMES: &'static [&'static str] = &["relay", "sim", "netns"];
+    pub const NAMES: &'static [&'static str] = &["relay", "sim", "netns", "tcp"];
 }
 
 impl fmt::Display for Backend {
@@ -55,6 +61,7 @@ impl fmt::Display for Backend {
             Backend::Relay => "relay",
             Backend::Sim => "sim",
             Backend::Netns => "netns",
+            Backend::Tcp => "tcp",
         })
     }
 }
@@ -67,6 +74,7 @@ impl FromStr for Backend {
             "relay" => Ok(Backend::Relay),
             "sim" => Ok(Backend::Sim),
             "netns" => Ok(Backend::Netns),
+            "tcp" => Ok(Backend::Tcp),
             other => Err(format!(
                 "unknown backend `{other}`; allowed: {}",
                 Backend::NAMES.join(", ")
@@ -108,6 +116,17 @@ pub fn build_local(
         }
         Backend::Sim => {
             let comms = sim::sim_comms(links, net)?;
+            Ok(LocalNet {
+                comms: comms
+                    .into_iter()
+                    .map(|c| Box::new(c) as Box<dyn Comm>)
+                    .collect(),
+                relay: None,
+                netns: None,
+            })
+        }
+        Backend::Tcp => {
+            let comms = tcp::local_direct(links.world(), net)?;
             Ok(LocalNet {
                 comms: comms
                     .into_iter()

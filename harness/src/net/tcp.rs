@@ -166,6 +166,15 @@ impl TcpComm {
             })?),
             _ => None,
         };
+        Self::connect_on(cfg, listener)
+    }
+
+    /// As [`TcpComm::connect`], with the listener for `accept` routes already bound (by
+    /// this process before it told its peers the address, or inherited from a parent).
+    pub fn connect_on(
+        cfg: &SiteNetConfig,
+        listener: Option<TcpListener>,
+    ) -> Result<TcpComm, NetError> {
         let mut comm = Self::connect_with(cfg, listener, Instant::now())?;
         comm.epoch = Instant::now();
         Ok(comm)
@@ -723,23 +732,30 @@ pub fn local_direct(world: usize, opts: &NetOptions) -> Result<Vec<TcpComm>, Net
         listeners.push(Some(l));
     }
     let configs: Vec<SiteNetConfig> = (0..world)
-        .map(|i| SiteNetConfig {
-            run_id: opts.run_id.clone(),
-            site: i,
-            world,
-            token: opts.token.clone(),
-            listen: Some(addrs[i]),
-            peers: (0..world)
-                .map(|j| match j.cmp(&i) {
-                    std::cmp::Ordering::Equal => PeerRoute::Myself,
-                    std::cmp::Ordering::Greater => PeerRoute::Dial(addrs[j]),
-                    std::cmp::Ordering::Less => PeerRoute::Accept,
-                })
-                .collect(),
-            timeouts: opts.timeouts,
-            max_frame_bytes: opts.limits.max_frame_bytes,
-            max_message_bytes: opts.limits.max_message_bytes,
-        })
+        .map(|i| direct_site_config(i, &addrs, opts))
         .collect();
     connect_all(&configs, listeners)
+}
+
+/// Site `site`'s routes when every site listens at `addrs[j]` and the links are direct (no
+/// relay): it dials every higher-numbered site and accepts the lower-numbered ones, so each
+/// pair has one connection. The shape every `tcp` run uses, on one host or across hosts.
+pub fn direct_site_config(site: usize, addrs: &[SocketAddr], opts: &NetOptions) -> SiteNetConfig {
+    SiteNetConfig {
+        run_id: opts.run_id.clone(),
+        site,
+        world: addrs.len(),
+        token: opts.token.clone(),
+        listen: Some(addrs[site]),
+        peers: (0..addrs.len())
+            .map(|j| match j.cmp(&site) {
+                std::cmp::Ordering::Equal => PeerRoute::Myself,
+                std::cmp::Ordering::Greater => PeerRoute::Dial(addrs[j]),
+                std::cmp::Ordering::Less => PeerRoute::Accept,
+            })
+            .collect(),
+        timeouts: opts.timeouts,
+        max_frame_bytes: opts.limits.max_frame_bytes,
+        max_message_bytes: opts.limits.max_message_bytes,
+    }
 }

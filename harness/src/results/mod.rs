@@ -26,6 +26,7 @@
 pub mod atomic;
 pub mod csv_sink;
 pub mod manifest;
+pub mod quality;
 pub mod run_dir;
 pub mod summary;
 

@@ -9,8 +9,17 @@
 //!   steps.csv `payload_sent` / `framing_sent` (sites only);
 //! - `final_eval_loss_by_domain`: the rows of the last evaluated round; `final_eval_loss` their
 //!   mean; `best_eval_loss` the lowest per-round mean;
+//! - `final_local_eval_loss_by_domain` / `final_local_eval_loss`: the same for the mean of the
+//!   sites' own models (rounds.csv `local_eval_loss`: each site's resident experts and skip
+//!   policy, before the sync), beside the global model's;
+//! - `max_loss_increase` / `max_loss_increase_round`: the largest round-to-round increase of
+//!   the global model's mean eval loss and the round it happened at (0 and none when it never
+//!   rose; none with fewer than two evals); `max_local_loss_increase` the same for the sites'
+//!   own models ([`super::quality::largest_increase`]);
 //! - `time_to_target_s` / `step_to_target`: clock and step of the first eval whose mean over
-//!   domains is ≤ `target_loss`; null when there is no target or it was not reached (never
+//!   domains is ≤ `target_loss`, even if a later eval rises above it again;
+//!   `time_to_stay_target_s` / `step_to_stay_target`: of the first eval from which every later
+//!   eval stays ≤ `target_loss`. Null when there is no target or it was not reached (never
 //!   interpolated or extrapolated).
 //!
 //! Per suite ([`annotate_suite`]):
@@ -20,7 +29,14 @@
 //!   with the same values of every varying knob that applies to both methods
 //!   (`ddp_ref_exact = true`); without one, against the DDP run matching the most of those
 //!   knobs (ties: same seed, then suite order; `ddp_ref_exact = false`); null without a
-//!   complete DDP run, for incomplete runs, and when this run sent no payload.
+//!   complete DDP run, for incomplete runs, and when this run sent no payload;
+//! - `equal_tokens` / `equal_clock_s` / `equal_payload_bytes` and the global and local loss
+//!   there (`loss_at_equal_*`, `local_loss_at_equal_*`, `round_at_equal_*`): the common budget
+//!   (the smallest positive final budget among the complete runs with evals) and each such
+//!   run's last eval within it, defined in [`super::quality`]; none for other runs;
+//! - `on_pareto_front`: among the complete runs with a final eval loss, whether no other run
+//!   has both fewer-or-equal payload bytes and a lower-or-equal final global loss (one of them
+//!   strictly); none for other runs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,6 +46,7 @@ use serde_json::Value;
 
 use super::csv_sink::read_rows;
 use super::manifest::{Manifest, RunStatus, MANIFEST_FILE};
+use super::quality::{self, Budget, EvalPoint};
 use super::run_dir::{ROUNDS_FILE, STEPS_FILE};
 use super::ResultsError;
 use crate::config::{knob_applies, Method, RunConfig};
@@ -40,6 +57,18 @@ use crate::telemetry::{RoundRow, StepRow};
 pub struct DomainLoss {
     pub domain: String,
     pub eval_loss: f64,
+}
+
+/// A run at a suite's common budget on one axis ([`quality`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AtBudget {
+    /// The common budget: tokens, clock seconds or payload bytes.
+    pub budget: f64,
+    /// The run's last eval within the budget (none: no eval within it), its global and
+    /// local mean eval loss.
+    pub round: Option<usize>,
+    pub loss: Option<f64>,
+    pub local_loss: Option<f64>,
 }
 
 /// One run, summarised.
@@ -68,12 +97,27 @@ pub struct Summary {
     pub final_eval_loss: Option<f64>,
     pub final_eval_loss_by_domain: Vec<DomainLoss>,
     pub best_eval_loss: Option<f64>,
+    pub final_local_eval_loss: Option<f64>,
+    pub final_local_eval_loss_by_domain: Vec<DomainLoss>,
+    pub max_loss_increase: Option<f64>,
+    pub max_loss_increase_round: Option<usize>,
+    pub max_local_loss_increase: Option<f64>,
     pub target_loss: Option<f64>,
     pub time_to_target_s: Option<f64>,
     pub step_to_target: Option<usize>,
+    pub time_to_stay_target_s: Option<f64>,
+    pub step_to_stay_target: Option<usize>,
     pub ddp_ref: Option<String>,
     pub ddp_ref_exact: Option<bool>,
     pub bytes_reduction_vs_ddp: Option<f64>,
+    /// At the suite's common budgets (filled by [`annotate_suite`]).
+    pub at_equal_tokens: Option<AtBudget>,
+    pub at_equal_clock: Option<AtBudget>,
+    pub at_equal_payload: Option<AtBudget>,
+    pub on_pareto_front: Option<bool>,
+    /// Per evaluated round: means over domains of the global and local eval loss, with the
+    /// tokens, clock and payload at the eval.
+    pub evals: Vec<EvalPoint>,
 }
 
 impl Summary {
@@ -98,12 +142,24 @@ impl Summary {
             final_eval_loss: None,
             final_eval_loss_by_domain: Vec::new(),
             best_eval_loss: None,
+            final_local_eval_loss: None,
+            final_local_eval_loss_by_domain: Vec::new(),
+            max_loss_increase: None,
+            max_loss_increase_round: None,
+            max_local_loss_increase: None,
             target_loss: None,
             time_to_target_s: None,
             step_to_target: None,
+            time_to_stay_target_s: None,
+            step_to_stay_target: None,
             ddp_ref: None,
             ddp_ref_exact: None,
             bytes_reduction_vs_ddp: None,
+            at_equal_tokens: None,
+            at_equal_clock: None,
+            at_equal_payload: None,
+            on_pareto_front: None,
+            evals: Vec::new(),
         }
     }
 
@@ -176,47 +232,40 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
         s.bytes_source = "rounds";
     }
 
-    // Per-round mean eval loss over domains, the clock and step of the eval.
-    let mut per_round: BTreeMap<usize, (f64, usize, f64, usize)> = BTreeMap::new();
-    for r in &rounds {
-        let e = per_round
-            .entry(r.round)
-            .or_insert((0.0, 0, f64::NEG_INFINITY, 0));
-        e.0 += r.eval_loss;
-        e.1 += 1;
-        e.2 = e.2.max(r.clock_s);
-        e.3 = e.3.max(r.step);
-    }
-    if let Some((&last, _)) = per_round.last_key_value() {
-        s.final_round = Some(last);
-        s.final_eval_loss_by_domain = rounds
-            .iter()
-            .filter(|r| r.round == last)
+    s.evals = quality::eval_series(&rounds, &steps);
+    if let Some(last) = s.evals.last() {
+        let last_round = last.round;
+        s.final_round = Some(last_round);
+        s.final_eval_loss = Some(last.loss);
+        s.final_local_eval_loss = Some(last.local_loss);
+        let final_rows = || rounds.iter().filter(|r| r.round == last_round);
+        s.final_eval_loss_by_domain = final_rows()
             .map(|r| DomainLoss {
                 domain: r.domain.clone(),
                 eval_loss: r.eval_loss,
             })
             .collect();
-        let n = s.final_eval_loss_by_domain.len() as f64;
-        s.final_eval_loss = Some(
-            s.final_eval_loss_by_domain
-                .iter()
-                .map(|d| d.eval_loss)
-                .sum::<f64>()
-                / n,
-        );
-        s.best_eval_loss = per_round
-            .values()
-            .map(|&(sum, n, _, _)| sum / n as f64)
-            .reduce(f64::min);
+        s.final_local_eval_loss_by_domain = final_rows()
+            .map(|r| DomainLoss {
+                domain: r.domain.clone(),
+                eval_loss: r.local_eval_loss,
+            })
+            .collect();
+        s.best_eval_loss = s.evals.iter().map(|p| p.loss).reduce(f64::min);
     }
+    if let Some((inc, round)) = quality::largest_increase(&s.evals, |p| p.loss) {
+        s.max_loss_increase = Some(inc);
+        s.max_loss_increase_round = round;
+    }
+    s.max_local_loss_increase = quality::largest_increase(&s.evals, |p| p.local_loss).map(|x| x.0);
     if let Some(target) = cfg.target_loss {
-        if let Some((_, &(_, _, clock, step))) = per_round
-            .iter()
-            .find(|(_, &(sum, n, _, _))| sum / n as f64 <= target)
-        {
-            s.time_to_target_s = Some(clock);
-            s.step_to_target = Some(step);
+        if let Some(p) = quality::first_under(&s.evals, target) {
+            s.time_to_target_s = Some(p.clock_s);
+            s.step_to_target = Some(p.step);
+        }
+        if let Some(p) = quality::stays_under(&s.evals, target) {
+            s.time_to_stay_target_s = Some(p.clock_s);
+            s.step_to_stay_target = Some(p.step);
         }
     }
     s.config = Some(manifest.config);
@@ -361,6 +410,53 @@ pub fn annotate_suite(rows: &mut [Summary]) {
         rows[i].bytes_reduction_vs_ddp =
             (run_bytes > 0).then(|| rows[j].payload_bytes as f64 / run_bytes as f64);
     }
+    annotate_quality(rows);
+}
+
+/// Equal-budget losses and the Pareto front over the complete runs with evals (module doc).
+fn annotate_quality(rows: &mut [Summary]) {
+    let compared: Vec<usize> = (0..rows.len())
+        .filter(|&i| rows[i].is_complete() && !rows[i].evals.is_empty())
+        .collect();
+    for axis in Budget::ALL {
+        let budget = quality::common_budget(compared.iter().map(|&i| &rows[i].evals[..]), axis);
+        for (i, row) in rows.iter_mut().enumerate() {
+            let at = match budget {
+                Some(b) if compared.contains(&i) => {
+                    let p = quality::at_budget(&row.evals, axis, b);
+                    Some(AtBudget {
+                        budget: b,
+                        round: p.map(|p| p.round),
+                        loss: p.map(|p| p.loss),
+                        local_loss: p.map(|p| p.local_loss),
+                    })
+                }
+                _ => None,
+            };
+            match axis {
+                Budget::Tokens => row.at_equal_tokens = at,
+                Budget::Clock => row.at_equal_clock = at,
+                Budget::Payload => row.at_equal_payload = at,
+            }
+        }
+    }
+    let points: Vec<(f64, f64)> = compared
+        .iter()
+        .map(|&i| {
+            let r = &rows[i];
+            (
+                r.payload_bytes as f64,
+                r.final_eval_loss.unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    let front = quality::pareto_front(&points);
+    for row in rows.iter_mut() {
+        row.on_pareto_front = None;
+    }
+    for (k, &i) in compared.iter().enumerate() {
+        rows[i].on_pareto_front = Some(front.contains(&k));
+    }
 }
 
 /// summary.csv columns, in order.
@@ -391,12 +487,32 @@ pub const SUMMARY_COLUMNS: &[&str] = &[
     "final_eval_loss",
     "final_eval_loss_by_domain",
     "best_eval_loss",
+    "final_local_eval_loss",
+    "final_local_eval_loss_by_domain",
+    "max_loss_increase",
+    "max_loss_increase_round",
+    "max_local_loss_increase",
     "target_loss",
     "time_to_target_s",
     "step_to_target",
+    "time_to_stay_target_s",
+    "step_to_stay_target",
     "ddp_ref",
     "ddp_ref_exact",
     "bytes_reduction_vs_ddp",
+    "equal_tokens",
+    "loss_at_equal_tokens",
+    "local_loss_at_equal_tokens",
+    "round_at_equal_tokens",
+    "equal_clock_s",
+    "loss_at_equal_clock",
+    "local_loss_at_equal_clock",
+    "round_at_equal_clock",
+    "equal_payload_bytes",
+    "loss_at_equal_payload",
+    "local_loss_at_equal_payload",
+    "round_at_equal_payload",
+    "on_pareto_front",
     "error",
 ];
 
@@ -410,6 +526,26 @@ pub fn knob_cell(v: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
         other => other.to_string(),
+    }
+}
+
+fn by_domain(v: &[DomainLoss]) -> String {
+    v.iter()
+        .map(|d| format!("{}={}", d.domain, d.eval_loss))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The four cells of one equal-budget comparison: budget, loss, local loss, round.
+fn budget_cells(at: &Option<AtBudget>) -> [String; 4] {
+    match at {
+        Some(a) => [
+            a.budget.to_string(),
+            opt(a.loss),
+            opt(a.local_loss),
+            opt(a.round),
+        ],
+        None => Default::default(),
     }
 }
 
@@ -447,20 +583,28 @@ pub fn summary_record(s: &Summary) -> Vec<String> {
         s.eval_bytes.to_string(),
         opt(s.final_round),
         opt(s.final_eval_loss),
-        s.final_eval_loss_by_domain
-            .iter()
-            .map(|d| format!("{}={}", d.domain, d.eval_loss))
-            .collect::<Vec<_>>()
-            .join(";"),
+        by_domain(&s.final_eval_loss_by_domain),
         opt(s.best_eval_loss),
+        opt(s.final_local_eval_loss),
+        by_domain(&s.final_local_eval_loss_by_domain),
+        opt(s.max_loss_increase),
+        opt(s.max_loss_increase_round),
+        opt(s.max_local_loss_increase),
         opt(s.target_loss),
         opt(s.time_to_target_s),
         opt(s.step_to_target),
+        opt(s.time_to_stay_target_s),
+        opt(s.step_to_stay_target),
         opt(s.ddp_ref.clone()),
         opt(s.ddp_ref_exact),
         opt(s.bytes_reduction_vs_ddp),
-        opt(s.error.clone()),
     ]
+    .into_iter()
+    .chain(budget_cells(&s.at_equal_tokens))
+    .chain(budget_cells(&s.at_equal_clock))
+    .chain(budget_cells(&s.at_equal_payload))
+    .chain([opt(s.on_pareto_front), opt(s.error.clone())])
+    .collect()
 }
 
 /// summary.csv contents for `rows` (header + one record per row).

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 
 use super::atomic::{stale_temporaries, temporaries_in};
 use super::csv_sink::header_line;
+use super::quality::Budget;
 use super::run_dir::{hgrm_text, ROUNDS_FILE, STEPS_FILE};
 use super::summary::varying_knobs;
 use super::*;
@@ -41,7 +42,7 @@ fn csv_sink_writes_header_at_creation_and_flushes_every_row() {
         text.starts_with("site,step,round,loss,ce,balance,lr,grad_norm,tokens,"),
         "{text}"
     );
-    assert!(text.ends_with("skip_rate\n"));
+    assert!(text.ends_with("skip_rate,skip_by_layer\n"));
     assert_eq!(read_rows::<StepRow>(&path).unwrap().rows.len(), 0);
     // Read back while the writer is still open, after every row.
     for i in 0..3 {
@@ -589,4 +590,241 @@ fn hgrm_percentiles() {
         hgrm_text(&hdrhistogram::Histogram::<u64>::new(3).unwrap(), 1.0)
             .contains("Total count    =            0]")
     );
+}
+
+/// One eval of [`quality_run`]: (round, clock_s, payload total, global mean, local mean);
+/// each mean is split over two domains as mean ± 0.5.
+type QualityEval = (usize, f64, u64, f64, f64);
+
+/// A run of 2 sites × 12 steps × 64 tokens, evaluated at steps 4, 8, 12, target 3.3.
+fn quality_run(root: &Path, id: &str, method: Method, evals: &[QualityEval], ok: bool) {
+    let mut c = cfg(method);
+    c.steps = 12;
+    c.target_loss = Some(3.3);
+    let mut rd = RunDir::create(&root.join(id), id, &c, &env()).unwrap();
+    for step in 1..=12 {
+        for site in 0..2 {
+            rd.steps
+                .push(&StepRow {
+                    site,
+                    step,
+                    tokens: 64,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+    for &(round, clock_s, payload, global, local) in evals {
+        for (d, sign) in [("a", 1.0), ("b", -1.0)] {
+            rd.rounds
+                .push(&RoundRow {
+                    round,
+                    step: 4 * (round + 1),
+                    domain: d.into(),
+                    eval_loss: global + 0.5 * sign,
+                    local_eval_loss: local + 0.5 * sign,
+                    payload_bytes_total: payload,
+                    clock_s,
+                    ..Default::default()
+                })
+                .unwrap();
+        }
+    }
+    let outcome = if ok {
+        Ok(())
+    } else {
+        Err(anyhow::anyhow!("crash"))
+    };
+    rd.finish(&outcome).unwrap();
+}
+
+#[test]
+fn pareto_stability_and_equal_budgets_on_a_constructed_suite() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path();
+    let same = |v: [(f64, u64, f64); 3]| -> Vec<QualityEval> {
+        (0..3)
+            .map(|r| (r, v[r].0, v[r].1, v[r].2, v[r].2))
+            .collect()
+    };
+    quality_run(
+        dir,
+        "ddp-s0",
+        Method::Ddp,
+        &same([(3.0, 3000, 3.0), (6.0, 6000, 2.5), (9.0, 9000, 2.0)]),
+        true,
+    );
+    quality_run(
+        dir,
+        "diloco-s0",
+        Method::Diloco,
+        &same([(1.0, 100, 3.125), (2.0, 200, 2.625), (3.0, 300, 2.25)]),
+        true,
+    );
+    quality_run(
+        dir,
+        "photon-s0",
+        Method::Photon,
+        &same([(1.2, 133, 3.0), (2.4, 266, 2.75), (3.6, 400, 2.375)]),
+        true,
+    );
+    // FoMoE: the global model spikes by 0.5 at round 1, the sites' own models fall smoothly.
+    let fomoe = [
+        (0, 1.5, 50, 3.25, 3.375),
+        (1, 2.5, 100, 3.75, 3.0),
+        (2, 3.5, 150, 2.5, 2.625),
+    ];
+    quality_run(dir, "fomoe-s0", Method::Fomoe, &fomoe, true);
+    // A failed run with few bytes and a short clock: it must not set any budget.
+    quality_run(
+        dir,
+        "fomoe-s1",
+        Method::Fomoe,
+        &[(0, 0.5, 10, 3.0, 3.0)],
+        false,
+    );
+    let rows = load_suite(dir).unwrap();
+    let row = |id: &str| rows.iter().find(|r| r.run_id == id).unwrap();
+
+    // Stability: largest round-to-round increase of the global mean, and its round.
+    let f = row("fomoe-s0");
+    assert_eq!(
+        (f.max_loss_increase, f.max_loss_increase_round),
+        (Some(0.5), Some(1))
+    );
+    assert_eq!(f.max_local_loss_increase, Some(0.0));
+    assert_eq!(
+        (f.final_eval_loss, f.final_local_eval_loss),
+        (Some(2.5), Some(2.625))
+    );
+    assert_eq!(
+        f.final_local_eval_loss_by_domain
+            .iter()
+            .map(|d| (d.domain.as_str(), d.eval_loss))
+            .collect::<Vec<_>>(),
+        [("a", 3.125), ("b", 2.125)]
+    );
+    let d = row("ddp-s0");
+    assert_eq!(
+        (d.max_loss_increase, d.max_loss_increase_round),
+        (Some(0.0), None)
+    );
+    assert_eq!(
+        row("fomoe-s1").max_loss_increase,
+        None,
+        "one eval: no increase defined"
+    );
+
+    // Target 3.3: FoMoE first reaches it at round 0 (3.25), rises to 3.75, stays from round 2.
+    assert_eq!((f.time_to_target_s, f.step_to_target), (Some(1.5), Some(4)));
+    assert_eq!(
+        (f.time_to_stay_target_s, f.step_to_stay_target),
+        (Some(3.5), Some(12))
+    );
+    assert_eq!(
+        (d.time_to_stay_target_s, d.step_to_stay_target),
+        (Some(3.0), Some(4))
+    );
+
+    // Pareto: photon (400 B, 2.375) is dominated by diloco (300 B, 2.25); the failed run is
+    // not compared.
+    let front: Vec<(&str, Option<bool>)> = rows
+        .iter()
+        .map(|r| (r.run_id.as_str(), r.on_pareto_front))
+        .collect();
+    assert_eq!(
+        front,
+        [
+            ("ddp-s0", Some(true)),
+            ("diloco-s0", Some(true)),
+            ("fomoe-s0", Some(true)),
+            ("fomoe-s1", None),
+            ("photon-s0", Some(false)),
+        ]
+    );
+
+    // Equal budgets: tokens 2 × 12 × 64 for all; clock 3.0 s (diloco's end); payload 150
+    // (fomoe's end). Each run at its last eval within the budget; DDP has none within 150 B.
+    let at = |id: &str, b: Budget| {
+        let r = row(id);
+        let a = match b {
+            Budget::Tokens => &r.at_equal_tokens,
+            Budget::Clock => &r.at_equal_clock,
+            Budget::Payload => &r.at_equal_payload,
+        };
+        a.as_ref()
+            .map(|a| (a.budget, a.round, a.loss, a.local_loss))
+    };
+    assert_eq!(
+        at("ddp-s0", Budget::Tokens),
+        Some((1536.0, Some(2), Some(2.0), Some(2.0)))
+    );
+    assert_eq!(
+        at("fomoe-s0", Budget::Tokens),
+        Some((1536.0, Some(2), Some(2.5), Some(2.625)))
+    );
+    assert_eq!(
+        at("ddp-s0", Budget::Clock),
+        Some((3.0, Some(0), Some(3.0), Some(3.0)))
+    );
+    assert_eq!(
+        at("fomoe-s0", Budget::Clock),
+        Some((3.0, Some(1), Some(3.75), Some(3.0)))
+    );
+    assert_eq!(
+        at("photon-s0", Budget::Clock),
+        Some((3.0, Some(1), Some(2.75), Some(2.75)))
+    );
+    assert_eq!(
+        at("ddp-s0", Budget::Payload),
+        Some((150.0, None, None, None))
+    );
+    assert_eq!(
+        at("diloco-s0", Budget::Payload),
+        Some((150.0, Some(0), Some(3.125), Some(3.125)))
+    );
+    assert_eq!(
+        at("photon-s0", Budget::Payload),
+        Some((150.0, Some(0), Some(3.0), Some(3.0)))
+    );
+    assert_eq!(
+        at("fomoe-s0", Budget::Payload),
+        Some((150.0, Some(2), Some(2.5), Some(2.625)))
+    );
+    assert_eq!(at("fomoe-s1", Budget::Payload), None);
+
+    // The same numbers in summary.csv, by column name.
+    let csv = String::from_utf8(summary_csv(&rows)).unwrap();
+    let mut r = csv::Reader::from_reader(csv.as_bytes());
+    let head = r.headers().unwrap().clone();
+    let rec = r
+        .records()
+        .map(|x| x.unwrap())
+        .find(|x| x.get(0) == Some("fomoe-s0"))
+        .unwrap();
+    let get = |col: &str| {
+        rec.get(head.iter().position(|h| h == col).unwrap())
+            .unwrap()
+    };
+    for (col, want) in [
+        ("final_local_eval_loss", "2.625"),
+        ("final_local_eval_loss_by_domain", "a=3.125;b=2.125"),
+        ("max_loss_increase", "0.5"),
+        ("max_loss_increase_round", "1"),
+        ("max_local_loss_increase", "0"),
+        ("time_to_target_s", "1.5"),
+        ("time_to_stay_target_s", "3.5"),
+        ("step_to_stay_target", "12"),
+        ("equal_tokens", "1536"),
+        ("loss_at_equal_tokens", "2.5"),
+        ("equal_clock_s", "3"),
+        ("loss_at_equal_clock", "3.75"),
+        ("local_loss_at_equal_clock", "3"),
+        ("round_at_equal_clock", "1"),
+        ("equal_payload_bytes", "150"),
+        ("loss_at_equal_payload", "2.5"),
+        ("on_pareto_front", "true"),
+    ] {
+        assert_eq!(get(col), want, "{col}");
+    }
 }

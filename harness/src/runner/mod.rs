@@ -15,13 +15,19 @@
 //! hub namespace when links have delay, see [`crate::net::netns::network`]), writes
 //! `netns.json` (which component supplies rate and delay, the namespaces), and starts each
 //! worker inside its endpoint's namespace (`setns` between fork and exec), where it listens
-//! on and dials namespace addresses. A worker that fails writes `error-site<i>.txt` and exits
+//! on and dials namespace addresses; `tcp` binds one loopback listener per endpoint here
+//! and hands each to its worker across `exec` (`--listen-fd`), and the workers dial each
+//! other directly (no relay, no shaping; `fomoe site` runs the same links across hosts, see
+//! [`multihost`]). A worker that fails writes `error-site<i>.txt` and exits
 //! non-zero; the orchestrator then kills the other workers, waits for them (no orphans) and
 //! reports the first error. Workers are killed and waited for, then the relay stopped, then
 //! the namespaces removed, on every exit path (an error, a panic; SIGINT/SIGTERM remove the
 //! namespaces through the lab's signal handler).
 
 pub mod gate;
+pub mod launch;
+pub mod multihost;
+pub mod remote_sink;
 pub mod results;
 pub mod sink;
 pub mod site;
@@ -90,6 +96,24 @@ pub fn run_one(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<RunOutcome> {
+    let mcfg = prepare_run_files(cfg, dir)?;
+    let threads = threads_per_site(cfg);
+    let start = Instant::now();
+    let result = match cfg.network.backend {
+        Backend::Sim => run_sim(cfg, &mcfg, dir, reg, threads),
+        Backend::Relay | Backend::Netns | Backend::Tcp => run_processes(cfg, dir, opts),
+    };
+    let sites = finish_run_files(dir, result)?;
+    Ok(RunOutcome {
+        sites,
+        wall_s: start.elapsed().as_secs_f64(),
+        threads_per_site: threads,
+    })
+}
+
+/// Validates `cfg` and writes the files every site starts from: `config.json` and the one
+/// seeded initial model `init.safetensors` (kept when resuming). Returns the model config.
+pub fn prepare_run_files(cfg: &RunConfig, dir: &Path) -> Result<ModelConfig> {
     cfg.validate()?;
     // An unusable device is an error before anything is written.
     crate::device::resolve(cfg.device, 0)?;
@@ -107,22 +131,29 @@ pub fn run_one(
             .meta("seed", cfg.seed)
             .write(&init_path)?;
     }
-    let threads = threads_per_site(cfg);
-    let start = Instant::now();
-    let result = match cfg.network.backend {
-        Backend::Sim => run_sim(cfg, &mcfg, dir, reg, threads),
-        Backend::Relay | Backend::Netns => run_processes(cfg, dir, opts),
-    };
-    // Merge the per-site step files also after a failure, so partial results stay readable.
+    Ok(mcfg)
+}
+
+/// After the sites ran (`result`): merges the per-site step files (also after a failure, so
+/// partial results stay readable) and fills rounds.csv's byte totals.
+pub fn finish_run_files(dir: &Path, result: Result<Vec<SiteReport>>) -> Result<Vec<SiteReport>> {
     let merged = crate::results::merge_site_steps(dir);
     let sites = result?;
     merged?;
     fill_round_totals(dir)?;
-    Ok(RunOutcome {
-        sites,
-        wall_s: start.elapsed().as_secs_f64(),
-        threads_per_site: threads,
-    })
+    Ok(sites)
+}
+
+/// The site reports (`site<i>.json`) of a finished run.
+pub(crate) fn read_site_reports(cfg: &RunConfig, dir: &Path) -> Result<Vec<SiteReport>> {
+    let mut reports = Vec::new();
+    for i in 0..cfg.sites {
+        let p = dir.join(format!("site{i}.json"));
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        reports.push(serde_json::from_str(&text)?);
+    }
+    Ok(reports)
 }
 
 /// Body of one site (or Photon's aggregator) given its endpoint; used by threads and workers.
@@ -133,6 +164,25 @@ pub fn run_endpoint(
     comm: &mut dyn Comm,
     reg: &MethodRegistry,
     gate: Option<&gate::ComputeGate>,
+) -> Result<Option<SiteReport>> {
+    if endpoint >= cfg.sites {
+        return run_endpoint_with(cfg, dir, endpoint, comm, reg, gate, &mut sink::NullSink);
+    }
+    let mut sink = sink::FileSink::create(dir, endpoint, cfg.resume_from.is_some())?;
+    run_endpoint_with(cfg, dir, endpoint, comm, reg, gate, &mut sink)
+}
+
+/// [`run_endpoint`] with the site's telemetry going to `sink` (an aggregator has none):
+/// the seam where a multi-host rank sends its telemetry to rank 0
+/// ([`remote_sink::RemoteSink`]). `dir` holds `init.safetensors`.
+pub fn run_endpoint_with(
+    cfg: &RunConfig,
+    dir: &Path,
+    endpoint: usize,
+    comm: &mut dyn Comm,
+    reg: &MethodRegistry,
+    gate: Option<&gate::ComputeGate>,
+    sink: &mut dyn sink::SiteSink,
 ) -> Result<Option<SiteReport>> {
     let mcfg = cfg.model_config()?;
     let all: Vec<usize> = (0..cfg.endpoints()).collect();
@@ -182,8 +232,7 @@ pub fn run_endpoint(
         seed: cfg.seed,
         batch_size: mcfg.batch_size,
     };
-    let mut sink = sink::FileSink::create(dir, endpoint, cfg.resume_from.is_some())?;
-    let report = run_site(&ctx, strategy.as_mut(), comm, &mut source, &mut sink)?;
+    let report = run_site(&ctx, strategy.as_mut(), comm, &mut source, sink)?;
     // Nobody leaves while a peer may still need its messages.
     crate::collective::barrier(comm, &all)?;
     Ok(Some(report))
@@ -255,6 +304,12 @@ fn run_sim(
 enum ProcessNet {
     Relay(crate::net::relay::RelayNetwork),
     Netns(Box<crate::net::netns::NetnsNetwork>),
+    /// `tcp` on one host: every endpoint's listener on 127.0.0.1, bound here (so no other
+    /// process can take the port between choosing and using it) and inherited by its worker.
+    Direct {
+        configs: Vec<crate::net::tcp::SiteNetConfig>,
+        listeners: Vec<Option<std::net::TcpListener>>,
+    },
 }
 
 impl ProcessNet {
@@ -262,8 +317,45 @@ impl ProcessNet {
         match self {
             ProcessNet::Relay(r) => r.site_configs(),
             ProcessNet::Netns(n) => n.site_configs(),
+            ProcessNet::Direct { configs, .. } => configs,
         }
     }
+
+    /// Direct links on loopback for `endpoints` workers.
+    fn direct(endpoints: usize, net: &NetOptions) -> Result<ProcessNet> {
+        let mut listeners = Vec::with_capacity(endpoints);
+        let mut addrs = Vec::with_capacity(endpoints);
+        for i in 0..endpoints {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")
+                .with_context(|| format!("site {i}: binding a loopback listener"))?;
+            addrs.push(l.local_addr()?);
+            listeners.push(Some(l));
+        }
+        let configs = (0..endpoints)
+            .map(|i| crate::net::tcp::direct_site_config(i, &addrs, net))
+            .collect();
+        Ok(ProcessNet::Direct { configs, listeners })
+    }
+}
+
+/// Makes `listener` survive `exec` in the child `cmd` starts (the parent's copy stays
+/// close-on-exec) and returns the descriptor number the child finds it under.
+fn inherit_listener(cmd: &mut Command, listener: &std::net::TcpListener) -> i32 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    // SAFETY: between fork and exec the closure only calls fcntl(2) on a descriptor the
+    // child inherited, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    fd
 }
 
 /// Worker processes; dropping kills and waits for those still running (no orphans on any
@@ -281,11 +373,12 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     let links = cfg.link_matrix()?;
     let net = net_options(cfg, dir);
     // Declared before the workers, so dropped after them on every path.
-    let network = match cfg.network.backend {
+    let mut network = match cfg.network.backend {
         Backend::Netns => ProcessNet::Netns(Box::new(
             crate::net::netns::NetnsNetwork::start(&links, &net, &Default::default())
                 .context("network.backend = netns")?,
         )),
+        Backend::Tcp => ProcessNet::direct(cfg.endpoints(), &net)?,
         _ => ProcessNet::Relay(crate::net::relay::RelayNetwork::start(
             &links,
             &net,
@@ -323,12 +416,25 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
-        if let ProcessNet::Netns(n) = &network {
-            n.lab()
+        // Held until the worker has started; then only the worker has it.
+        let mut inherited = None;
+        match &mut network {
+            ProcessNet::Netns(n) => n
+                .lab()
                 .command_in_site(i, &mut cmd)
-                .with_context(|| format!("site {i}: entering its namespace"))?;
+                .with_context(|| format!("site {i}: entering its namespace"))?,
+            ProcessNet::Direct { listeners, .. } => {
+                if let Some(l) = listeners[i].take() {
+                    let fd = inherit_listener(&mut cmd, &l);
+                    cmd.arg("--listen-fd").arg(fd.to_string());
+                    inherited = Some(l);
+                }
+            }
+            ProcessNet::Relay(_) => {}
         }
-        match cmd.spawn() {
+        let spawned = cmd.spawn();
+        drop(inherited);
+        match spawned {
             Ok(c) => workers.0.push((i, c)),
             Err(e) => bail!("starting worker for site {i} ({}): {e}", exe.display()),
         }
@@ -364,6 +470,7 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     drop(workers);
     match network {
         ProcessNet::Relay(r) => drop(r),
+        ProcessNet::Direct { .. } => {}
         ProcessNet::Netns(n) => {
             if let Err(e) = n.close() {
                 failure.get_or_insert(format!("removing the run's network namespaces: {e}"));
@@ -373,14 +480,7 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     if let Some(f) = failure {
         bail!(f);
     }
-    let mut reports = Vec::new();
-    for i in 0..cfg.sites {
-        let p = dir.join(format!("site{i}.json"));
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-        reports.push(serde_json::from_str(&text)?);
-    }
-    Ok(reports)
+    read_site_reports(cfg, dir)
 }
 
 fn kill_all(children: &mut Vec<(usize, Child)>) {
@@ -393,8 +493,14 @@ fn kill_all(children: &mut Vec<(usize, Child)>) {
     children.clear();
 }
 
-/// Entry point of `fomoe worker`: one endpoint of a run on a real backend.
-pub fn worker_main(dir: &Path, endpoint: usize, reg: &MethodRegistry) -> Result<()> {
+/// Entry point of `fomoe worker`: one endpoint of a run on a real backend. `listen_fd`: the
+/// listener the orchestrator bound for this endpoint and left open across `exec` (`tcp`).
+pub fn worker_main(
+    dir: &Path,
+    endpoint: usize,
+    reg: &MethodRegistry,
+    listen_fd: Option<i32>,
+) -> Result<()> {
     let result = (|| -> Result<()> {
         let cfg: RunConfig = serde_json::from_str(
             &std::fs::read_to_string(dir.join("config.json")).context("reading config.json")?,
@@ -403,7 +509,23 @@ pub fn worker_main(dir: &Path, endpoint: usize, reg: &MethodRegistry) -> Result<
         let sc: crate::net::tcp::SiteNetConfig = serde_json::from_str(&std::fs::read_to_string(
             dir.join(format!("net-site{endpoint}.json")),
         )?)?;
-        let mut comm = crate::net::tcp::TcpComm::connect(&sc)?;
+        let mut comm = match listen_fd {
+            None => crate::net::tcp::TcpComm::connect(&sc)?,
+            Some(fd) => {
+                use std::os::fd::FromRawFd;
+                // SAFETY: the orchestrator passes the number of a listening socket it left
+                // open for this process alone; nothing else in this process owns it.
+                let listener = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+                let bound = listener.local_addr().ok();
+                if bound != sc.listen {
+                    bail!(
+                        "--listen-fd {fd} is bound to {bound:?}, net-site{endpoint}.json says {:?}",
+                        sc.listen
+                    );
+                }
+                crate::net::tcp::TcpComm::connect_on(&sc, Some(listener))?
+            }
+        };
         run_endpoint(&cfg, dir, endpoint, &mut comm, reg, None)?;
         Ok(())
     })();

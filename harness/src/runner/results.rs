@@ -22,6 +22,20 @@ pub fn execute_in_run_dir(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<()> {
+    execute_with(cfg, dir, threads_per_site(cfg), |path| {
+        run_one(cfg, path, reg, opts)
+    })
+}
+
+/// Executes a run in `dir` with `run` (given the directory's path; e.g. [`run_one`], or
+/// rank 0 of a multi-host run), recording `threads` per site, then writes `sites.json` and
+/// the routing metrics.
+pub fn execute_with(
+    cfg: &RunConfig,
+    dir: &mut RunDir,
+    threads: usize,
+    run: impl FnOnce(&Path) -> Result<super::RunOutcome>,
+) -> Result<()> {
     let device = crate::device::resolve(cfg.device, 0)?.device;
     let facts = crate::device::facts::DeviceFacts::detect(
         device,
@@ -29,10 +43,10 @@ pub fn execute_in_run_dir(
         cfg.sites,
         &cfg.network.backend.to_string(),
     );
-    dir.set_runtime(&facts.device.clone(), threads_per_site(cfg))?;
+    dir.set_runtime(&facts.device.clone(), threads)?;
     dir.set_device(facts)?;
     let path = dir.path().to_path_buf();
-    let outcome = run_one(cfg, &path, reg, opts);
+    let outcome = run(&path);
     if let Ok(o) = &outcome {
         crate::results::write_atomic(
             &path.join("sites.json"),
@@ -108,20 +122,27 @@ fn routing_from_probes(cfg: &RunConfig, path: &Path, dir: &mut RunDir) -> Result
     }
     w.sync()?;
     drop(w);
-    // Skip rate of a round: mean over its steps and sites (the same for every layer).
+    // Skip rate of a (round, layer): mean over the round's steps and sites of that layer's
+    // training skip rate (steps.csv `skip_by_layer`).
     let steps: Vec<StepRow> = match csv::Reader::from_path(path.join("steps.csv")) {
         Ok(mut r) => r.deserialize().filter_map(|x| x.ok()).collect(),
         Err(_) => Vec::new(),
     };
-    let mut skip: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
+    let mut skip: BTreeMap<(usize, usize), (f64, usize)> = BTreeMap::new();
     for s in &steps {
-        let e = skip.entry(s.round).or_default();
-        e.0 += s.skip_rate;
-        e.1 += 1;
+        let Some(by_layer) = crate::telemetry::parse_skip_by_layer(&s.skip_by_layer) else {
+            continue;
+        };
+        for (layer, v) in by_layer.into_iter().enumerate() {
+            let e = skip.entry((s.round, layer)).or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
     }
     let dump = ProbeDump::read(path.join("probe_topk.bin")).context("reading probe_topk.bin")?;
-    let rows = routing_rows(&dump, |round, _| {
-        skip.get(&round).map_or(0.0, |(s, n)| s / *n as f64)
+    let rows = routing_rows(&dump, |round, layer| {
+        skip.get(&(round, layer))
+            .map_or(0.0, |(s, n)| s / *n as f64)
     })?;
     for r in &rows {
         dir.routing.push(r)?;

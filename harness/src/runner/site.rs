@@ -135,7 +135,9 @@ pub fn eval_domains(
     Ok(out)
 }
 
-/// Top-k ids of every layer on every domain's probe batch: ids[domain][layer] (row-major [T, k]).
+/// The router's top-k ids (unmasked: its preference over all E, see
+/// [`crate::model::moe::LayerRouting::router_topk_ids`]) of every layer on every domain's
+/// probe batch: ids[domain][layer] (row-major [T, k]).
 pub fn probe_topk(model: &MoeModel, data: &Dataset) -> Result<Vec<Vec<Vec<i64>>>> {
     let _g = tch::no_grad_guard();
     let mut out = Vec::new();
@@ -146,7 +148,7 @@ pub fn probe_topk(model: &MoeModel, data: &Dataset) -> Result<Vec<Vec<Vec<i64>>>
         out.push(
             f.routing
                 .iter()
-                .map(|r| Vec::<i64>::try_from(&r.topk_ids.reshape([-1])).unwrap_or_default())
+                .map(|r| Vec::<i64>::try_from(&r.router_topk_ids.reshape([-1])).unwrap_or_default())
                 .collect(),
         );
     }
@@ -382,6 +384,7 @@ pub fn run_site(
             let ce = out.ce.double_value(&[]);
             last_loss = ce;
             let skipped: i64 = out.routing.iter().map(|r| r.skipped_slots).sum();
+            let skip_by_layer = crate::telemetry::format_skip_by_layer(&out.routing, mcfg.top_k);
             let slots: i64 = out
                 .routing
                 .iter()
@@ -419,6 +422,7 @@ pub fn run_site(
                 } else {
                     0.0
                 },
+                skip_by_layer,
             };
             train_bytes.0 += row.payload_sent;
             train_bytes.1 += row.framing_sent;

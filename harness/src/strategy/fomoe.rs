@@ -18,6 +18,12 @@
 //! groups of 2(ρ−1)/ρ·n_G·b, which summed over sites gives METHODS.md's
 //! 2(M−1)/M·N_dense·b + 2(ρ−1)/M·N_exp·b per site on average.
 //!
+//! Routers (`router_sync`): `all` averages every router row with the dense group over all
+//! M sites; `holders` averages row e of each layer's router (the logit of expert e) only
+//! over expert e's holders, the sites whose cross-entropy gradient actually used expert e;
+//! the rows still travel in the dense all-reduce, so bytes are unchanged (see
+//! [`super::group_sync`]'s partial ranges).
+//!
 //! Degenerate cases (pinned by tests): ρ = M holds every expert and synchronises everything
 //! in one all-reduce over all sites, exactly as DiLoCo; M = 1 is single-site training with
 //! an outer step.
@@ -25,11 +31,10 @@
 use anyhow::{bail, Context, Result};
 use tch::Tensor;
 
-use super::group_sync::{groups_for_site, GroupOuterSync, SyncGroup};
-use super::outer::OuterOptimizerState;
+use super::group_sync::{groups_for_site, GroupOuterSync, PartialRange, SyncGroup};
 use super::{SiteState, Strategy, SyncReport};
 use crate::collective::{ring_allreduce, WireDtype};
-use crate::config::{FomoeConfig, Placement, RunConfig};
+use crate::config::{FomoeConfig, Placement, RouterSync, RunConfig};
 use crate::model::params::{tensor_to_vec, ParamStore};
 use crate::model::{ModelConfig, MoeModel, Residency};
 use crate::net::Comm;
@@ -158,12 +163,37 @@ impl Fomoe {
         }
     }
 
-    /// The site's holder groups under the current placement.
+    /// The site's holder groups under the current placement; with `router_sync = holders`
+    /// the dense group carries router row e of every layer as a partial range averaged over
+    /// expert e's holders (rows of experts every site holds need none).
     fn groups_of(&self, st: &SiteState) -> Vec<SyncGroup> {
         let p = &self.placement;
-        groups_for_site(&st.model.store.layout, self.sites, |l, e| {
-            p[l].holders_of(e).to_vec()
-        })
+        let layout = &st.model.store.layout;
+        let mut groups = groups_for_site(layout, self.sites, |l, e| p[l].holders_of(e).to_vec());
+        if self.knobs.router_sync == RouterSync::Holders {
+            let d = st.model.cfg.d_model;
+            let partial: Vec<PartialRange> = (0..p.len())
+                .flat_map(|l| {
+                    let spec = layout
+                        .spec(&format!("blocks.{l}.moe.router.weight"))
+                        .expect("every layer has a router");
+                    let offset = spec.offset;
+                    p[l].holders.iter().enumerate().filter_map(move |(e, h)| {
+                        (h.len() < self.sites).then(|| PartialRange {
+                            range: offset + e * d..offset + (e + 1) * d,
+                            contributes: h.contains(&self.site),
+                            contributors: h.len(),
+                        })
+                    })
+                })
+                .collect();
+            let dense = groups
+                .iter_mut()
+                .find(|g| g.members.len() == self.sites)
+                .expect("the dense group has every site");
+            dense.partial = partial;
+        }
+        groups
     }
 
     /// Load-aware re-placement after the sync; returns the payload bytes this site sent.
@@ -270,7 +300,7 @@ impl Fomoe {
             inner.exp_avg.copy_(&Tensor::from_slice(&m_v));
             inner.exp_avg_sq.copy_(&Tensor::from_slice(&v_v));
         });
-        let mut outer = OuterOptimizerState::new(self.sync.kind, &model.store.flat);
+        let mut outer = self.sync.fresh_state(&new_layout, &model.store.flat);
         if let Some(m) = outer.momentum.as_mut() {
             tch::no_grad(|| m.copy_(&Tensor::from_slice(&mom_v)));
         }

@@ -8,9 +8,21 @@
 //!   Δ = θ_g − θ_site;   for each group G ∋ site:  Δ[G] ← (Σ_{s∈G} Δ_s[G]) / |G|
 //!   θ_g ← outer(θ_g, Δ);   θ_site ← θ_g
 //!
-//! Groups are processed in one canonical order (sorted by member list) on every site, so
-//! two sites always meet their shared groups in the same order: no deadlock, and each
-//! peer's messages arrive in the order they are consumed.
+//! **Partial ranges.** A range of a group may be averaged over a subset of the group's
+//! members only (FoMoE `router_sync = holders`: router row e among expert e's holders): the
+//! other members contribute zero and the sum is divided by the subset's size. The range
+//! still travels with its group (the same bytes), and every member adopts the result.
+//!
+//! **Schedule.** All groups of a round run as one lockstep ring schedule
+//! ([`crate::collective::ring_allreduce_groups`]): at ring step t every site sends the
+//! step-t chunk of each of its groups, then receives them, groups in one canonical order
+//! (sorted by member list) on every site. A round then pays the latency of the longest ring
+//! (2(M−1) steps, the dense group's) instead of the sum over its groups, while every group's
+//! messages, bytes and arithmetic are those of its own ring all-reduce, so the result is
+//! bit-identical to synchronising the groups one after another. The deadlock-freedom
+//! argument is in that function's module doc: sends never wait, a step-t send needs only the
+//! site's own step-(t−1) receives, and each link carries its messages in the order (step,
+//! canonical group) on both ends.
 //!
 //! Degenerate cases: one group with every site and every range (DiLoCo, and FoMoE with
 //! ρ = M, whose dense range and experts then share one all-reduce) gives identical bytes
@@ -23,10 +35,10 @@ use std::ops::Range;
 
 use anyhow::{Context, Result};
 
-use super::outer::OuterOptimizerState;
+use super::outer::{OuterOptimizerState, OuterPlan};
 use super::SiteState;
-use crate::collective::{ring_allreduce, WireDtype};
-use crate::config::{OuterOptimizer, RunConfig};
+use crate::collective::{ring_allreduce_groups, RingJob, WireDtype};
+use crate::config::{ResolvedOuter, RunConfig};
 use crate::model::params::ParamLayout;
 use crate::net::Comm;
 
@@ -35,6 +47,17 @@ use crate::net::Comm;
 pub struct SyncGroup {
     pub members: Vec<usize>,
     pub ranges: Vec<Range<usize>>,
+    /// Sub-ranges (inside `ranges`) averaged over only some of the members (module doc).
+    pub partial: Vec<PartialRange>,
+}
+
+/// A range averaged over `contributors` of its group's members; this site contributes its
+/// Δ there only when `contributes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartialRange {
+    pub range: Range<usize>,
+    pub contributes: bool,
+    pub contributors: usize,
 }
 
 impl SyncGroup {
@@ -77,6 +100,7 @@ pub fn groups_for_site(
             SyncGroup {
                 members,
                 ranges: merged,
+                partial: Vec::new(),
             }
         })
         .collect()
@@ -104,14 +128,33 @@ pub fn outer_sync(
     // GPU, in place on the CPU); it is written back when `delta` goes out of scope.
     let mut delta_t = &outer.global - &st.model.store.flat;
     let mut delta = crate::device::staging::HostCopy::new(&mut delta_t);
-    let mut buf = Vec::new();
     for g in groups {
-        buf.clear();
-        for r in &g.ranges {
-            buf.extend_from_slice(&delta[r.clone()]);
+        for p in g.partial.iter().filter(|p| !p.contributes) {
+            delta[p.range.clone()].fill(0.0);
         }
-        ring_allreduce(comm, &g.members, wire, &mut buf)
-            .with_context(|| format!("outer sync over sites {:?}", g.members))?;
+    }
+    let mut bufs: Vec<Vec<f32>> = groups
+        .iter()
+        .map(|g| {
+            g.ranges
+                .iter()
+                .flat_map(|r| delta[r.clone()].iter().copied())
+                .collect()
+        })
+        .collect();
+    let mut jobs: Vec<RingJob<'_>> = groups
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|(g, buf)| RingJob {
+            group: &g.members,
+            buf,
+        })
+        .collect();
+    ring_allreduce_groups(comm, &mut jobs, wire).with_context(|| {
+        let members: Vec<&Vec<usize>> = groups.iter().map(|g| &g.members).collect();
+        format!("outer sync over the holder groups {members:?}")
+    })?;
+    for (g, buf) in groups.iter().zip(&bufs) {
         let n = g.members.len() as f32;
         let mut off = 0;
         for r in &g.ranges {
@@ -119,6 +162,22 @@ pub fn outer_sync(
                 *d = *s / n;
             }
             off += r.len();
+        }
+        for p in &g.partial {
+            // Undo the division by |G| for the partial range: Σ / contributors. Computed
+            // from the sum itself (not the mean), so the value is one division of the sum.
+            let mut off = 0;
+            for r in &g.ranges {
+                let lo = p.range.start.max(r.start);
+                let hi = p.range.end.min(r.end);
+                if lo < hi {
+                    let c = p.contributors as f32;
+                    for i in lo..hi {
+                        delta[i] = buf[off + (i - r.start)] / c;
+                    }
+                }
+                off += r.len();
+            }
         }
     }
     drop(delta);
@@ -131,7 +190,8 @@ pub fn outer_sync(
 /// optimiser over what the site holds, the site's holder groups, and the knobs that decide
 /// what a round does. The strategies differ only in the groups they give it.
 pub struct GroupOuterSync {
-    pub kind: OuterOptimizer,
+    /// The outer optimiser of each parameter group.
+    pub kinds: ResolvedOuter,
     pub wire: WireDtype,
     pub keep_inner_state: bool,
     /// `None` until [`GroupOuterSync::start`].
@@ -142,7 +202,7 @@ pub struct GroupOuterSync {
 impl GroupOuterSync {
     pub fn new(cfg: &RunConfig) -> Self {
         Self {
-            kind: cfg.outer_optimizer(),
+            kinds: cfg.resolved_outer(),
             wire: cfg.wire_dtype,
             keep_inner_state: cfg.keep_inner_state,
             outer: None,
@@ -152,8 +212,13 @@ impl GroupOuterSync {
 
     /// Start from the site's current parameters (θ_g = θ_site, zero momentum).
     pub fn start(&mut self, st: &SiteState, groups: Vec<SyncGroup>) {
-        self.outer = Some(OuterOptimizerState::new(self.kind, &st.model.store.flat));
+        self.outer = Some(self.fresh_state(&st.model.store.layout, &st.model.store.flat));
         self.groups = groups;
+    }
+
+    /// Outer state over `flat` (θ_g = flat, zero momentum), with this run's plan for `layout`.
+    pub fn fresh_state(&self, layout: &ParamLayout, flat: &tch::Tensor) -> OuterOptimizerState {
+        OuterOptimizerState::with_plan(OuterPlan::for_layout(layout, &self.kinds), flat)
     }
 
     /// [`outer_sync`] over the site's groups; the expected payload bytes it sent.

@@ -5,30 +5,91 @@
 //! - Nesterov (DiLoCo; lr 0.7, μ 0.9): v ← μ·v + Δ; θ_g ← θ_g − lr·(Δ + μ·v)
 //! - FedAvg (Photon; lr 1): θ_g ← θ_g − lr·Δ, which at lr 1 is the plain mean of θ_site.
 //!
+//! Each range of the flat buffer has its own optimiser ([`OuterPlan`]): the parameter groups
+//! dense, router and experts may differ (`outer_groups`). Updates are elementwise, so a plan
+//! with one optimiser everywhere computes exactly what a single optimiser over the whole
+//! buffer does, value for value.
+//!
 //! Degenerate cases: Nesterov with μ = 0 is FedAvg with the same lr; with one site and
-//! lr 1, θ_g ← θ_site (training is unchanged by the sync).
+//! lr 1, θ_g ← θ_g − (θ_g − θ_site), θ_site up to one rounding of the subtraction.
 //! Every holder applies the same update to bit-identical Δ, so holders stay bit-identical.
+
+use std::ops::Range;
 
 use tch::Tensor;
 
-use crate::config::OuterOptimizer;
+use crate::config::{OuterOptimizer, ResolvedOuter};
+use crate::model::params::ParamLayout;
+
+/// Which outer optimiser updates which range of the flat buffer. Ranges are disjoint, in
+/// layout order, and cover the buffer; adjacent ranges with the same optimiser are merged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OuterPlan {
+    pub parts: Vec<(Range<usize>, OuterOptimizer)>,
+}
+
+impl OuterPlan {
+    /// One optimiser over `n` values.
+    pub fn uniform(kind: OuterOptimizer, n: usize) -> Self {
+        Self {
+            parts: vec![(0..n, kind)],
+        }
+    }
+
+    /// The plan of a site's layout: routers (`blocks.*.moe.router.weight`) with
+    /// `groups.router`, every other dense parameter with `groups.dense`, expert blocks with
+    /// `groups.experts`.
+    pub fn for_layout(layout: &ParamLayout, groups: &ResolvedOuter) -> Self {
+        let mut parts: Vec<(Range<usize>, OuterOptimizer)> = Vec::new();
+        let mut specs: Vec<_> = layout.specs.iter().collect();
+        specs.sort_by_key(|s| s.offset);
+        for spec in specs {
+            let kind = if !spec.group.is_dense() {
+                groups.experts
+            } else if is_router(&spec.name) {
+                groups.router
+            } else {
+                groups.dense
+            };
+            let r = spec.offset..spec.offset + spec.numel;
+            match parts.last_mut() {
+                Some((last, k)) if last.end == r.start && *k == kind => last.end = r.end,
+                _ => parts.push((r, kind)),
+            }
+        }
+        Self { parts }
+    }
+
+    pub fn has_momentum(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|(_, k)| matches!(k, OuterOptimizer::Nesterov { .. }))
+    }
+}
+
+/// Whether a parameter name is a router weight.
+pub fn is_router(name: &str) -> bool {
+    name.ends_with(".moe.router.weight")
+}
 
 pub struct OuterOptimizerState {
-    pub kind: OuterOptimizer,
+    pub plan: OuterPlan,
     /// θ_g, flat, in the site's layout.
     pub global: Tensor,
-    /// v (Nesterov only).
+    /// v over the whole buffer when any range uses Nesterov (zero and unused elsewhere).
     pub momentum: Option<Tensor>,
 }
 
 impl OuterOptimizerState {
+    /// One optimiser over the whole buffer (Photon's aggregator, tests).
     pub fn new(kind: OuterOptimizer, initial: &Tensor) -> Self {
-        let momentum = match kind {
-            OuterOptimizer::Nesterov { .. } => Some(initial.zeros_like()),
-            OuterOptimizer::Fedavg { .. } => None,
-        };
+        Self::with_plan(OuterPlan::uniform(kind, initial.numel()), initial)
+    }
+
+    pub fn with_plan(plan: OuterPlan, initial: &Tensor) -> Self {
+        let momentum = plan.has_momentum().then(|| initial.zeros_like());
         Self {
-            kind,
+            plan,
             global: initial.detach().copy(),
             momentum,
         }
@@ -41,18 +102,28 @@ impl OuterOptimizerState {
 
     /// Apply the update for the averaged pseudo-gradient `delta` (same layout as `global`).
     pub fn apply(&mut self, delta: &Tensor) {
-        tch::no_grad(|| match self.kind {
-            OuterOptimizer::Nesterov { lr, momentum } => {
-                let v = self.momentum.as_mut().expect("nesterov has momentum");
-                let _ = v.g_mul_scalar_(momentum);
-                let _ = v.g_add_(delta);
-                let step = delta + &*v * momentum;
-                let _ = self.global.g_sub_(&(step * lr));
+        let _g = tch::no_grad_guard();
+        for (r, kind) in &self.plan.parts {
+            let (start, len) = (r.start as i64, r.len() as i64);
+            let d = delta.narrow(0, start, len);
+            let mut g = self.global.narrow(0, start, len);
+            match *kind {
+                OuterOptimizer::Nesterov { lr, momentum } => {
+                    let mut v = self
+                        .momentum
+                        .as_ref()
+                        .expect("a plan with nesterov has momentum")
+                        .narrow(0, start, len);
+                    let _ = v.g_mul_scalar_(momentum);
+                    let _ = v.g_add_(&d);
+                    let step = &d + &v * momentum;
+                    let _ = g.g_sub_(&(step * lr));
+                }
+                OuterOptimizer::Fedavg { lr } => {
+                    let _ = g.g_sub_(&(&d * lr));
+                }
             }
-            OuterOptimizer::Fedavg { lr } => {
-                let _ = self.global.g_sub_(&(delta * lr));
-            }
-        });
+        }
     }
 }
 

@@ -216,7 +216,7 @@ fn validation_errors_name_file_key_value_and_allowed() {
     assert!(e.contains("suite.name: \"a/b\": use letters"), "{e}");
     // Unknown nested base key, with what is allowed.
     let e = err("[base.fomoe]\nrhoo = 2\n");
-    assert_eq!(e, "t.toml: base.fomoe.rhoo: unknown field `rhoo`, expected one of `rho`, `placement`, `skip_policy`, `aux_scope`");
+    assert_eq!(e, "t.toml: base.fomoe.rhoo: unknown field `rhoo`, expected one of `rho`, `placement`, `skip_policy`, `aux_scope`, `router_sync`");
     // Wrong type in base.
     let e = err("[base]\nsites = \"four\"\n");
     assert_eq!(
