@@ -12,6 +12,14 @@
 //!
 //! State is two flat tensors the size of the parameters (m, v) plus the step count, so its
 //! memory is exactly 8 bytes per held parameter and it checkpoints as two tensors.
+//!
+//! On the CPU the update is one fused pass over (θ, g, m, v) split across libtorch's
+//! thread count (`fused_step`): 28 bytes of memory traffic per parameter instead of about
+//! 90 for the seven libtorch kernels the same update takes elsewhere (GPU tensors), in f32
+//! with the same operations in the same order for every element:
+//! θ ← θ·d; m ← m + (1−β1)(g − m); v ← v + (1−β2)(g·g − v); θ ← θ − s·m/(√v·r + ε)
+//! with d = 1 − lr·wd on the decayed range (1 elsewhere), s = lr/(1 − β1^t),
+//! r = 1/√(1 − β2^t). Elementwise, so the result does not depend on the thread count.
 
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -132,8 +140,49 @@ impl AdamW {
     }
 
     /// One update of `flat` (parameters, in place) with gradient `grad` at learning rate `lr`.
-    /// In-place and out= kernels over one scratch buffer: no allocation per step.
+    /// On the CPU one fused pass; elsewhere in-place and out= kernels over one scratch
+    /// buffer. No allocation per step either way.
     pub fn step(&mut self, flat: &Tensor, grad: &Tensor, lr: f64) {
+        let host = |t: &Tensor| {
+            t.device() == tch::Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()
+        };
+        if [flat, grad, &self.exp_avg, &self.exp_avg_sq]
+            .iter()
+            .all(|t| host(t))
+        {
+            self.fused(flat, grad, lr, tch::get_num_threads().max(1) as usize);
+        } else {
+            self.kernels(flat, grad, lr);
+        }
+    }
+
+    /// [`AdamW::step`] as one fused pass over host memory on `threads` threads.
+    fn fused(&mut self, flat: &Tensor, grad: &Tensor, lr: f64, threads: usize) {
+        {
+            self.step += 1;
+            let c = &self.cfg;
+            let coeffs = FusedCoeffs {
+                decay: (1.0 - lr * c.weight_decay) as f32,
+                one_minus_beta1: (1.0 - c.beta1) as f32,
+                one_minus_beta2: (1.0 - c.beta2) as f32,
+                step_size: (lr / (1.0 - c.beta1.powi(self.step as i32))) as f32,
+                inv_sqrt_bc2: (1.0 / (1.0 - c.beta2.powi(self.step as i32)).sqrt()) as f32,
+                eps: c.eps as f32,
+            };
+            fused_step(
+                flat,
+                grad,
+                &mut self.exp_avg,
+                &mut self.exp_avg_sq,
+                &self.decayed,
+                &coeffs,
+                threads,
+            );
+        }
+    }
+
+    /// [`AdamW::step`] as libtorch kernels (any device).
+    fn kernels(&mut self, flat: &Tensor, grad: &Tensor, lr: f64) {
         tch::no_grad(|| {
             self.step += 1;
             let t = self.step as i32;
@@ -154,6 +203,91 @@ impl AdamW {
             let _ = scratch.g_add_scalar_(-c.eps * bc1 / lr);
             let _ = flat.shallow_clone().addcdiv_(&self.exp_avg, scratch);
         });
+    }
+}
+
+/// Scalars of one fused AdamW step (see the module doc).
+struct FusedCoeffs {
+    decay: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    eps: f32,
+}
+
+/// One AdamW step over contiguous host f32 tensors, in place, split into contiguous chunks
+/// run on libtorch's number of threads.
+fn fused_step(
+    flat: &Tensor,
+    grad: &Tensor,
+    m: &mut Tensor,
+    v: &mut Tensor,
+    decayed: &Range<usize>,
+    c: &FusedCoeffs,
+    threads: usize,
+) {
+    use crate::model::params::with_f32_values;
+    let n = flat.numel();
+    assert!(grad.numel() == n && m.numel() == n && v.numel() == n);
+    let mut theta_t = flat.shallow_clone();
+    // The gradient is only read; a shallow handle lends its memory.
+    let mut grad_t = grad.shallow_clone();
+    // At least 64 Ki values a thread: below that a thread costs more than it saves.
+    let threads = threads.clamp(1, n.div_ceil(1 << 16).max(1));
+    with_f32_values(&mut theta_t, |theta| {
+        with_f32_values(&mut grad_t, |g| {
+            with_f32_values(m, |m| {
+                with_f32_values(v, |v| {
+                    let chunk = n.div_ceil(threads).next_multiple_of(64);
+                    std::thread::scope(|s| {
+                        let parts = theta
+                            .chunks_mut(chunk)
+                            .zip(g.chunks(chunk))
+                            .zip(m.chunks_mut(chunk))
+                            .zip(v.chunks_mut(chunk))
+                            .enumerate();
+                        for (i, (((th, g), m), v)) in parts {
+                            let start = i * chunk;
+                            let mut run = move || adamw_chunk(th, g, m, v, start, decayed, c);
+                            if start + chunk >= n {
+                                run(); // the last chunk on this thread
+                            } else {
+                                s.spawn(run);
+                            }
+                        }
+                    });
+                })
+            })
+        })
+    });
+}
+
+/// The fused update of one chunk whose first element is `start` of the flat buffer.
+fn adamw_chunk(
+    theta: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    start: usize,
+    decayed: &Range<usize>,
+    c: &FusedCoeffs,
+) {
+    let len = theta.len();
+    // Local [0, d0) undecayed, [d0, d1) decayed, [d1, len) undecayed.
+    let d0 = decayed.start.clamp(start, start + len) - start;
+    let d1 = (decayed.end.clamp(start, start + len) - start).max(d0);
+    for (lo, hi, decay) in [(0, d0, 1.0), (d0, d1, c.decay), (d1, len, 1.0)] {
+        let it = theta[lo..hi]
+            .iter_mut()
+            .zip(&g[lo..hi])
+            .zip(&mut m[lo..hi])
+            .zip(&mut v[lo..hi]);
+        for (((th, &gi), mi), vi) in it {
+            *mi += c.one_minus_beta1 * (gi - *mi);
+            *vi += c.one_minus_beta2 * (gi * gi - *vi);
+            *th = *th * decay - c.step_size * *mi / (vi.sqrt() * c.inv_sqrt_bc2 + c.eps);
+        }
     }
 }
 
@@ -208,6 +342,41 @@ mod tests {
                 th[i]
             );
         }
+    }
+
+    #[test]
+    fn the_fused_pass_matches_the_kernels_and_not_the_thread_count() {
+        // 300k values: several 64 Ki chunks, the decayed range cutting through two of them.
+        let n = 300_000usize;
+        let mut rng = crate::rng::Rng::new(3);
+        let mut draw = |s: f64| -> Vec<f32> { (0..n).map(|_| (rng.normal() * s) as f32).collect() };
+        let (theta0, grads) = (draw(0.1), [draw(1e-2), draw(3e-2), draw(1e-3)]);
+        let cfg = AdamWConfig::default();
+        let decayed = 70_000..250_001;
+        let run = |how: &dyn Fn(&mut AdamW, &Tensor, &Tensor)| {
+            let flat = Tensor::from_slice(&theta0);
+            let mut opt = AdamW::new(cfg.clone(), n, decayed.clone());
+            for g in &grads {
+                how(&mut opt, &flat, &Tensor::from_slice(g));
+            }
+            (
+                Vec::<f32>::try_from(&flat).unwrap(),
+                Vec::<f32>::try_from(&opt.exp_avg_sq).unwrap(),
+            )
+        };
+        let one = run(&|o, f, g| o.fused(f, g, 1e-3, 1));
+        let three = run(&|o, f, g| o.fused(f, g, 1e-3, 3));
+        assert_eq!(one, three, "elementwise: bit-identical for any thread count");
+        let kernels = run(&|o, f, g| o.kernels(f, g, 1e-3));
+        let max_rel = one
+            .0
+            .iter()
+            .zip(&kernels.0)
+            .map(|(a, b)| ((a - b) / b.abs().max(1e-3)).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max_rel < 1e-5, "fused vs kernels: {max_rel}");
+        assert!(one.1.iter().zip(&kernels.1).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs()));
+        assert_ne!(one.0, theta0);
     }
 
     #[test]
