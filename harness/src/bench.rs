@@ -29,6 +29,10 @@ pub struct StepBench {
     pub steps_timed: usize,
     pub step_ms_median: f64,
     pub step_ms_min: f64,
+    /// Median CPU seconds of the process per step (all threads). On a machine shared with
+    /// other work this is the figure that holds still: with `OMP_WAIT_POLICY=passive` it
+    /// counts the step's work without the spinning of waiting threads.
+    pub cpu_s_per_step_median: f64,
     pub tokens_per_s: f64,
     pub flops_per_token: f64,
     pub gflops: f64,
@@ -82,6 +86,20 @@ fn matmul_size() -> i64 {
     }
 }
 
+/// CPU seconds consumed by this process so far (every thread).
+fn process_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return f64::NAN;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -119,10 +137,12 @@ pub fn bench_step(
     let inputs = Tensor::randint(cfg.vocab_size as i64, [b, s], (Kind::Int64, device));
     let targets = Tensor::randint(cfg.vocab_size as i64, [b, s], (Kind::Int64, device));
     let mut times = Vec::with_capacity(steps);
+    let mut cpu_times = Vec::with_capacity(steps);
     let mut skipped = 0i64;
     let mut slots = 0i64;
     for i in 0..warmup + steps {
         let t = Instant::now();
+        let cpu0 = process_cpu_s();
         let out = model.forward(&inputs, &targets);
         skipped += out.routing.iter().map(|r| r.skipped_slots).sum::<i64>();
         slots += out
@@ -136,6 +156,7 @@ pub fn bench_step(
         crate::device::synchronize();
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
+            cpu_times.push(process_cpu_s() - cpu0);
         }
     }
     matmul = matmul.max(matmul_gflops(matmul_size(), 10, precision));
@@ -156,6 +177,7 @@ pub fn bench_step(
         steps_timed: steps,
         step_ms_median: med * 1e3,
         step_ms_min: min * 1e3,
+        cpu_s_per_step_median: median(&mut cpu_times),
         tokens_per_s: tps,
         flops_per_token: fpt,
         gflops,
