@@ -25,6 +25,9 @@ enum Command {
     Report(cmd::report::Args),
     /// Rebuild a suite's SVG figures and REPORT-<suite>.md from its results directory alone.
     Figures(cmd::figures::Args),
+    /// The study report of a suite: configurations per corpus over seeds, against DiLoCo at
+    /// its defaults, and the configuration the numbers select (STUDY-<suite>.md).
+    Study(cmd::figures::StudyArgs),
     /// Generate paper/REPORT.md (the abstract's claims beside measured and projected numbers)
     /// and its figures from a spec file; --check fails when the committed files differ.
     PaperReport(cmd::paper_report::Args),
@@ -39,6 +42,9 @@ enum Command {
     Site(cmd::site::Args),
     /// Measure an emulated link (rate, one-way delay) and a ring all-reduce against its bound.
     Netcheck(cmd::netcheck::Args),
+    /// System model: memory, bytes and time of every method for a model and deployment
+    /// (--sweep CSV, --validate against measured runs, --headline claims table).
+    Project(Box<cmd::project::Args>),
     /// Internal: one site of a run, started by the orchestrator.
     #[command(hide = true)]
     Worker(cmd::worker::Args),
@@ -52,11 +58,13 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
         Command::Figures(a) => cmd::figures::run(a),
+        Command::Study(a) => cmd::figures::study(a),
         Command::PaperReport(a) => cmd::paper_report::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::RunOne(a) => cmd::run_one::run(a),
         Command::BenchStep(a) => cmd::bench_step::run(a),
         Command::Netcheck(a) => cmd::netcheck::run(a),
+        Command::Project(a) => cmd::project::run(*a),
         Command::Site(a) => cmd::site::run(a),
         Command::Worker(a) => cmd::worker::run(a),
     };

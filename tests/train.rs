@@ -167,12 +167,16 @@ fn bad_input_gives_one_line_errors() {
         d.path(),
         "method = \"single\"\nsites = 1\n[model]\ntop_k = 9\n",
     );
-    assert_one_line(c, &e, "invalid top_k = 9: must be at most n_experts = 8");
+    assert_one_line(
+        c,
+        &e,
+        "invalid model.top_k = 9: must be at most n_experts = 8",
+    );
     let (c, e) = run_toml(
         d.path(),
         "method = \"single\"\nsites = 1\n[model]\nn_heads = 3\n",
     );
-    assert_one_line(c, &e, "invalid n_heads = 3: must divide d_model = 64");
+    assert_one_line(c, &e, "invalid model.n_heads = 3: must divide d_model = 64");
     let (c, e) = run_toml(d.path(), "method = \"single\"\nsites = 1\nbogus = 1\n");
     assert_one_line(c, &e, "unknown field `bogus`");
     let missing = d.path().join("nope.bin");

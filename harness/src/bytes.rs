@@ -89,6 +89,31 @@ impl Traffic {
     }
 }
 
+/// Ring steps of an all-reduce over `g` sites: `g − 1` reduce-scatter steps, then `g − 1`
+/// all-gather steps (`2(g−1)`; none for `g < 2`).
+pub fn ring_steps(g: usize) -> usize {
+    2 * g.saturating_sub(1)
+}
+
+/// The chunk position `p` of a ring of `g` sends at step `k` (`0 ≤ k < 2(g−1)`), as
+/// `collective::ring` sends it: reduce-scatter step `k` sends chunk `(p − k) mod g`, all-gather
+/// step `k' = k − (g−1)` sends chunk `(p + 1 − k') mod g`. Over all steps that is every chunk
+/// but `p+1` once and every chunk but `p+2` once, as in [`ring_allreduce_sent_by_position`].
+pub fn ring_step_chunk(g: usize, p: usize, k: usize) -> usize {
+    debug_assert!(k < ring_steps(g));
+    if k < g - 1 {
+        (p + g - k % g) % g
+    } else {
+        (p + 1 + g - (k - (g - 1)) % g) % g
+    }
+}
+
+/// Values position `p` sends at ring step `k` of an all-reduce of `n` values over `g`
+/// sites (0 = no message at this step).
+pub fn ring_step_values(n: usize, g: usize, p: usize, k: usize) -> usize {
+    ring_chunk_len(n, g, ring_step_chunk(g, p, k))
+}
+
 /// Values and messages position `p` of a ring of `g` sends in an all-reduce of `n` values.
 pub fn ring_allreduce_sent_by_position(n: usize, g: usize, p: usize) -> (u64, u64) {
     if g < 2 || n == 0 {
@@ -289,6 +314,37 @@ mod tests {
         assert_eq!(ring_allreduce_sent_by_position(5, 1, 0), (0, 0));
         // Group of 2: each side sends everything once.
         assert_eq!(ring_allreduce_sent_by_position(5, 2, 0), (5, 2));
+    }
+
+    #[test]
+    fn ring_steps_add_up_to_the_per_position_totals() {
+        for n in [0usize, 1, 2, 5, 7, 13, 64, 1001] {
+            for g in 2..=9 {
+                for p in 0..g {
+                    let per_step: Vec<usize> = (0..ring_steps(g))
+                        .map(|k| ring_step_values(n, g, p, k))
+                        .collect();
+                    let (values, messages) = ring_allreduce_sent_by_position(n, g, p);
+                    assert_eq!(
+                        per_step.iter().sum::<usize>() as u64,
+                        values,
+                        "n {n} g {g} p {p}"
+                    );
+                    assert_eq!(
+                        per_step.iter().filter(|&&v| v > 0).count() as u64,
+                        messages,
+                        "n {n} g {g} p {p}"
+                    );
+                }
+            }
+        }
+        // g = 3, position 0: reduce-scatter sends chunks 0, 2; all-gather 1, 0.
+        assert_eq!(
+            (0..4).map(|k| ring_step_chunk(3, 0, k)).collect::<Vec<_>>(),
+            vec![0, 2, 1, 0]
+        );
+        assert_eq!(ring_steps(1), 0);
+        assert_eq!(ring_steps(4), 6);
     }
 
     #[test]

@@ -340,8 +340,37 @@ impl Default for RunConfig {
 }
 
 impl RunConfig {
-    /// The model this run trains: preset plus overrides.
+    /// The model this run trains: preset plus overrides, validated. A shape error names
+    /// the knob as the run file spells it (`model.seq_len`, `data.vocab_size`, `preset`).
     pub fn model_config(&self) -> Result<ModelConfig, ConfigError> {
+        let m = self.resolved_model()?;
+        m.validate().map_err(|e| {
+            let o = &self.model;
+            let overridden = match e.field.as_str() {
+                "batch_size" => o.batch_size.is_some(),
+                "seq_len" => o.seq_len.is_some(),
+                "n_experts" => o.n_experts.is_some(),
+                "top_k" => o.top_k.is_some(),
+                "n_heads" => o.n_heads.is_some(),
+                "balance_alpha" => o.balance_alpha.is_some(),
+                "z_loss_beta" => o.z_loss_beta.is_some(),
+                _ => false,
+            };
+            let field = if overridden {
+                format!("model.{}", e.field)
+            } else if e.field == "vocab_size" && self.data.vocab_size.is_some() {
+                "data.vocab_size".to_string()
+            } else {
+                e.field
+            };
+            ConfigError { field, ..e }
+        })?;
+        Ok(m)
+    }
+
+    /// Preset plus overrides, not validated (the memory estimate asks "what if this knob
+    /// had its default" without caring whether that shape is valid).
+    pub fn resolved_model(&self) -> Result<ModelConfig, ConfigError> {
         let mut m = ModelConfig::preset(&self.preset)?;
         let o = &self.model;
         if let Some(v) = o.router {
@@ -374,7 +403,6 @@ impl RunConfig {
                 m.vocab_size = v;
             }
         }
-        m.validate()?;
         Ok(m)
     }
 
@@ -425,7 +453,7 @@ impl RunConfig {
         if self.steps == 0 {
             return Err(ConfigError::new("steps", 0, "must be at least 1"));
         }
-        if self.steps % self.inner_steps != 0 {
+        if !self.steps.is_multiple_of(self.inner_steps) {
             return Err(ConfigError::new(
                 "steps",
                 self.steps,

@@ -19,5 +19,6 @@ pub mod runner;
 pub mod strategy;
 pub mod suite;
 pub mod sys;
+pub mod sysmodel;
 pub mod telemetry;
 pub mod units;

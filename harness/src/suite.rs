@@ -192,6 +192,8 @@ const KEY_ORDER: &[(&str, &str)] = &[
     ("network.rate", "bw"),
     ("network.delay", "d"),
     ("network.jitter", "j"),
+    ("data.kind", ""),
+    ("data.path", ""),
     ("data.heterogeneity", "het_"),
     ("optim.lr", "lr"),
 ];
@@ -235,6 +237,12 @@ fn render_value(key: &str, v: &Value) -> String {
                 Err(_) => sanitize(s),
             }
         }
+        // A corpus path is spelled by its last component (`data/text-torch` → `text-torch`).
+        ("data.path", Value::String(s)) => sanitize(
+            std::path::Path::new(s)
+                .file_name()
+                .map_or(s.as_str(), |n| n.to_str().unwrap_or(s)),
+        ),
         (_, Value::String(s)) => sanitize(s),
         (_, Value::Integer(i)) => i.to_string(),
         (_, Value::Float(f)) => f.to_string(),

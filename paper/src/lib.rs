@@ -42,6 +42,7 @@ pub mod projection;
 pub mod quality_figures;
 pub mod raster;
 pub mod report;
+pub mod study;
 
 use std::path::{Path, PathBuf};
 
@@ -124,6 +125,23 @@ pub fn write_figure(dir: &Path, name: &str, svg: &str) -> Result<[PathBuf; 2], P
     write_atomic(&svg_path, svg.as_bytes())?;
     write_atomic(&png_path, &png)?;
     Ok([svg_path, png_path])
+}
+
+/// `<out>/STUDY-<suite>.md`.
+pub fn study_path(out: &Path, suite: &str) -> PathBuf {
+    out.join(format!("STUDY-{suite}.md"))
+}
+
+/// Read the suite in `suite_dir` and write its study report ([`study`]) under `out`.
+pub fn generate_study(suite_dir: &Path, out: &Path) -> Result<PathBuf, PaperError> {
+    let suite = load_suite(suite_dir)?;
+    std::fs::create_dir_all(out).map_err(|error| PaperError::Io {
+        path: out.to_path_buf(),
+        error,
+    })?;
+    let path = study_path(out, &suite.name);
+    write_atomic(&path, study::study_markdown(&suite).as_bytes())?;
+    Ok(path)
 }
 
 /// Read the suite in `suite_dir` and write its figures and report under `out`.

@@ -43,3 +43,22 @@ pub fn run(a: Args) -> Result<()> {
     }
     Ok(())
 }
+
+/// `fomoe study RESULTS_DIR [--out DIR]`: the study report of a suite (`<out>/STUDY-<suite>.md`):
+/// its configurations per corpus over seeds, against DiLoCo at its defaults, and the one
+/// the numbers select (see `paper::study`).
+#[derive(clap::Args)]
+pub struct StudyArgs {
+    /// A suite's results directory (results/<suite>).
+    results_dir: PathBuf,
+    /// Where to write STUDY-<suite>.md.
+    #[arg(long, default_value = "paper")]
+    out: PathBuf,
+}
+
+pub fn study(a: StudyArgs) -> Result<()> {
+    let path = paper::generate_study(&a.results_dir, &a.out)
+        .with_context(|| format!("study of {}", a.results_dir.display()))?;
+    println!("{}", path.display());
+    Ok(())
+}

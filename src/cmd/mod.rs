@@ -4,6 +4,7 @@ pub mod bench_step;
 pub mod figures;
 pub mod netcheck;
 pub mod paper_report;
+pub mod project;
 pub mod report;
 pub mod run;
 pub mod run_one;

@@ -1,6 +1,7 @@
 //! `fomoe run SUITE [--out DIR] [--force] [--quiet] [--json] [--only RUN_ID_SUBSTRING] [--list]`
 //!
-//! Validates the whole suite first (nothing runs if any run is invalid), then runs it under
+//! Validates the whole suite first (nothing runs if any run is invalid, or if a run that
+//! would run needs more memory than this machine has: `harness::sysmodel::run_memory`), then runs it under
 //! `DIR/<suite name>/<run id>/`, skipping complete runs (same config hash), with a progress
 //! bar for the suite and for the run in progress and one line per run; `--quiet` hides
 //! both, `--json` prints one JSON object per finished run instead. summary.csv is rewritten
@@ -95,6 +96,7 @@ pub fn run(a: Args) -> Result<()> {
     for c in choices {
         super::resolve_device(c).with_context(|| format!("suite {}", a.suite.display()))?;
     }
+    check_memory(&suite, &a)?;
     let opts = SuiteOptions {
         force: a.force,
         only: a.only.clone(),
@@ -122,6 +124,25 @@ pub fn run(a: Args) -> Result<()> {
             ids.join(", "),
             result.suite_dir.display()
         );
+    }
+    Ok(())
+}
+
+/// Every run that will run (selected, and not complete unless --force) must fit this
+/// machine's memory; the first that does not is refused in one line, before anything is
+/// written.
+fn check_memory(suite: &Suite, a: &Args) -> Result<()> {
+    let suite_dir = a.out.join(&suite.name);
+    for r in suite
+        .runs
+        .iter()
+        .filter(|r| a.only.as_deref().is_none_or(|o| r.id.contains(o)))
+    {
+        if !a.force && harness::results::run_state(&suite_dir.join(&r.id), &r.hash).is_complete() {
+            continue;
+        }
+        harness::runner::check_memory(&r.config)
+            .with_context(|| format!("{}: run {}", a.suite.display(), r.id))?;
     }
     Ok(())
 }

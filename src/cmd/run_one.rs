@@ -25,6 +25,8 @@ pub fn run(a: Args) -> Result<()> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
     super::resolve_device(cfg.device)?;
+    harness::runner::check_memory(&cfg)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", a.config.display()))?;
     if cfg.resume_from.is_none() && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("clearing {}", a.out.display()))?;
     }

@@ -89,8 +89,14 @@ pub const PRESETS: &[&str] = &[
     "proxy-s",
     "proxy-m",
     "paper-1b",
+    "paper-10b",
     "paper-100b",
 ];
+
+/// Longest context a model may have. The attention of this model keeps S·d positions and
+/// the data loader S + 1 tokens per row; past a million tokens a context is a typo, not a
+/// plan (and S² attention work is far beyond any CPU run).
+pub const MAX_SEQ_LEN: usize = 1 << 20;
 
 impl ModelConfig {
     /// A named preset. `paper-*` presets are for the system model only (too big to train here).
@@ -114,9 +120,21 @@ impl ModelConfig {
             "small" => base(256, 128, 2, 4, 8, 2, 128, 128, 8),
             "proxy-s" => base(256, 256, 4, 4, 16, 2, 256, 256, 16),
             "proxy-m" => base(256, 512, 8, 8, 32, 2, 512, 512, 16),
-            // System-model presets: shapes of MoE models at the scales the paper discusses.
-            "paper-1b" => base(50_304, 1024, 16, 16, 64, 8, 1024, 2048, 256),
-            "paper-100b" => base(50_304, 4096, 32, 32, 128, 8, 4096, 4096, 1024),
+            // System-model presets (too big to train here; `fomoe project` uses them). Each
+            // takes the public layout of an open MoE model; this model's experts have two
+            // matrices (GELU, OLMoE/Mixtral/DeepSeek use three, SwiGLU), its attention full
+            // multi-head K/V, its positions are learned, and the context is 4096 tokens.
+            // Batch 256 sequences = 1,048,576 tokens per step per site.
+            // paper-1b: OLMoE-1B-7B (16 layers, 16 heads, 64 experts, top-8, vocab 50304,
+            // context 4096) at half its width (d 1024 for 2048, d_e 512 for 1024): 1.198B.
+            "paper-1b" => base(50_304, 1024, 16, 16, 64, 8, 512, 4096, 256),
+            // paper-10b: DeepSeekMoE 16B (28 layers, d 2048, 16 heads, 64 routed experts of
+            // width 1408, top-6, vocab 102400, context 4096) without its 2 shared experts and
+            // its dense first layer: 11.03B.
+            "paper-10b" => base(102_400, 2048, 28, 16, 64, 6, 1408, 4096, 256),
+            // paper-100b: Mixtral 8x22B (56 layers, d 6144, 48 heads, 8 experts of width
+            // 16384, top-2, vocab 32000; context 65536 there): 98.88B.
+            "paper-100b" => base(32_000, 6144, 56, 48, 8, 2, 16_384, 4096, 256),
             other => {
                 return Err(ConfigError::new(
                     "preset",
@@ -152,11 +170,18 @@ impl ModelConfig {
                 format!("must be at most n_experts = {}", self.n_experts),
             ));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(ConfigError::new(
                 "n_heads",
                 self.n_heads,
                 format!("must divide d_model = {}", self.d_model),
+            ));
+        }
+        if self.seq_len > MAX_SEQ_LEN {
+            return Err(ConfigError::new(
+                "seq_len",
+                self.seq_len,
+                format!("must be at most {MAX_SEQ_LEN}"),
             ));
         }
         if self.vocab_size > 1 << 20 {
@@ -166,6 +191,7 @@ impl ModelConfig {
                 "must be at most 1048576",
             ));
         }
+        self.check_tensor_sizes()?;
         if !(self.balance_alpha >= 0.0 && self.balance_alpha.is_finite()) {
             return Err(ConfigError::new(
                 "balance_alpha",
@@ -179,6 +205,101 @@ impl ModelConfig {
                 self.z_loss_beta,
                 "must be finite and >= 0",
             ));
+        }
+        Ok(())
+    }
+
+    /// Every tensor the model allocates (parameters, the flat parameter buffer, the largest
+    /// activations) must be indexable by libtorch: at most 2^63 − 1 elements. Checked in
+    /// u128, so no product here can overflow silently.
+    fn check_tensor_sizes(&self) -> Result<(), ConfigError> {
+        let (v, d, l, e, k, de, s, b) = (
+            self.vocab_size,
+            self.d_model,
+            self.n_layers,
+            self.n_experts,
+            self.top_k,
+            self.d_expert,
+            self.seq_len,
+            self.batch_size,
+        );
+        let prod = |xs: &[usize]| {
+            xs.iter()
+                .try_fold(1u128, |acc, &x| acc.checked_mul(x as u128))
+        };
+        let experts = prod(&[l, e, 2, d, de]);
+        let dense = prod(&[4, d, d])
+            .zip(prod(&[e, d]))
+            .and_then(|(a, r)| a.checked_add(r)?.checked_add(2 * d as u128))
+            .and_then(|per_layer| per_layer.checked_mul(l as u128))
+            .zip(prod(&[v + s + 1, d]))
+            .and_then(|(blocks, emb)| blocks.checked_add(emb));
+        let flat = experts.zip(dense).and_then(|(x, y)| x.checked_add(y));
+        let flat_field = if experts >= dense {
+            "n_experts"
+        } else {
+            "d_model"
+        };
+        let tensors = [
+            (
+                "the token embedding (vocab_size·d_model)",
+                "vocab_size",
+                prod(&[v, d]),
+            ),
+            (
+                "the position table (seq_len·d_model)",
+                "seq_len",
+                prod(&[s, d]),
+            ),
+            (
+                "an attention weight (3·d_model²)",
+                "d_model",
+                prod(&[3, d, d]),
+            ),
+            ("a router (n_experts·d_model)", "n_experts", prod(&[e, d])),
+            (
+                "an expert matrix (d_expert·d_model)",
+                "d_expert",
+                prod(&[de, d]),
+            ),
+            ("the flat parameter buffer", flat_field, flat),
+            (
+                "the hidden states (batch_size·seq_len·d_model)",
+                "batch_size",
+                prod(&[b, s, d]),
+            ),
+            (
+                "the logits (batch_size·seq_len·vocab_size)",
+                "batch_size",
+                prod(&[b, s, v]),
+            ),
+            (
+                "the expert activations (batch_size·seq_len·top_k·d_expert)",
+                "batch_size",
+                prod(&[b, s, k, de]),
+            ),
+            (
+                "the router scores (batch_size·seq_len·n_experts)",
+                "batch_size",
+                prod(&[b, s, e]),
+            ),
+        ];
+        for (what, field, numel) in tensors {
+            if numel.is_none_or(|n| n > i64::MAX as u128) {
+                let value = match field {
+                    "vocab_size" => v,
+                    "seq_len" => s,
+                    "d_model" => d,
+                    "n_experts" => e,
+                    "d_expert" => de,
+                    _ => b,
+                };
+                return Err(ConfigError::new(
+                    field,
+                    value,
+                    format!("{what} would exceed the 2^63 − 1 elements a tensor can hold"),
+                ));
+            }
         }
         Ok(())
     }

@@ -117,6 +117,7 @@ pub fn prepare_run_files(cfg: &RunConfig, dir: &Path) -> Result<ModelConfig> {
     cfg.validate()?;
     // An unusable device is an error before anything is written.
     crate::device::resolve(cfg.device, 0)?;
+    check_memory(cfg)?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::results::write_atomic(
@@ -154,6 +155,16 @@ pub(crate) fn read_site_reports(cfg: &RunConfig, dir: &Path) -> Result<Vec<SiteR
         reports.push(serde_json::from_str(&text)?);
     }
     Ok(reports)
+}
+
+/// Refuse a run whose estimated memory exceeds what this machine has available
+/// ([`crate::sysmodel::run_memory`]), before anything is allocated or written; a machine
+/// whose memory cannot be read is not checked.
+pub fn check_memory(cfg: &RunConfig) -> Result<()> {
+    if let Some(machine) = crate::sysmodel::machine::detect() {
+        crate::sysmodel::run_memory::check_fits(cfg, &machine)?;
+    }
+    Ok(())
 }
 
 /// Body of one site (or Photon's aggregator) given its endpoint; used by threads and workers.

@@ -104,6 +104,7 @@ struct RankRecord {
 /// Checks that `cfg` can run as `o.launch.world` ranks, before anything else happens.
 pub fn check_config(cfg: &RunConfig, o: &RankOptions) -> Result<()> {
     cfg.validate()?;
+    super::check_memory(cfg)?;
     let l = &o.launch;
     if cfg.network.backend != Backend::Tcp {
         bail!(
