@@ -366,7 +366,10 @@ mod tests {
         };
         let one = run(&|o, f, g| o.fused(f, g, 1e-3, 1));
         let three = run(&|o, f, g| o.fused(f, g, 1e-3, 3));
-        assert_eq!(one, three, "elementwise: bit-identical for any thread count");
+        assert_eq!(
+            one, three,
+            "elementwise: bit-identical for any thread count"
+        );
         let kernels = run(&|o, f, g| o.kernels(f, g, 1e-3));
         let max_rel = one
             .0
@@ -375,7 +378,11 @@ mod tests {
             .map(|(a, b)| ((a - b) / b.abs().max(1e-3)).abs())
             .fold(0.0f32, f32::max);
         assert!(max_rel < 1e-5, "fused vs kernels: {max_rel}");
-        assert!(one.1.iter().zip(&kernels.1).all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs()));
+        assert!(one
+            .1
+            .iter()
+            .zip(&kernels.1)
+            .all(|(a, b)| (a - b).abs() <= 1e-6 * b.abs()));
         assert_ne!(one.0, theta0);
     }
 
