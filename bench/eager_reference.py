@@ -124,6 +124,7 @@ def main():
     fpt = 6 * active + 12 * l * d * s
     tps = b * s / med
     out = {"impl": "pytorch-eager", "preset": a.preset, "threads": a.threads, "step_ms_median": med * 1e3,
+           "step_ms_min": min(times) * 1e3, "tokens_per_step": b * s,
            "tokens_per_s": tps, "gflops": tps * fpt / 1e9, "torch": torch.__version__,
            "cpu_s_per_step_median": statistics.median(cpu)}
     print(json.dumps(out) if a.json else "\n".join(f"{k_}: {v_}" for k_, v_ in out.items()))

@@ -23,6 +23,8 @@ enum Command {
     Run(cmd::run::Args),
     /// Print the results of one suite directory, or of every suite under a directory.
     Report(cmd::report::Args),
+    /// Regression gate: compare a suite's results with a reference; exit 1 on any difference.
+    Compare(cmd::compare::Args),
     /// Rebuild a suite's SVG figures and REPORT-<suite>.md from its results directory alone.
     Figures(cmd::figures::Args),
     /// The study report of a suite: configurations per corpus over seeds, against DiLoCo at
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::run(a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
         Command::Figures(a) => cmd::figures::run(a),
         Command::Study(a) => cmd::figures::study(a),
         Command::PaperReport(a) => cmd::paper_report::run(a),

@@ -10,8 +10,9 @@ use harness::net::Backend;
 
 /// Largest resident set of any child waited for so far, bytes.
 fn children_max_rss() -> u64 {
-    // SAFETY: getrusage writes into the rusage we own.
+    // SAFETY: rusage is plain old data; all-zero bytes are a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the rusage we own.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
     assert_eq!(rc, 0, "getrusage");
     ru.ru_maxrss as u64 * 1024

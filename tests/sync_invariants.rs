@@ -87,7 +87,7 @@ fn recording_site(cfg: &RunConfig, site: usize) -> anyhow::Result<Box<dyn Strate
     Ok(Box::new(Recording {
         inner: baselines::site_strategy(cfg, site)?,
         round: 0,
-        hash: cfg.hash(),
+        hash: cfg.run_hash(),
     }))
 }
 

@@ -5,7 +5,9 @@ use harness::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use tch::{Kind, Tensor};
 
 fn cpu_s() -> f64 {
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
     let mut ru: libc_rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a writable struct laid out as the kernel's rusage.
     unsafe { getrusage(0, &mut ru) };
     ru.utime.0 as f64 + ru.utime.1 as f64 * 1e-6 + ru.stime.0 as f64 + ru.stime.1 as f64 * 1e-6
 }

@@ -4,7 +4,9 @@
 //! (`deny_unknown_fields` everywhere, so a misspelt key is an error), and
 //! [`RunConfig::validate`] applies the cross-field rules with one-line errors naming the
 //! field, the value and what is allowed. The resolved config is recorded in every run's
-//! manifest and hashed ([`RunConfig::hash`]) to decide whether a run is already complete.
+//! manifest and hashed ([`RunConfig::run_hash`]: its identity, faults included) to decide
+//! whether a run is already complete; checkpoints carry [`RunConfig::checkpoint_hash`] (the
+//! same without faults), so a run resumed after an injected crash matches its checkpoint.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -290,12 +292,12 @@ pub struct RunConfig {
     pub seed: u64,
     /// Save every site's state (`ckpt-site<i>.safetensors`) every this many rounds.
     pub checkpoint_every_rounds: Option<usize>,
-    /// Continue from the checkpoints in this run directory. Excluded from the hash, as are
-    /// `checkpoint_every_rounds` and `faults` (operational settings: a run resumed after an
-    /// injected crash continues the same run).
+    /// Continue from the checkpoints in this run directory. Operational, like
+    /// `checkpoint_every_rounds`: neither is part of either hash (see [`RunConfig::run_hash`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_from: Option<std::path::PathBuf>,
-    /// Scripted failures.
+    /// Scripted failures. Part of the run's identity ([`RunConfig::run_hash`]), not of
+    /// checkpoint compatibility ([`RunConfig::checkpoint_hash`]).
     pub faults: Vec<Fault>,
     /// Where sites compute: cpu (default), cuda, auto (see `crate::device`). Left out of the
     /// serialised config, and so of the hash, at its default, so CPU configs keep theirs.
@@ -623,17 +625,37 @@ impl RunConfig {
         }
     }
 
-    /// Stable hash of the resolved config (hex SHA-256 of its canonical JSON).
-    pub fn hash(&self) -> String {
+    /// The run's identity: every knob that changes what the run computes or records,
+    /// faults included (a run with an injected crash is another run than the clean one).
+    /// Suites deduplicate runs by it, manifests record it as `config_hash`, and resume
+    /// (`fomoe run` skipping complete runs) compares it. Left out: `resume_from` and
+    /// `checkpoint_every_rounds`, which say how a run is executed, not what it is.
+    /// Hex of the first 8 bytes of SHA-256 over the canonical JSON.
+    pub fn run_hash(&self) -> String {
         let mut c = self.clone();
         c.resume_from = None;
         c.checkpoint_every_rounds = None;
-        c.faults.clear();
-        let json = serde_json::to_string(&serde_json::to_value(&c).expect("config serialises"))
-            .expect("json");
-        let digest = Sha256::digest(json.as_bytes());
-        digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        canonical_hash(&c)
     }
+
+    /// Checkpoint compatibility: the [`RunConfig::run_hash`] of this config without its
+    /// faults. A checkpoint written by a run that crashed on an injected fault can be
+    /// resumed by the same config without the fault (the resumed run continues the same
+    /// training; the fault only decided where the first attempt stopped).
+    pub fn checkpoint_hash(&self) -> String {
+        let mut c = self.clone();
+        c.faults.clear();
+        c.run_hash()
+    }
+}
+
+/// Hex of the first 8 bytes of SHA-256 over the compact JSON of `c` (keys in declaration
+/// order, so the same config always gives the same text).
+fn canonical_hash(c: &RunConfig) -> String {
+    let json =
+        serde_json::to_string(&serde_json::to_value(c).expect("config serialises")).expect("json");
+    let digest = Sha256::digest(json.as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// The rules every outer optimiser obeys; `field` is where it was given.
@@ -664,10 +686,29 @@ mod tests {
     fn defaults_validate_and_hash_is_stable() {
         let c = RunConfig::default();
         c.validate().unwrap();
-        assert_eq!(c.hash(), RunConfig::default().hash());
+        assert_eq!(c.run_hash(), RunConfig::default().run_hash());
         let mut d = c.clone();
         d.seed = 1;
-        assert_ne!(c.hash(), d.hash());
+        assert_ne!(c.run_hash(), d.run_hash());
+    }
+
+    #[test]
+    fn faults_are_part_of_the_run_identity_but_not_of_checkpoint_compatibility() {
+        let clean = RunConfig::default();
+        let mut crash = clean.clone();
+        crash.faults = vec![Fault {
+            site: 1,
+            at_step: 6,
+            kind: FaultKind::Crash,
+        }];
+        assert_ne!(clean.run_hash(), crash.run_hash());
+        assert_eq!(clean.checkpoint_hash(), crash.checkpoint_hash());
+        // Operational settings are in neither.
+        let mut resumed = clean.clone();
+        resumed.resume_from = Some("/tmp/x".into());
+        resumed.checkpoint_every_rounds = Some(1);
+        assert_eq!(resumed.run_hash(), clean.run_hash());
+        assert_eq!(resumed.checkpoint_hash(), clean.checkpoint_hash());
     }
 
     #[test]

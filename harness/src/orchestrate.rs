@@ -1,6 +1,8 @@
-//! Running a suite: for each run, skip it when complete, else clear its directory, create
-//! it, hand it to a [`RunExecutor`] (the training runner), finish it, and rewrite
-//! summary.csv. Runs are done one after another, in suite order.
+//! Running a suite: lock the suite directory ([`SuiteLock`]: a second `fomoe run` of the
+//! same suite into the same directory is refused, naming the holder's pid), then for each
+//! run, skip it when complete, else clear its directory, create it, hand it to a
+//! [`RunExecutor`] (the training runner), finish it, and rewrite summary.csv. Runs are done
+//! one after another, in suite order.
 //!
 //! The executor is the only part that trains. Its contract, for a run with config `cfg`
 //! and an open [`RunDir`] `dir` (manifest already `running`, CSV headers written):
@@ -30,15 +32,22 @@ use crate::config::RunConfig;
 use crate::results::csv_sink::parse_rows;
 use crate::results::run_dir::ROUNDS_FILE;
 use crate::results::{
-    annotate_suite, clear_run_dir, run_state, summarize, summary_csv, write_atomic, Manifest,
-    ResultsError, RunDir, RunEnv, RunState, RunStatus, Summary, MANIFEST_FILE, SUITE_COPY_FILE,
-    SUMMARY_FILE,
+    annotate_suite, clear_run_dir, run_state, summarize, summary_csv, write_atomic, ExpectedRows,
+    Manifest, ResultsError, RunDir, RunEnv, RunState, RunStatus, SuiteLock, Summary, MANIFEST_FILE,
+    SUITE_COPY_FILE, SUMMARY_FILE,
 };
 use crate::suite::{Suite, SuiteRun};
 use crate::telemetry::RoundRow;
 
 /// Trains one run. The real one calls `harness::runner::run_one`; tests use fakes.
 pub trait RunExecutor: Sync {
+    /// Checks what can be checked before the run's directory is touched (the data files
+    /// open) and says what a complete run writes. Called for every run to be done before
+    /// the first one starts, so a bad data file stops the suite with nothing written.
+    /// Default: nothing to check, no promise about rows.
+    fn prepare(&self, _cfg: &RunConfig) -> anyhow::Result<ExpectedRows> {
+        Ok(ExpectedRows::default())
+    }
     fn execute(&self, run_id: &str, cfg: &RunConfig, dir: &mut RunDir) -> anyhow::Result<()>;
 }
 
@@ -129,6 +138,11 @@ pub fn run_suite(
         path: suite_dir.clone(),
         error,
     })?;
+    // One writer per suite directory, until this function returns (any path).
+    let lock = SuiteLock::acquire(&suite_dir)?;
+    if let Some(note) = lock.takeover_note() {
+        tracing::warn!("{note}");
+    }
     write_atomic(&suite_dir.join(SUITE_COPY_FILE), suite.source.as_bytes())?;
     let env = RunEnv::detect(&suite.name, &opts.backend);
 
@@ -139,14 +153,27 @@ pub fn run_suite(
                 .is_none_or(|s| suite.runs[i].id.contains(s))
         })
         .collect();
-    let to_run = selected
+    let to_run: Vec<usize> = selected
         .iter()
-        .filter(|&&i| {
+        .copied()
+        .filter(|&i| {
             opts.force
                 || !run_state(&suite_dir.join(&suite.runs[i].id), &suite.runs[i].hash).is_complete()
         })
-        .count();
-    obs.suite_started(suite, selected.len(), to_run);
+        .collect();
+    // Before any run starts: every run to be done opens its data (nothing is written yet).
+    let mut expected: Vec<Option<ExpectedRows>> = vec![None; suite.runs.len()];
+    for &i in &to_run {
+        let run = &suite.runs[i];
+        expected[i] = Some(
+            exec.prepare(&run.config)
+                .map_err(|e| ResultsError::Prepare {
+                    run_id: run.id.clone(),
+                    reason: format!("{e:#}"),
+                })?,
+        );
+    }
+    obs.suite_started(suite, selected.len(), to_run.len());
 
     // Summaries of every run that has results for its current config (for summary.csv).
     let mut cache: Vec<Option<Summary>> = suite
@@ -186,6 +213,9 @@ pub fn run_suite(
         obs.run_started(run, &previous);
         let started = Instant::now();
         let mut run_dir = RunDir::create(&dir, &run.id, &run.config, &env)?;
+        if let Some(e) = expected[i].take() {
+            run_dir.expect_rows(e);
+        }
         let stop = AtomicBool::new(false);
         let rounds_path = dir.join(ROUNDS_FILE);
         let result = std::thread::scope(|s| {
@@ -230,6 +260,7 @@ pub fn run_suite(
         obs.run_finished(&outcome);
         outcomes.push(outcome);
     }
+    drop(lock);
     Ok(SuiteResult {
         suite_dir,
         outcomes,

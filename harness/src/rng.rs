@@ -29,8 +29,9 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One SplitMix64 step: advances `state` and returns the next output.
-fn splitmix64(state: &mut u64) -> u64 {
+/// One SplitMix64 step: advances `state` and returns the next output. The one SplitMix64 of
+/// the harness: the relay's and the sim's jitter streams and the tests' data use it too.
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(GOLDEN);
     mix64(*state)
 }

@@ -121,14 +121,27 @@ pub enum SuiteError {
     },
     #[error("{file}: the suite expands to no runs")]
     Empty { file: String },
+    #[error("{file}: the suite sets no knobs (no [base], [grid] or [[include]]); write the runs you mean, e.g. [base] method = \"diloco\"")]
+    NoKnobs { file: String },
+    #[error("{file}: {what} expands to {points} grid points × {seeds} seeds, more than the limit of {MAX_RUNS} runs")]
+    TooManyRuns {
+        file: String,
+        what: String,
+        points: String,
+        seeds: usize,
+    },
 }
+
+/// Most runs one suite may expand to (grid points × seeds, before collapsing): a bound on
+/// the work and memory of expansion, far above any suite of this project (paper: ~100).
+pub const MAX_RUNS: usize = 10_000;
 
 /// One expanded run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SuiteRun {
     pub id: String,
     pub config: RunConfig,
-    /// [`RunConfig::hash`] of `config`.
+    /// [`RunConfig::run_hash`] of `config`.
     pub hash: String,
 }
 
@@ -397,6 +410,30 @@ impl Ctx {
         Ok(())
     }
 
+    /// Grid points of `entries` (their cross product) added to `before`; an error when the
+    /// total times `seeds` passes [`MAX_RUNS`]. Checked before anything is expanded.
+    fn check_size(
+        &self,
+        what: &str,
+        entries: &Entries,
+        seeds: usize,
+        before: usize,
+    ) -> Result<usize, SuiteError> {
+        let points = entries
+            .iter()
+            .try_fold(1usize, |n, (_, v)| n.checked_mul(v.len()))
+            .and_then(|n| n.checked_add(before));
+        match (points, points.and_then(|p| p.checked_mul(seeds))) {
+            (Some(p), Some(runs)) if runs <= MAX_RUNS => Ok(p),
+            _ => Err(SuiteError::TooManyRuns {
+                file: self.file.clone(),
+                what: what.to_string(),
+                points: points.map_or_else(|| "more than 2^64".into(), |p| p.to_string()),
+                seeds,
+            }),
+        }
+    }
+
     /// Each value of each key must apply cleanly to the base on its own.
     fn check_values(&self, base: &Table, entries: &Entries) -> Result<(), SuiteError> {
         for (key, values) in entries {
@@ -528,9 +565,15 @@ impl Suite {
             }
         }
 
+        if raw.base.is_empty() && raw.grid.is_empty() && raw.include.is_empty() {
+            return Err(SuiteError::NoKnobs {
+                file: cx.file.clone(),
+            });
+        }
         let mut grid = Entries::new();
         cx.flatten("grid", &raw.grid, "", false, &mut grid)?;
         sort_keys(&mut grid);
+        let mut total_points = cx.check_size("[grid]", &grid, seeds.len(), 0)?;
         cx.check_values(&base, &grid)?;
 
         let mut points = product(&grid);
@@ -593,6 +636,12 @@ impl Suite {
                 );
             }
             sort_keys(&mut keys);
+            total_points = cx.check_size(
+                &format!("[[include]] #{index} with the grid before it"),
+                &keys,
+                seeds.len(),
+                total_points,
+            )?;
             cx.check_values(&base, &keys)?;
             all_keys.extend(keys.iter().map(|(k, _)| k.clone()));
             points.extend(product(&keys));
@@ -624,7 +673,7 @@ impl Suite {
                     field,
                     message,
                 })?;
-                let hash = cfg.hash();
+                let hash = cfg.run_hash();
                 if seen.contains_key(&hash) {
                     continue;
                 }

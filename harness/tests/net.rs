@@ -8,23 +8,16 @@ use harness::net::tcp::{self, PeerRoute, SiteNetConfig, TcpComm, Timeouts};
 use harness::net::{
     build_local, Backend, Comm, LinkCounters, LinkSpec, NetError, NetOptions, Topology,
 };
+use harness::rng::splitmix64;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
-
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Small integers in [−8, 8]: every partial sum of ≤ 8 of them is exact in f32, bf16 and f16.
 fn int_tensor(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed;
     (0..n)
-        .map(|_| (splitmix(&mut s) % 17) as f32 - 8.0)
+        .map(|_| (splitmix64(&mut s) % 17) as f32 - 8.0)
         .collect()
 }
 
@@ -32,7 +25,7 @@ fn int_tensor(seed: u64, n: usize) -> Vec<f32> {
 fn float_tensor(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed ^ 0xF00D;
     (0..n)
-        .map(|_| (splitmix(&mut s) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        .map(|_| (splitmix64(&mut s) >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
         .collect()
 }
 
@@ -764,6 +757,7 @@ fn fake_peer_setup(
         timeouts: SHORT,
         max_frame_bytes: 4096,
         max_message_bytes: 1 << 20,
+        peer_limits: Default::default(),
     };
     let real =
         std::thread::spawn(move || TcpComm::connect_with(&cfg, Some(listener), Instant::now()));
@@ -932,6 +926,7 @@ fn wrong_run_or_site_is_turned_away() {
         },
         max_frame_bytes: 4096,
         max_message_bytes: 1 << 20,
+        peer_limits: Default::default(),
     };
     let real =
         std::thread::spawn(move || TcpComm::connect_with(&cfg, Some(listener), Instant::now()));
@@ -975,6 +970,7 @@ fn dialing_nobody_fails_within_the_connect_timeout() {
         },
         max_frame_bytes: 4096,
         max_message_bytes: 1 << 20,
+        peer_limits: Default::default(),
     };
     let t0 = Instant::now();
     let e = TcpComm::connect(&cfg).err().unwrap();
@@ -1018,4 +1014,225 @@ fn reserved_closed_port() -> (i32, std::net::SocketAddr) {
             std::net::SocketAddr::from(([127, 0, 0, 1], u16::from_be(got.sin_port))),
         )
     }
+}
+
+// ---------------------------------------------------------------- hostile peers (issue 10)
+
+/// Defect 3 of issue 10: a peer that has the run token and sends many valid messages
+/// without the site receiving them grew the site's memory without bound (the reader queued
+/// into an unbounded channel). With a budget of 4 MiB, a flood of 64 × 1 MiB is held to the
+/// budget plus one message; the rest waits in the sender (TCP back-pressure), and once the
+/// site receives, every message arrives intact and in order.
+#[test]
+fn a_flooding_peer_is_held_to_the_queue_budget_and_loses_nothing() {
+    let budget: u64 = 4 << 20;
+    let msg_len: usize = 1 << 20;
+    let mut o = opts("flood");
+    o.limits.max_message_bytes = msg_len as u64;
+    o.peer_limits.max_queued_bytes = budget;
+    let mut comms = tcp::local_direct(2, &o).unwrap();
+    let mut site = comms.remove(0);
+    let mut flooder = comms.remove(0);
+    assert_eq!(site.max_queued_bytes(), budget);
+    let n = 64u32;
+    let sender = std::thread::spawn(move || {
+        for i in 0..n {
+            let mut m = vec![(i % 251) as u8; msg_len];
+            m[..4].copy_from_slice(&i.to_le_bytes());
+            flooder.send(0, m).unwrap();
+        }
+        flooder
+    });
+    // Let the flood run into the budget (64 MiB offered).
+    std::thread::sleep(Duration::from_millis(1500));
+    let peak = site.peak_queued_bytes(1);
+    assert!(
+        peak <= budget + msg_len as u64,
+        "queued {peak} bytes from the flooding peer, budget {budget} + one message"
+    );
+    assert!(peak >= budget, "the reader filled its budget ({peak})");
+    for i in 0..n {
+        let m = site.recv(1).unwrap();
+        assert_eq!(m.len(), msg_len);
+        assert_eq!(u32::from_le_bytes(m[..4].try_into().unwrap()), i, "order");
+        assert!(m[4..].iter().all(|&b| b == (i % 251) as u8));
+    }
+    assert!(site.peak_queued_bytes(1) <= budget + msg_len as u64);
+    let flooder = sender.join().unwrap();
+    assert_eq!(
+        site.link_counters()[1].payload_bytes_received,
+        flooder.link_counters()[0].payload_bytes_sent
+    );
+}
+
+/// A reader that yields one byte per call, sleeping between calls (a peer trickling bytes).
+struct Trickle {
+    data: Vec<u8>,
+    at: usize,
+    every: Duration,
+}
+
+impl std::io::Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.data.len() || buf.is_empty() {
+            return Ok(0);
+        }
+        std::thread::sleep(self.every);
+        buf[0] = self.data[self.at];
+        self.at += 1;
+        Ok(1)
+    }
+}
+
+/// Defect 8 of issue 10: a peer sending 1 byte per step defeated the read timeout (every
+/// byte was progress). A started frame now has a deadline: the read timeout plus its size
+/// at the minimum rate. Here: a 1000-byte frame at 200 B/s would take 5 s; the deadline is
+/// 100 ms + 1004 B at 10 kB/s ≈ 200 ms, and the error names the peer.
+#[test]
+fn a_trickling_peer_fails_at_the_frame_deadline() {
+    let mut wire = Vec::new();
+    frame::write_message(&mut wire, &[7u8; 1000], 4096).unwrap();
+    let pace = frame::ReadPace {
+        stall: Duration::from_millis(100),
+        min_rate_bps: 80_000,
+    };
+    let limits = frame::FrameLimits {
+        max_frame_bytes: 4096,
+        max_message_bytes: 1 << 20,
+    };
+    let peer = harness::net::PeerName::site(1, "127.0.0.1:9");
+    let mut slow = Trickle {
+        data: wire.clone(),
+        at: 0,
+        every: Duration::from_millis(5),
+    };
+    let t0 = Instant::now();
+    let e = frame::read_message_paced(&mut slow, limits, &peer, pace).unwrap_err();
+    let took = t0.elapsed();
+    assert!(matches!(e, NetError::TooSlow { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("site 1 (127.0.0.1:9): too slow mid-frame"),
+        "{e}"
+    );
+    assert!(took < Duration::from_secs(1), "gave up after {took:?}");
+    // The same frame at the link's pace is read whole.
+    let mut fast = Trickle {
+        data: wire,
+        at: 0,
+        every: Duration::ZERO,
+    };
+    let m = frame::read_message_paced(&mut fast, limits, &peer, pace)
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.payload, vec![7u8; 1000]);
+}
+
+/// The handshake of a trickling stranger ends within its timeout instead of lasting as long
+/// as the stranger keeps sending.
+#[test]
+fn a_trickling_handshake_ends_within_its_timeout() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cfg = SiteNetConfig {
+        run_id: "slow".into(),
+        site: 0,
+        world: 2,
+        token: Token([7u8; 32]),
+        listen: Some(addr),
+        peers: vec![PeerRoute::Myself, PeerRoute::Accept],
+        timeouts: SHORT,
+        max_frame_bytes: 4096,
+        max_message_bytes: 1 << 20,
+        peer_limits: Default::default(),
+    };
+    let real =
+        std::thread::spawn(move || TcpComm::connect_with(&cfg, Some(listener), Instant::now()));
+    let mut s = TcpStream::connect(addr).unwrap();
+    // One byte of a hello every 50 ms: its 50 bytes would take 2.5 s; the accepting side
+    // allows SHORT.connect (1.5 s) for connecting and handshakes together.
+    let t0 = Instant::now();
+    // A well-formed hello from site 1 (version 1, to 0, world 2, max frame 4096, run id
+    // "slow"), so only its pace is wrong.
+    let mut hello = b"FMOE".to_vec();
+    for v in [1u16, 0] {
+        hello.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [1u32, 0, 2, 4096] {
+        hello.extend_from_slice(&v.to_le_bytes());
+    }
+    hello.extend_from_slice(&4u16.to_le_bytes());
+    hello.extend_from_slice(b"slow");
+    hello.extend_from_slice(&[0u8; 40]);
+    for b in hello {
+        if s.write_all(&[b]).is_err() || real.is_finished() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let e = real.join().unwrap().err().unwrap().to_string();
+    assert!(
+        t0.elapsed() < Duration::from_millis(3000),
+        "{:?}: {e}",
+        t0.elapsed()
+    );
+    assert!(e.contains("handshake not complete within"), "{e}");
+}
+
+/// Defect 8 of issue 10: a stranger that connected first to a relay port took the site's
+/// place, and the run failed blaming the peer site (`site 0 failed: site 1 …`). The relay
+/// now takes the first connection that opens with the right site's hello: strangers (foreign
+/// bytes, silence, another site's hello) are turned away and named by address, and the run
+/// connects.
+#[test]
+fn strangers_on_relay_ports_are_turned_away_and_named() {
+    use harness::net::relay::{RelayNetwork, RelayOptions};
+    let links = Topology::uniform(fast_link()).resolve(2).unwrap();
+    let mut o = opts("stranger");
+    o.timeouts.connect = Duration::from_secs(3);
+    let relay = RelayNetwork::start(&links, &o, &RelayOptions::default()).unwrap();
+    let configs = relay.site_configs().to_vec();
+    let PeerRoute::Dial(port_of_site1) = configs[1].peers[0] else {
+        panic!("site 1 dials the relay")
+    };
+    // Three strangers on site 1's port before site 1 itself: HTTP, a hello claiming to be
+    // site 0, and one that says nothing and hangs up.
+    let mut garbage = TcpStream::connect(port_of_site1).unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut impostor = TcpStream::connect(port_of_site1).unwrap();
+    let mut hello = b"FMOE".to_vec();
+    hello.extend_from_slice(&1u16.to_le_bytes());
+    hello.extend_from_slice(&0u16.to_le_bytes());
+    for v in [0u32, 1, 2, 4096] {
+        hello.extend_from_slice(&v.to_le_bytes());
+    }
+    hello.extend_from_slice(&8u16.to_le_bytes());
+    hello.extend_from_slice(b"stranger");
+    hello.extend_from_slice(&[0u8; 20]);
+    impostor.write_all(&hello).unwrap();
+    drop(TcpStream::connect(port_of_site1).unwrap());
+    let stranger_addrs = [
+        garbage.local_addr().unwrap().to_string(),
+        impostor.local_addr().unwrap().to_string(),
+    ];
+    std::thread::sleep(Duration::from_millis(200));
+    let listeners = (0..2).map(|_| None).collect();
+    let mut comms = tcp::connect_all(&configs, listeners).unwrap();
+    comms[1].send(0, b"hi".to_vec()).unwrap();
+    assert_eq!(comms[0].recv(1).unwrap(), b"hi");
+    let turned = relay.strangers();
+    assert_eq!(turned.len(), 3, "{turned:?}");
+    assert!(
+        turned.iter().any(|t| t.starts_with(&stranger_addrs[0])
+            && t.contains("on the port of site 1 (pair 0-1): not a fomoe peer (bad magic)")),
+        "{turned:?}"
+    );
+    assert!(
+        turned.iter().any(|t| t.starts_with(&stranger_addrs[1])
+            && t.contains("hello from site 0 to site 1")),
+        "{turned:?}"
+    );
+    assert!(turned.iter().any(|t| t.contains("no hello")), "{turned:?}");
 }

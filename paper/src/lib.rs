@@ -102,6 +102,8 @@ pub struct Generated {
     pub suite: String,
     pub report: PathBuf,
     pub figures: Vec<PathBuf>,
+    /// Runs left out (unreadable or incomplete), with the reason ([`SuiteData::left_out`]).
+    pub left_out: Vec<(String, String)>,
 }
 
 /// `<out>/figures/<suite>/`.
@@ -170,5 +172,6 @@ pub fn generate_from(suite: &SuiteData, out: &Path) -> Result<Generated, PaperEr
         suite: suite.name.clone(),
         report,
         figures: written,
+        left_out: suite.left_out.clone(),
     })
 }

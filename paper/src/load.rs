@@ -16,7 +16,10 @@
 //! layers that have a value (the `Option` columns are empty for e.g. DDP's cross-site
 //! agreement, and for overlap at the first dumped round); no value in any layer → none.
 //!
-//! Strict: unlike `fomoe report`, any unreadable file is an error naming it.
+//! A run whose files cannot be read, or that is `incomplete`, is left out of the figures
+//! and the table and listed with the reason ([`SuiteData::left_out`]); the rest of the
+//! suite is drawn. A suite directory or `summary.csv` that cannot be read is an error
+//! naming the file.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -78,7 +81,12 @@ impl RunData {
 pub struct SuiteData {
     pub name: String,
     pub dir: PathBuf,
+    /// Runs whose files are what they recorded: the figures and the table.
     pub runs: Vec<RunData>,
+    /// Runs left out of every figure and table, with the reason: a run whose files cannot
+    /// be read (one bad CSV does not stop the suite) or that is `incomplete` (its files
+    /// are not what it recorded, [`harness::results::completeness`]).
+    pub left_out: Vec<(String, String)>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PaperError + '_ {
@@ -151,8 +159,30 @@ pub fn load_suite(dir: &Path) -> Result<SuiteData, PaperError> {
         }
     }
     let mut runs = Vec::with_capacity(order.len());
+    let mut left_out = Vec::new();
     for id in &order {
-        runs.push(load_run(&dir.join(id))?);
+        match load_run(&dir.join(id)) {
+            Ok(r) if r.summary.has_numbers() => runs.push(r),
+            Ok(r) => left_out.push((
+                id.clone(),
+                format!(
+                    "{}: {}",
+                    r.summary.status,
+                    r.summary.error.as_deref().unwrap_or("no numbers")
+                ),
+            )),
+            Err(e) => left_out.push((id.clone(), format!("unreadable: {e}"))),
+        }
+    }
+    if runs.is_empty() {
+        let why: Vec<String> = left_out
+            .iter()
+            .map(|(id, w)| format!("{id}: {w}"))
+            .collect();
+        return Err(PaperError::NotASuite {
+            path: dir.to_path_buf(),
+            reason: format!("no run can be drawn ({})", why.join("; ")),
+        });
     }
     let mut summaries: Vec<Summary> = runs.iter().map(|r| r.summary.clone()).collect();
     annotate_suite(&mut summaries);
@@ -168,6 +198,7 @@ pub fn load_suite(dir: &Path) -> Result<SuiteData, PaperError> {
         name,
         dir: dir.to_path_buf(),
         runs,
+        left_out,
     })
 }
 
@@ -181,6 +212,26 @@ fn mean_some(values: impl Iterator<Item = Option<f64>>) -> Option<f64> {
 /// One run directory.
 pub fn load_run(dir: &Path) -> Result<RunData, PaperError> {
     let summary = summarize(dir)?;
+    if !summary.has_numbers() {
+        // Files that are not what the run recorded: no series are read from them.
+        let manifest = Manifest::read(&dir.join(MANIFEST_FILE))?;
+        return Ok(RunData {
+            summary,
+            eval: Vec::new(),
+            floor: None,
+            routing: Vec::new(),
+            compute_tokens_per_s_per_site: None,
+            host: manifest.host,
+            backend: manifest.backend,
+            threads: manifest.threads,
+            network_backend: manifest.network_backend,
+            libtorch_version: manifest.libtorch_version,
+            git_commit: manifest.git_commit,
+            has_steps_file: false,
+            has_rounds_file: false,
+            has_routing_file: false,
+        });
+    }
     let steps_path = dir.join(STEPS_FILE);
     let mut steps: Vec<StepRow> = rows(&steps_path)?.unwrap_or_default();
     let has_steps_file = steps_path.exists();

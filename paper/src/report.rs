@@ -188,6 +188,12 @@ pub fn markdown(suite: &SuiteData) -> String {
         "\n`eval loss`: the global model (every expert, as assembled after the sync); `local`: the mean over sites of each site's own model (its resident experts and skip policy, before the sync); both are means over domains of the last evaluated round. `max rise`: the largest increase of the global eval loss mean between consecutive evals (0 when it never rose)."
     );
     equal_budgets(&mut m, suite);
+    if !suite.left_out.is_empty() {
+        let _ = writeln!(m, "\nLeft out of this table and of every figure:\n");
+        for (id, why) in &suite.left_out {
+            let _ = writeln!(m, "- `{id}`: {}", why.replace('|', "\\|"));
+        }
+    }
     let _ = writeln!(m, "\n## Figures\n");
     for (name, title) in FIGURES {
         let _ = writeln!(m, "### {title}\n");

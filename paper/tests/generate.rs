@@ -435,25 +435,68 @@ fn one_line_error(dir: &Path) -> String {
 }
 
 #[test]
-fn a_missing_or_malformed_results_dir_is_a_one_line_error_naming_the_file() {
+fn a_missing_results_dir_is_a_one_line_error_and_a_bad_run_is_left_out() {
     let tmp = tempfile::tempdir().unwrap();
     let e = one_line_error(&tmp.path().join("nope"));
     assert!(e.contains("nope") && e.contains("no such directory"), "{e}");
     let e = one_line_error(tmp.path());
     assert!(e.contains("no run directories"), "{e}");
 
+    // Issue 10: one malformed CSV used to stop the figures of the whole suite. A row
+    // appended after the run makes the run incomplete (its file record no longer matches):
+    // it is left out, said so, and the rest of the suite is drawn.
     let suite = synthetic_suite(tmp.path());
+    let out = tmp.path().join("out");
     let rounds = suite.join("fomoe-b").join("rounds.csv");
     let mut text = std::fs::read_to_string(&rounds).unwrap();
     text.push_str("1,20,a,not-a-number,,0,0,0,0,0,0\n");
     std::fs::write(&rounds, text).unwrap();
-    let e = one_line_error(&suite);
+    let g = paper::generate(&suite, &out).unwrap();
+    assert_eq!(g.left_out.len(), 1, "{:?}", g.left_out);
+    assert_eq!(g.left_out[0].0, "fomoe-b");
     assert!(
-        e.contains(&rounds.display().to_string()) && e.contains("line 6"),
-        "{e}"
+        g.left_out[0].1.starts_with("incomplete: rounds.csv holds"),
+        "{:?}",
+        g.left_out
     );
+    assert_eq!(
+        g.figures.len(),
+        2 * paper::FIGURES.len(),
+        "an SVG and a PNG each"
+    );
+    let md = std::fs::read_to_string(&g.report).unwrap();
+    assert!(
+        md.contains("Left out of this table and of every figure"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- `fomoe-b`: incomplete: rounds.csv holds"),
+        "{md}"
+    );
+    assert!(!md.contains("| `fomoe-b` |"), "not in the table: {md}");
+    for (name, _) in paper::FIGURES {
+        let svg =
+            std::fs::read_to_string(paper::figures_dir(&out, "synth").join(format!("{name}.svg")))
+                .unwrap();
+        assert!(!svg.contains("fomoe-b"), "{name} draws a left-out run");
+    }
 
+    // Without a file record (a schema-1 manifest) the same file is unreadable, named with
+    // its line; a manifest that is not JSON is unreadable too. Neither stops the suite.
+    let m = suite.join("fomoe-b").join("manifest.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("files");
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
     std::fs::write(suite.join("ddp-a").join("manifest.json"), "{ not json").unwrap();
-    let e = one_line_error(&suite);
-    assert!(e.contains("ddp-a/manifest.json"), "{e}");
+    let g = paper::generate(&suite, &out).unwrap();
+    let why: std::collections::BTreeMap<&str, &str> = g
+        .left_out
+        .iter()
+        .map(|(id, w)| (id.as_str(), w.as_str()))
+        .collect();
+    assert!(why["ddp-a"].contains("ddp-a/manifest.json"), "{why:?}");
+    assert!(
+        why["fomoe-b"].contains(&rounds.display().to_string()) && why["fomoe-b"].contains("line 6"),
+        "{why:?}"
+    );
 }

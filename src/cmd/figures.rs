@@ -33,7 +33,10 @@ pub fn run(a: Args) -> Result<()> {
     for d in dirs {
         let g =
             paper::generate(&d, &a.out).with_context(|| format!("figures of {}", d.display()))?;
-        println!(
+        for (id, why) in &g.left_out {
+            eprintln!("{}: run {id} left out: {why}", g.suite);
+        }
+        outln!(
             "{}: {} and {} figures in {}",
             g.suite,
             g.report.display(),

@@ -1,6 +1,49 @@
 //! One module per subcommand: `Args` (clap) and `run(args) -> anyhow::Result<()>`.
+//!
+//! Output that may go into a pipe is written with [`outln!`] / [`out!`]: a closed stdout
+//! (`fomoe run S.toml | head -1`) silences the rest of the output instead of panicking, so
+//! the command still does all its work (the results are on disk, not on stdout).
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Write `text` to stdout and flush. After the reader has gone away (broken pipe) nothing
+/// more is written; other write errors are reported once on stderr, then treated alike.
+pub fn write_stdout(text: &str) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            let _ = writeln!(
+                std::io::stderr(),
+                "warning: stdout: {e}; no more output there"
+            );
+        }
+    }
+}
+
+/// `println!` that survives a closed stdout (see the module doc). Defined before the
+/// subcommand modules, so they see it by textual scope.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cmd::write_stdout(&format!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` that survives a closed stdout (see the module doc).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cmd::write_stdout(&format!($($arg)*))
+    };
+}
 
 pub mod bench_step;
+pub mod compare;
 pub mod figures;
 pub mod netcheck;
 pub mod paper_report;

@@ -42,12 +42,12 @@ pub fn run(a: Args) -> Result<()> {
         let rows = load_suite(&d)?;
         let name = suite_name(&d);
         if a.json {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({ "suite": name, "dir": d, "runs": rows })
             );
         } else {
-            print!("{}", table(&name, &rows));
+            out!("{}", table(&name, &rows));
         }
     }
     Ok(())
@@ -193,7 +193,12 @@ pub fn table(suite: &str, rows: &[Summary]) -> String {
                     .iter()
                     .map(|k| r.knobs.get(k).map(knob_cell).unwrap_or_default()),
             );
-            c.push(human_bytes(r.payload_bytes));
+            // Incomplete and unreadable runs have no numbers: never a made-up 0 B.
+            c.push(if r.has_numbers() {
+                human_bytes(r.payload_bytes)
+            } else {
+                "-".into()
+            });
             c.push(match (r.bytes_reduction_vs_ddp, r.ddp_ref_exact) {
                 (Some(x), Some(exact)) => {
                     inexact |= !exact;
@@ -457,6 +462,27 @@ mod tests {
             "{t}"
         );
         assert_eq!(lines.len(), j + 5, "{t}");
+    }
+
+    #[test]
+    fn incomplete_rows_show_no_numbers() {
+        let mut r = row("a", None, None, true);
+        r.status = "incomplete".into();
+        r.error = Some("rounds.csv holds 10 bytes, the complete run wrote 20".into());
+        r.payload_bytes = 0;
+        r.bytes_reduction_vs_ddp = None;
+        r.tokens_per_s = None;
+        r.final_eval_loss_by_domain.clear();
+        r.final_eval_loss = None;
+        let t = table("s", &[r]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[1], "suite s: 1 runs, 0 complete");
+        assert!(
+            lines[4].starts_with("a    incomplete  fomoe   2          -        -       -"),
+            "{t}"
+        );
+        assert!(!t.contains("0 B"), "{t}");
+        assert!(t.contains("a incomplete: rounds.csv holds 10 bytes"), "{t}");
     }
 
     #[test]

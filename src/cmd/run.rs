@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use harness::config::RunConfig;
 use harness::orchestrate::{run_suite, RunExecutor, RunOutcome, SuiteObserver, SuiteOptions};
-use harness::results::{RunDir, RunState};
+use harness::results::{ExpectedRows, RunDir, RunState};
 use harness::suite::{Suite, SuiteRun};
 use harness::telemetry::RoundRow;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -51,6 +51,10 @@ pub struct Args {
 struct TrainingExecutor;
 
 impl RunExecutor for TrainingExecutor {
+    fn prepare(&self, cfg: &RunConfig) -> Result<ExpectedRows> {
+        harness::runner::prepare(cfg)
+    }
+
     fn execute(&self, _run_id: &str, cfg: &RunConfig, dir: &mut RunDir) -> Result<()> {
         harness::runner::execute_in_run_dir(cfg, dir, &baselines::registry(), &Default::default())
     }
@@ -61,7 +65,7 @@ pub fn run(a: Args) -> Result<()> {
     // --device / --precision override every run's knobs (a different run: new hash).
     for r in &mut suite.runs {
         a.device.apply(&mut r.config);
-        r.hash = r.config.hash();
+        r.hash = r.config.run_hash();
     }
     if let Some(only) = &a.only {
         if !suite.runs.iter().any(|r| r.id.contains(only.as_str())) {
@@ -79,12 +83,12 @@ pub fn run(a: Args) -> Result<()> {
             .filter(|r| a.only.as_deref().is_none_or(|o| r.id.contains(o)))
         {
             if a.json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({ "run_id": r.id, "config_hash": r.hash, "config": r.config })
                 );
             } else {
-                println!("{}  {}", r.hash, r.id);
+                outln!("{}  {}", r.hash, r.id);
             }
         }
         return Ok(());
@@ -111,8 +115,8 @@ pub fn run(a: Args) -> Result<()> {
     })?;
     progress.done();
     if !a.json {
-        print!("{}", table(&suite.name, &result.summaries));
-        println!("results: {}", result.suite_dir.display());
+        out!("{}", table(&suite.name, &result.summaries));
+        outln!("results: {}", result.suite_dir.display());
     }
     let failed = result.failed();
     if !failed.is_empty() {
@@ -174,7 +178,7 @@ impl Progress {
 
     fn line(&self, text: String) {
         if self.mp.is_hidden() {
-            println!("{text}");
+            outln!("{text}");
         } else {
             let _ = self.mp.println(text);
         }
@@ -255,7 +259,7 @@ impl SuiteObserver for Progress {
             }
         }
         if self.json {
-            println!("{}", serde_json::to_string(o).unwrap_or_default());
+            outln!("{}", serde_json::to_string(o).unwrap_or_default());
             return;
         }
         if self.quiet {

@@ -45,7 +45,7 @@ pub struct Args {
 fn default_eval_every(steps: usize) -> usize {
     (1..=10)
         .rev()
-        .find(|k| steps % k == 0)
+        .find(|k| steps.is_multiple_of(*k))
         .map(|k| steps / k)
         .unwrap_or(steps)
 }
@@ -55,7 +55,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("invalid steps = 0: must be at least 1");
     }
     let eval_every = a.eval_every.unwrap_or_else(|| default_eval_every(a.steps));
-    if eval_every == 0 || a.steps % eval_every != 0 {
+    if eval_every == 0 || !a.steps.is_multiple_of(eval_every) {
         bail!(
             "invalid eval-every = {eval_every}: must be at least 1 and divide steps = {}",
             a.steps

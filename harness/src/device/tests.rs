@@ -45,10 +45,10 @@ fn the_default_device_leaves_the_config_hash_unchanged() {
     assert!(json.get("device").is_none() && json.get("precision").is_none());
     let mut g = c.clone();
     g.device = DeviceChoice::Cuda;
-    assert_ne!(g.hash(), c.hash(), "a GPU run is another run");
+    assert_ne!(g.run_hash(), c.run_hash(), "a GPU run is another run");
     let mut b = c.clone();
     b.precision = Precision::Bf16;
-    assert_ne!(b.hash(), c.hash());
+    assert_ne!(b.run_hash(), c.run_hash());
 }
 
 #[test]

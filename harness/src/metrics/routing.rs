@@ -64,7 +64,7 @@ fn check_rows(what: &'static str, ids: &[i64], k: usize) -> Result<usize, Metric
     if k == 0 {
         return Err(MetricError::ZeroK);
     }
-    if ids.len() % k != 0 {
+    if !ids.len().is_multiple_of(k) {
         return Err(MetricError::Ragged {
             what,
             len: ids.len(),

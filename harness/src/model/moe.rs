@@ -15,6 +15,7 @@
 //!   tokens with none resident still get zero;
 //! - `reroute`: non-resident experts get score −∞ before top-k, so tokens go to resident
 //!   experts (requires at least k resident experts).
+//!
 //! With every expert resident the three policies and "no mask" compute the same graph.
 //!
 //! **Dispatch** is one autograd graph: the (token, slot) pairs that run are sorted by local

@@ -29,6 +29,7 @@ pub fn process_cpu_seconds() -> f64 {
 fn rusage_seconds(who: libc::c_int) -> f64 {
     // SAFETY: getrusage writes a plain struct we own; a zeroed rusage is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage for the duration of the call.
     let rc = unsafe { libc::getrusage(who, &mut ru) };
     if rc != 0 {
         return 0.0;

@@ -45,6 +45,8 @@ pub enum NetError {
     FrameTooLong { peer: PeerName, len: u64, max: u64 },
     #[error("{peer}: message of {len} bytes exceeds the maximum message size of {max} bytes")]
     MessageTooLong { peer: PeerName, len: u64, max: u64 },
+    #[error("{peer}: a continued frame of {len} bytes; every frame but a message's last carries exactly {max} bytes")]
+    ShortContinuedFrame { peer: PeerName, len: u64, max: u64 },
     #[error("{peer}: bad checksum on a {len}-byte frame (received {received:08x}, computed {computed:08x})")]
     BadChecksum {
         peer: PeerName,
@@ -68,6 +70,14 @@ pub enum NetError {
         got: u64,
         want: u64,
         timeout: Duration,
+    },
+    #[error("{peer}: too slow mid-{what}: {got} of {want} bytes after {elapsed:?}, past the frame's deadline (read timeout plus its size at the minimum rate)")]
+    TooSlow {
+        peer: PeerName,
+        what: &'static str,
+        got: u64,
+        want: u64,
+        elapsed: Duration,
     },
     #[error("{peer}: connection closed")]
     Closed { peer: PeerName },

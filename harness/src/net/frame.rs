@@ -3,7 +3,8 @@
 //!
 //! **Frame**: `[u32 LE header][payload][u32 LE crc32]`. The header's low 31 bits are the
 //! payload length, at most `max_frame_bytes`; bit 31 set means "the message continues in the
-//! next frame". The CRC32 covers the header and the payload. A message of `p` payload bytes
+//! next frame", and such a frame carries exactly `max_frame_bytes` (only a message's last
+//! frame is shorter). The CRC32 covers the header and the payload. A message of `p` payload bytes
 //! is `max(1, ⌈p / max_frame_bytes⌉)` frames, so its framing bytes are
 //! `8 · max(1, ⌈p / max_frame_bytes⌉)` (an empty message is one empty frame).
 //!
@@ -21,8 +22,10 @@
 //! size, maximum frame size and the peer's proof.
 //!
 //! Reading never allocates more than the bytes that actually arrived (a length over the
-//! maximum is refused before any allocation) and never waits longer than the read timeout
-//! without progress once a frame has started.
+//! maximum is refused before any allocation), never waits longer than the read timeout
+//! without progress once a frame has started, and gives every started frame a deadline
+//! ([`ReadPace`]: the read timeout plus its size at a minimum rate), so a peer trickling
+//! bytes cannot hold a frame open; a handshake must be complete within its timeout.
 
 use super::error::{NetError, PeerName};
 use sha2::{Digest, Sha256};
@@ -36,7 +39,7 @@ pub const FRAME_TRAILER_BYTES: u64 = 4;
 /// Framing bytes of one frame.
 pub const FRAME_OVERHEAD_BYTES: u64 = FRAME_HEADER_BYTES + FRAME_TRAILER_BYTES;
 /// Header bit meaning "more frames of this message follow".
-const MORE_FLAG: u32 = 1 << 31;
+pub const MORE_FLAG: u32 = 1 << 31;
 /// The largest `max_frame_bytes` the header can express.
 pub const MAX_FRAME_LIMIT: u32 = MORE_FLAG - 1;
 /// Default maximum payload of one frame (16 MiB).
@@ -46,12 +49,68 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 16 << 30;
 /// Longest run id a hello can carry.
 pub const MAX_RUN_ID_BYTES: usize = 128;
 
-const MAGIC: &[u8; 4] = b"FMOE";
+/// First bytes of every hello.
+pub const MAGIC: &[u8; 4] = b"FMOE";
 const VERSION: u16 = 1;
-const HELLO_FIXED_BYTES: usize = 26;
+/// Bytes of a hello before the run id: magic, version, flags, from, to, world, max frame,
+/// run-id length.
+pub const HELLO_FIXED_BYTES: usize = 26;
+/// Offset of the u16 run-id length inside the fixed part of a hello.
+const HELLO_RUN_ID_LEN_AT: usize = 24;
 const NONCE_BYTES: usize = 16;
+/// Bytes of the crc32 that closes a hello, a proof and a frame.
+const CHECKSUM_BYTES: usize = 4;
 const PROOF_BYTES: usize = 32;
+/// Bytes of a proof on the wire (digest + crc32).
+pub const PROOF_MESSAGE_BYTES: usize = PROOF_BYTES + CHECKSUM_BYTES;
 const PROOF_DOMAIN: &[u8] = b"fomoe-handshake-proof-v1";
+
+/// The run-id length a hello's fixed part announces, when it starts with [`MAGIC`] and the
+/// length is at most [`MAX_RUN_ID_BYTES`]; `None` for anything else.
+pub fn hello_run_id_len(fixed: &[u8; HELLO_FIXED_BYTES]) -> Option<usize> {
+    let len =
+        u16::from_le_bytes([fixed[HELLO_RUN_ID_LEN_AT], fixed[HELLO_RUN_ID_LEN_AT + 1]]) as usize;
+    (&fixed[..4] == MAGIC && len <= MAX_RUN_ID_BYTES).then_some(len)
+}
+
+/// The addressing fields of a hello's fixed part, for a relay that pairs connections
+/// before the handshake runs end to end (it cannot check the proof, which needs the token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HelloHead {
+    pub from: u32,
+    pub to: u32,
+    pub world: u32,
+    pub run_id_len: usize,
+}
+
+/// Parse a hello's fixed part: magic, protocol version and run-id length are checked.
+pub fn parse_hello_head(fixed: &[u8; HELLO_FIXED_BYTES]) -> Result<HelloHead, String> {
+    if &fixed[..4] != MAGIC {
+        return Err("not a fomoe peer (bad magic)".into());
+    }
+    let version = u16::from_le_bytes([fixed[4], fixed[5]]);
+    if version != VERSION {
+        return Err(format!("protocol version {version}, expected {VERSION}"));
+    }
+    let run_id_len = hello_run_id_len(fixed)
+        .ok_or_else(|| format!("run id longer than {MAX_RUN_ID_BYTES} bytes"))?;
+    Ok(HelloHead {
+        from: u32_at(fixed, 8),
+        to: u32_at(fixed, 12),
+        world: u32_at(fixed, 16),
+        run_id_len,
+    })
+}
+
+/// Bytes of a hello after its fixed part: run id, nonce, crc32.
+pub fn hello_rest_bytes(run_id_len: usize) -> usize {
+    run_id_len + NONCE_BYTES + CHECKSUM_BYTES
+}
+
+/// A frame header word split into (payload length, "more frames follow").
+pub fn parse_frame_header(word: u32) -> (u32, bool) {
+    (word & !MORE_FLAG, word & MORE_FLAG != 0)
+}
 
 /// Number of frames a message of `payload_bytes` takes.
 pub fn frames_for_message(payload_bytes: u64, max_frame_bytes: u32) -> u64 {
@@ -65,7 +124,48 @@ pub fn message_framing_bytes(payload_bytes: u64, max_frame_bytes: u32) -> u64 {
 
 /// Handshake bytes one side sends on a link (hello + proof): `82 + len(run id)`.
 pub fn handshake_bytes(run_id: &str) -> u64 {
-    (HELLO_FIXED_BYTES + run_id.len() + NONCE_BYTES + 4 + PROOF_BYTES + 4) as u64
+    (HELLO_FIXED_BYTES + hello_rest_bytes(run_id.len()) + PROOF_MESSAGE_BYTES) as u64
+}
+
+/// Default [`ReadPace::min_rate_bps`]: 1 Mbit/s, below every modelled link.
+pub const DEFAULT_MIN_RATE_BPS: u64 = 1_000_000;
+
+/// How slowly a started frame may arrive.
+///
+/// - `stall`: the longest wait without a single new byte;
+/// - deadline per frame: a frame header must be complete within `stall` of its first byte,
+///   and the rest of a frame of `len` payload bytes within `stall + (len + 4)·8 /
+///   min_rate_bps` of its header. Every byte counting as progress is not enough: a peer
+///   sending one byte a second never stalls but never finishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadPace {
+    pub stall: Duration,
+    pub min_rate_bps: u64,
+}
+
+impl ReadPace {
+    /// `stall` with the default minimum rate.
+    pub fn new(stall: Duration) -> Self {
+        ReadPace {
+            stall,
+            min_rate_bps: DEFAULT_MIN_RATE_BPS,
+        }
+    }
+
+    /// The time `bytes` take at the minimum rate, plus the stall allowance.
+    fn allowance(&self, bytes: u64) -> Duration {
+        let rate = self.min_rate_bps.max(1) as u128;
+        let ns = (bytes as u128 * 8 * 1_000_000_000).div_ceil(rate);
+        self.stall + Duration::from_nanos(ns.min(u64::MAX as u128) as u64)
+    }
+}
+
+/// When a [`fill`] must be done.
+#[derive(Debug, Clone, Copy)]
+enum Deadline {
+    At(Instant),
+    /// This long after the first byte arrives.
+    AfterFirstByte(Duration),
 }
 
 /// Size limits a reader enforces.
@@ -134,6 +234,7 @@ enum Fill {
 /// Reads exactly `buf.len()` bytes. A timeout with no progress is tolerated only while
 /// `idle_ok` and nothing has been read (waiting for the next message); otherwise it is a
 /// stall. End of stream before the first byte is `Eof` when `idle_ok`, else truncation.
+/// Past `deadline` (checked after every read) it fails with [`NetError::TooSlow`].
 #[allow(clippy::too_many_arguments)]
 fn fill<R: Read>(
     r: &mut R,
@@ -144,9 +245,15 @@ fn fill<R: Read>(
     done_before: u64,
     want_total: u64,
     read_timeout: Duration,
+    deadline: Deadline,
 ) -> Result<Fill, NetError> {
+    let started = Instant::now();
     let mut got = 0usize;
-    let mut last_progress = Instant::now();
+    let mut last_progress = started;
+    let mut until = match deadline {
+        Deadline::At(t) => Some(t),
+        Deadline::AfterFirstByte(_) => None,
+    };
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) => {
@@ -161,6 +268,11 @@ fn fill<R: Read>(
                 });
             }
             Ok(n) => {
+                if got == 0 {
+                    if let Deadline::AfterFirstByte(d) = deadline {
+                        until = Some(Instant::now() + d);
+                    }
+                }
                 got += n;
                 last_progress = Instant::now();
             }
@@ -195,6 +307,17 @@ fn fill<R: Read>(
             }
             Err(e) => return Err(NetError::io(peer, "read", &e)),
         }
+        if let Some(t) = until {
+            if got < buf.len() && Instant::now() > t {
+                return Err(NetError::TooSlow {
+                    peer: peer.clone(),
+                    what,
+                    got: done_before + got as u64,
+                    want: want_total,
+                    elapsed: started.elapsed(),
+                });
+            }
+        }
     }
     Ok(Fill::Full)
 }
@@ -206,20 +329,36 @@ pub struct ReadMessage {
     pub framing_bytes: u64,
 }
 
-/// Reads one message (one or more frames). `Ok(None)` is a clean end of stream at a message
-/// boundary. The stream's own read timeout (if any) is the granularity of stall detection;
-/// `read_timeout` is how long a started message may go without progress.
+/// Reads one message (one or more frames) at [`ReadPace::new`]`(read_timeout)`.
 pub fn read_message<R: Read>(
     r: &mut R,
     limits: FrameLimits,
     peer: &PeerName,
     read_timeout: Duration,
 ) -> Result<Option<ReadMessage>, NetError> {
+    read_message_paced(r, limits, peer, ReadPace::new(read_timeout))
+}
+
+/// Reads one message (one or more frames). `Ok(None)` is a clean end of stream at a message
+/// boundary. The stream's own read timeout (if any) is the granularity of stall detection;
+/// `pace` says how long a started frame may take ([`ReadPace`]).
+pub fn read_message_paced<R: Read>(
+    r: &mut R,
+    limits: FrameLimits,
+    peer: &PeerName,
+    pace: ReadPace,
+) -> Result<Option<ReadMessage>, NetError> {
+    let read_timeout = pace.stall;
     let mut payload: Vec<u8> = Vec::new();
     let mut framing = 0u64;
     let mut first = true;
     loop {
         let mut header = [0u8; 4];
+        let header_deadline = if first {
+            Deadline::AfterFirstByte(read_timeout)
+        } else {
+            Deadline::At(Instant::now() + read_timeout)
+        };
         match fill(
             r,
             &mut header,
@@ -229,16 +368,26 @@ pub fn read_message<R: Read>(
             0,
             4,
             read_timeout,
+            header_deadline,
         )? {
             Fill::Eof => return Ok(None),
             Fill::Full => {}
         }
         first = false;
-        let word = u32::from_le_bytes(header);
-        let more = word & MORE_FLAG != 0;
-        let len = (word & !MORE_FLAG) as u64;
+        let (len, more) = parse_frame_header(u32::from_le_bytes(header));
+        let len = len as u64;
         if len > limits.max_frame_bytes as u64 {
             return Err(NetError::FrameTooLong {
+                peer: peer.clone(),
+                len,
+                max: limits.max_frame_bytes as u64,
+            });
+        }
+        // Every frame but a message's last is full (see `write_message`): so a message of
+        // p bytes is exactly ⌈p / max⌉ frames, and a peer cannot keep one message open
+        // for ever with empty continued frames.
+        if more && len != limits.max_frame_bytes as u64 {
+            return Err(NetError::ShortContinuedFrame {
                 peer: peer.clone(),
                 len,
                 max: limits.max_frame_bytes as u64,
@@ -252,6 +401,8 @@ pub fn read_message<R: Read>(
                 max: limits.max_message_bytes,
             });
         }
+        let frame_deadline =
+            Deadline::At(Instant::now() + pace.allowance(len + FRAME_TRAILER_BYTES));
         // Grow with the bytes that actually arrive, in steps of at most 4 MiB (or doubling).
         let start = payload.len();
         let end = start + len as usize;
@@ -268,6 +419,7 @@ pub fn read_message<R: Read>(
                 (pos - start) as u64 + 4,
                 len + 8,
                 read_timeout,
+                frame_deadline,
             )?;
             pos += step;
         }
@@ -281,6 +433,7 @@ pub fn read_message<R: Read>(
             len + 4,
             len + 8,
             read_timeout,
+            frame_deadline,
         )?;
         let received = u32::from_le_bytes(trailer);
         let mut crc = crc32fast::Hasher::new();
@@ -405,7 +558,7 @@ struct Hello {
 }
 
 fn encode_hello(h: &Hello) -> Vec<u8> {
-    let mut v = Vec::with_capacity(HELLO_FIXED_BYTES + h.run_id.len() + NONCE_BYTES + 4);
+    let mut v = Vec::with_capacity(HELLO_FIXED_BYTES + hello_rest_bytes(h.run_id.len()));
     v.extend_from_slice(MAGIC);
     v.extend_from_slice(&VERSION.to_le_bytes());
     v.extend_from_slice(&0u16.to_le_bytes());
@@ -425,7 +578,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<Hello, NetError> {
+fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: HsTime) -> Result<Hello, NetError> {
     let hs = |reason: String| NetError::Handshake {
         peer: peer.clone(),
         reason,
@@ -441,13 +594,10 @@ fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<
             "protocol version {version}, expected {VERSION}"
         )));
     }
-    let run_id_len = u16::from_le_bytes([fixed[24], fixed[25]]) as usize;
-    if run_id_len > MAX_RUN_ID_BYTES {
-        return Err(hs(format!(
-            "run id of {run_id_len} bytes exceeds {MAX_RUN_ID_BYTES}"
-        )));
-    }
-    let mut rest = vec![0u8; run_id_len + NONCE_BYTES + 4];
+    let Some(run_id_len) = hello_run_id_len(&fixed) else {
+        return Err(hs(format!("run id longer than {MAX_RUN_ID_BYTES} bytes")));
+    };
+    let mut rest = vec![0u8; hello_rest_bytes(run_id_len)];
     handshake_fill(r, &mut rest, peer, timeout)?;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&fixed);
@@ -469,12 +619,24 @@ fn read_hello<R: Read>(r: &mut R, peer: &PeerName, timeout: Duration) -> Result<
     })
 }
 
+/// The time a whole handshake may take: its length, and the instant it ends.
+#[derive(Debug, Clone, Copy)]
+struct HsTime {
+    total: Duration,
+    deadline: Instant,
+}
+
 fn handshake_fill<R: Read>(
     r: &mut R,
     buf: &mut [u8],
     peer: &PeerName,
-    timeout: Duration,
+    time: HsTime,
 ) -> Result<(), NetError> {
+    let timeout = time.total;
+    let left = time
+        .deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(1));
     match fill(
         r,
         buf,
@@ -483,9 +645,14 @@ fn handshake_fill<R: Read>(
         "handshake",
         0,
         buf.len() as u64,
-        timeout,
+        left,
+        Deadline::At(time.deadline),
     ) {
         Ok(_) => Ok(()),
+        Err(NetError::TooSlow { .. }) => Err(NetError::Handshake {
+            peer: peer.clone(),
+            reason: format!("handshake not complete within {timeout:?}"),
+        }),
         Err(NetError::Truncated { .. }) => Err(NetError::Handshake {
             peer: peer.clone(),
             reason: "connection closed during the handshake (wrong token, run id or site?)".into(),
@@ -527,9 +694,9 @@ fn encode_proof(p: &[u8; PROOF_BYTES]) -> Vec<u8> {
 fn read_proof<R: Read>(
     r: &mut R,
     peer: &PeerName,
-    timeout: Duration,
+    timeout: HsTime,
 ) -> Result<[u8; PROOF_BYTES], NetError> {
-    let mut buf = [0u8; PROOF_BYTES + 4];
+    let mut buf = [0u8; PROOF_MESSAGE_BYTES];
     handshake_fill(r, &mut buf, peer, timeout)?;
     if crc32fast::hash(&buf[..PROOF_BYTES]) != u32_at(&buf, PROOF_BYTES) {
         return Err(NetError::Handshake {
@@ -543,7 +710,7 @@ fn read_proof<R: Read>(
 }
 
 /// Runs the handshake on a connected stream (whose read timeout should be short, e.g.
-/// ≤ 100 ms, so `timeout` is honoured). Returns the verified peer site and the bytes
+/// ≤ 100 ms, so `timeout` is honoured); the whole handshake must end within `timeout`. Returns the verified peer site and the bytes
 /// written and read (both equal to [`handshake_bytes`] on success).
 pub fn handshake<S: Read + Write>(
     stream: &mut S,
@@ -562,6 +729,11 @@ pub fn handshake<S: Read + Write>(
             params.run_id.len()
         )));
     }
+    // One deadline for the whole handshake, however slowly its bytes arrive.
+    let time = HsTime {
+        total: timeout,
+        deadline: Instant::now() + timeout,
+    };
     let mut nonce = [0u8; NONCE_BYTES];
     random_bytes(&mut nonce);
     let mine = |to: usize| Hello {
@@ -633,7 +805,7 @@ pub fn handshake<S: Read + Write>(
     match expect {
         Expect::Dialed(site) => {
             write(stream, &encode_hello(&mine(site)), &peer)?;
-            let theirs = read_hello(stream, &peer, timeout)?;
+            let theirs = read_hello(stream, &peer, time)?;
             if theirs.from as usize != site {
                 return Err(NetError::Handshake {
                     peer: peer.clone(),
@@ -650,12 +822,12 @@ pub fn handshake<S: Read + Write>(
                 &theirs.nonce,
             );
             write(stream, &encode_proof(&p), &peer)?;
-            let got = read_proof(stream, &peer, timeout)?;
+            let got = read_proof(stream, &peer, time)?;
             verify(&theirs, &got, &peer)?;
             Ok(site)
         }
         Expect::Accepted(allowed) => {
-            let theirs = read_hello(stream, &peer, timeout)?;
+            let theirs = read_hello(stream, &peer, time)?;
             let site = theirs.from as usize;
             peer = PeerName {
                 site: None,
@@ -671,7 +843,7 @@ pub fn handshake<S: Read + Write>(
             }
             check(&theirs, &peer)?;
             write(stream, &encode_hello(&mine(site)), &peer)?;
-            let got = read_proof(stream, &peer, timeout)?;
+            let got = read_proof(stream, &peer, time)?;
             verify(&theirs, &got, &peer)?;
             let p = proof(
                 params.token,
@@ -763,12 +935,42 @@ mod tests {
             wire.extend_from_slice(&crc.finalize().to_le_bytes());
         }
         let lim = FrameLimits {
-            max_frame_bytes: 1024,
+            max_frame_bytes: 512,
             max_message_bytes: 1024,
         };
         let e =
             read_message(&mut Cursor::new(wire), lim, &peer(), Duration::from_secs(1)).unwrap_err();
         assert!(matches!(e, NetError::MessageTooLong { .. }), "{e}");
+    }
+
+    /// Empty continued frames (the "more" bit on a zero-length frame), repeated, would keep
+    /// one message open for ever without growing it: a continued frame must be full.
+    #[test]
+    fn a_short_continued_frame_is_refused() {
+        let mut wire = Vec::new();
+        for _ in 0..3 {
+            let header = MORE_FLAG.to_le_bytes();
+            wire.extend_from_slice(&header);
+            wire.extend_from_slice(&crc32fast::hash(&header).to_le_bytes());
+        }
+        let e = read_message(
+            &mut Cursor::new(wire),
+            limits(64),
+            &peer(),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                NetError::ShortContinuedFrame {
+                    len: 0,
+                    max: 64,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]

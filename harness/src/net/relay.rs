@@ -4,9 +4,12 @@
 //! For every pair {a, b} the relay listens on two ports, one per end. Both sites *dial* it
 //! (their [`SiteNetConfig`] routes say `dial <port>`); the relay joins the two connections
 //! and pumps each direction through its own shaper. It is a byte pipe: the handshake and
-//! frames run end to end, so the relay needs no token. The first connection to a port is
-//! taken as that end (loopback only; a stranger could occupy a port but not pass the
-//! handshake).
+//! frames run end to end, so the relay needs no token. A port takes the first connection
+//! that opens with a hello from its site, addressed to the pair's other site, for this run
+//! and world; anything else (foreign bytes, silence, another site's or run's hello) is
+//! turned away and recorded with its address ([`RelayNetwork::strangers`]), so a stranger
+//! on a port neither takes the site's place nor gets the site blamed. (A forged hello
+//! passes the relay and then fails the end-to-end handshake, whose proof needs the token.)
 //!
 //! Shaper of one direction (rate R, delay d, jitter j):
 //! - the reader reads whatever bytes are available (up to 256 KiB), finds where messages
@@ -31,9 +34,11 @@
 
 use super::cpu;
 use super::error::NetError;
+use super::frame::{self, HELLO_FIXED_BYTES};
 use super::link::{LinkMatrix, LinkSpec};
 use super::tcp::{connect_all, NetOptions, PeerRoute, SiteNetConfig, TcpComm};
 use super::timer::{PreciseTimer, TimerHandle};
+use crate::rng::splitmix64;
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +80,8 @@ pub struct RelayStats {
 struct Shared {
     bytes_forwarded: AtomicU64,
     cpu_seconds: Mutex<f64>,
+    /// Connections turned away from a port (see [`RelayNetwork::strangers`]).
+    strangers: Mutex<Vec<String>>,
 }
 
 /// A running relay: the orchestrator keeps it alive while the sites run and hands each
@@ -156,6 +163,10 @@ impl RelayNetwork {
                         backlog: opts.backlog,
                         seed_ab: mix(net.seed, a as u64, b as u64),
                         seed_ba: mix(net.seed, b as u64, a as u64),
+                        ends: (a, b),
+                        world,
+                        run_id: net.run_id.clone(),
+                        hello_timeout: net.timeouts.connect,
                     };
                     runtime.spawn(pair.serve(la, lb, ab, ba));
                 }
@@ -177,6 +188,7 @@ impl RelayNetwork {
                 timeouts: net.timeouts,
                 max_frame_bytes: net.limits.max_frame_bytes,
                 max_message_bytes: net.limits.max_message_bytes,
+                peer_limits: net.peer_limits,
             })
             .collect();
         Ok(RelayNetwork {
@@ -190,6 +202,17 @@ impl RelayNetwork {
     /// One config per site, in site order; serialise them to hand to worker processes.
     pub fn site_configs(&self) -> &[SiteNetConfig] {
         &self.configs
+    }
+
+    /// Connections the relay turned away so far, one line each: who (address), on which
+    /// port, and why (e.g. `127.0.0.1:5555 on the port of site 1 (pair 0-1): not a fomoe
+    /// peer (bad magic)`).
+    pub fn strangers(&self) -> Vec<String> {
+        self.shared
+            .strangers
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// Bytes the relay has written to sites so far.
@@ -233,19 +256,10 @@ pub fn local_relay(
     Ok((relay, comms))
 }
 
-/// SplitMix64 step: a tiny, seedable generator for jitter samples.
-pub(crate) fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Seed of link `from → to` of a run seeded `seed`.
 pub(crate) fn mix(seed: u64, from: u64, to: u64) -> u64 {
     let mut s = seed ^ from.wrapping_mul(0x1000_0000_01B3) ^ to.wrapping_mul(0x0100_0000_0000_01B3);
-    splitmix(&mut s)
+    splitmix64(&mut s)
 }
 
 /// A jitter sample in `[−jitter, +jitter]`, as signed nanoseconds.
@@ -254,7 +268,7 @@ pub(crate) fn jitter_ns(state: &mut u64, jitter: Duration) -> i128 {
     if j == 0 {
         return 0;
     }
-    (splitmix(state) as u128 % (2 * j + 1)) as i128 - j as i128
+    (splitmix64(state) as u128 % (2 * j + 1)) as i128 - j as i128
 }
 
 /// `base + offset` for a signed nanosecond offset, never before `floor`.
@@ -274,6 +288,12 @@ struct PairTask {
     backlog: Duration,
     seed_ab: u64,
     seed_ba: u64,
+    /// The pair (a, b): a dials the first port, b the second.
+    ends: (usize, usize),
+    world: usize,
+    run_id: String,
+    /// How long an accepted connection may take to send its hello.
+    hello_timeout: Duration,
 }
 
 impl PairTask {
@@ -284,17 +304,18 @@ impl PairTask {
         ab: LinkSpec,
         ba: LinkSpec,
     ) {
-        let (a, b) = tokio::join!(la.accept(), lb.accept());
-        let (Ok((a, _)), Ok((b, _))) = (a, b) else {
+        let (ea, eb) = self.ends;
+        let (a, b) = tokio::join!(self.accept_end(la, ea, eb), self.accept_end(lb, eb, ea));
+        let (Some((a, hello_a)), Some((b, hello_b))) = (a, b) else {
             return;
         };
-        drop((la, lb));
         let _ = a.set_nodelay(true);
         let _ = b.set_nodelay(true);
         let (ra, wa) = a.into_split();
         let (rb, wb) = b.into_split();
         tokio::spawn(direction(
             ra,
+            hello_a,
             wb,
             ab,
             self.timer.clone(),
@@ -304,6 +325,7 @@ impl PairTask {
         ));
         tokio::spawn(direction(
             rb,
+            hello_b,
             wa,
             ba,
             self.timer,
@@ -312,6 +334,104 @@ impl PairTask {
             self.seed_ba,
         ));
     }
+
+    /// Accepts connections on the port of site `end` (its link to `other`) until one opens
+    /// with a hello from `end` to `other` for this run and world; returns it with the hello
+    /// bytes read. Others (no hello within the timeout, foreign bytes, a hello for another
+    /// site or run) are turned away and recorded by address, so a stranger on a relay port
+    /// neither takes the site's place nor gets the site blamed. A forged hello still passes
+    /// here; the end-to-end handshake then refuses it (the proof needs the token). The
+    /// listener is dropped on return, so later connections are refused.
+    async fn accept_end(
+        &self,
+        listener: tokio::net::TcpListener,
+        end: usize,
+        other: usize,
+    ) -> Option<(tokio::net::TcpStream, Vec<u8>)> {
+        let port = format!(
+            "the port of site {end} (pair {}-{})",
+            end.min(other),
+            end.max(other)
+        );
+        let mut pending = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, addr)) => {
+                        let timer = self.timer.clone();
+                        pending.spawn(read_hello(stream, addr, self.hello_timeout, timer));
+                    }
+                    Err(_) => return None,
+                },
+                Some(done) = pending.join_next() => {
+                    let Ok((stream, addr, hello)) = done else { continue };
+                    match hello.and_then(|h| self.check_hello(&h, end, other).map(|()| h)) {
+                        Ok(h) => return Some((stream, h)),
+                        Err(why) => {
+                            let line = format!("{addr} on {port}: {why}");
+                            tracing::warn!("relay turned away {line}");
+                            if let Ok(mut s) = self.shared.strangers.lock() {
+                                s.push(line);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_hello(&self, hello: &[u8], end: usize, other: usize) -> Result<(), String> {
+        let mut fixed = [0u8; HELLO_FIXED_BYTES];
+        fixed.copy_from_slice(&hello[..HELLO_FIXED_BYTES]);
+        let head = frame::parse_hello_head(&fixed)?;
+        let run_id = &hello[HELLO_FIXED_BYTES..HELLO_FIXED_BYTES + head.run_id_len];
+        if run_id != self.run_id.as_bytes() {
+            return Err(format!(
+                "hello for run `{}`, this is run `{}`",
+                String::from_utf8_lossy(run_id),
+                self.run_id
+            ));
+        }
+        if (head.from as usize, head.to as usize, head.world as usize) != (end, other, self.world) {
+            return Err(format!(
+                "hello from site {} to site {} in a world of {}, this port expects site {end} to site {other} in a world of {}",
+                head.from, head.to, head.world, self.world
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The hello a connection opens with (fixed part and rest), read within `timeout` (on the
+/// relay's own timer: its runtime has no tokio timers).
+async fn read_hello(
+    mut stream: tokio::net::TcpStream,
+    addr: SocketAddr,
+    timeout: Duration,
+    timer: TimerHandle,
+) -> (tokio::net::TcpStream, SocketAddr, Result<Vec<u8>, String>) {
+    let read = async {
+        let mut hello = vec![0u8; HELLO_FIXED_BYTES];
+        stream
+            .read_exact(&mut hello)
+            .await
+            .map_err(|e| format!("no hello ({e})"))?;
+        let mut fixed = [0u8; HELLO_FIXED_BYTES];
+        fixed.copy_from_slice(&hello);
+        let head = frame::parse_hello_head(&fixed)?;
+        let mut rest = vec![0u8; frame::hello_rest_bytes(head.run_id_len)];
+        stream
+            .read_exact(&mut rest)
+            .await
+            .map_err(|e| format!("hello cut short ({e})"))?;
+        hello.extend_from_slice(&rest);
+        Ok(hello)
+    };
+    let r = tokio::select! {
+        r = read => r,
+        _ = timer.sleep_until(Instant::now() + timeout) => Err(format!("no hello within {timeout:?}")),
+    };
+    (stream, addr, r)
 }
 
 /// Where message ends fall in the byte stream of one direction. The relay knows the
@@ -321,7 +441,7 @@ impl PairTask {
 pub(crate) struct MessageScanner {
     phase: Phase,
     need: usize,
-    header: [u8; 26],
+    header: [u8; HELLO_FIXED_BYTES],
     filled: usize,
     more: bool,
 }
@@ -340,8 +460,8 @@ impl MessageScanner {
     pub(crate) fn new() -> Self {
         MessageScanner {
             phase: Phase::HelloFixed,
-            need: 26,
-            header: [0; 26],
+            need: HELLO_FIXED_BYTES,
+            header: [0; HELLO_FIXED_BYTES],
             filled: 0,
             more: false,
         }
@@ -370,16 +490,12 @@ impl MessageScanner {
                     }
                     self.filled = 0;
                     if self.phase == Phase::HelloFixed {
-                        let run_id_len =
-                            u16::from_le_bytes([self.header[24], self.header[25]]) as usize;
-                        if &self.header[..4] != b"FMOE"
-                            || run_id_len > super::frame::MAX_RUN_ID_BYTES
-                        {
+                        let Some(run_id_len) = frame::hello_run_id_len(&self.header) else {
                             self.phase = Phase::Opaque;
                             return;
-                        }
+                        };
                         self.phase = Phase::HelloRest;
-                        self.need = run_id_len + 16 + 4;
+                        self.need = frame::hello_rest_bytes(run_id_len);
                     } else {
                         let word = u32::from_le_bytes([
                             self.header[0],
@@ -387,9 +503,10 @@ impl MessageScanner {
                             self.header[2],
                             self.header[3],
                         ]);
-                        self.more = word & (1 << 31) != 0;
+                        let (len, more) = frame::parse_frame_header(word);
+                        self.more = more;
                         self.phase = Phase::Body;
-                        self.need = (word & !(1 << 31)) as usize + 4;
+                        self.need = len as usize + frame::FRAME_TRAILER_BYTES as usize;
                     }
                 }
                 Phase::HelloRest | Phase::Proof | Phase::Body => {
@@ -403,19 +520,19 @@ impl MessageScanner {
                         Phase::HelloRest => {
                             ends.push(i);
                             self.phase = Phase::Proof;
-                            self.need = 36;
+                            self.need = frame::PROOF_MESSAGE_BYTES;
                         }
                         Phase::Proof => {
                             ends.push(i);
                             self.phase = Phase::Header;
-                            self.need = 4;
+                            self.need = frame::FRAME_HEADER_BYTES as usize;
                         }
                         _ => {
                             if !self.more {
                                 ends.push(i);
                             }
                             self.phase = Phase::Header;
-                            self.need = 4;
+                            self.need = frame::FRAME_HEADER_BYTES as usize;
                         }
                     }
                 }
@@ -446,8 +563,11 @@ struct Held {
     writer_done: std::sync::atomic::AtomicBool,
 }
 
+/// One direction of a pair: `prefix` (the hello already read from `rd`) goes first.
+#[allow(clippy::too_many_arguments)]
 async fn direction(
     rd: tokio::net::tcp::OwnedReadHalf,
+    prefix: Vec<u8>,
     wr: tokio::net::tcp::OwnedWriteHalf,
     link: LinkSpec,
     timer: TimerHandle,
@@ -463,7 +583,7 @@ async fn direction(
     };
     // Bytes inside a message may be released up to `lazy` late (never its last byte).
     let lazy = (backlog / 2).max(Duration::from_millis(1));
-    let reader = shape_reader(rd, tx, link, &held, backlog, seed);
+    let reader = shape_reader(rd, prefix, tx, link, &held, backlog, seed);
     let writer = async {
         release_writer(wr, rx, timer, shared, &held, lazy).await;
         held.writer_done.store(true, Ordering::Release);
@@ -476,6 +596,7 @@ const READ_BYTES: usize = 256 << 10;
 
 async fn shape_reader(
     mut rd: tokio::net::tcp::OwnedReadHalf,
+    prefix: Vec<u8>,
     tx: tokio::sync::mpsc::UnboundedSender<Chunk>,
     link: LinkSpec,
     held: &Held,
@@ -498,6 +619,7 @@ async fn shape_reader(
     // One reusable read buffer; each chunk gets an exact-size copy (no 256 KiB allocation,
     // mmap and page faults per read).
     let mut scratch: Vec<u8> = Vec::with_capacity(READ_BYTES);
+    let mut prefix = Some(prefix).filter(|p| !p.is_empty());
     loop {
         loop {
             let notified = held.released.notified();
@@ -510,7 +632,13 @@ async fn shape_reader(
             notified.await;
         }
         scratch.clear();
-        let n = rd.read_buf(&mut scratch).await.unwrap_or(0);
+        let n = match prefix.take() {
+            Some(p) => {
+                scratch.extend_from_slice(&p);
+                p.len()
+            }
+            None => rd.read_buf(&mut scratch).await.unwrap_or(0),
+        };
         if n == 0 {
             let due = (tx_free + link.delay).max(last_due);
             let _ = tx.send(Chunk {

@@ -5,8 +5,9 @@
 //! byte pipe; the handshake runs end to end through it).
 //!
 //! Per peer there is a writer thread (so `send` only queues) and a reader thread (so a
-//! peer's bytes are always drained, as a kernel socket buffer would). Messages, counters and
-//! errors follow the [`Comm`] contract; framing is [`frame`](super::frame).
+//! peer's bytes are drained, as a kernel socket buffer would, up to a budget of queued bytes
+//! per peer: [`PeerLimits`], back-pressure beyond it). Messages, counters and errors follow
+//! the [`Comm`] contract; framing is [`frame`](super::frame).
 
 use super::comm::{check_peer, ClockKind, Comm, LinkCounters};
 use super::error::{NetError, PeerName};
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{BufReader, BufWriter, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,39 @@ pub enum PeerRoute {
     Accept,
 }
 
+/// What a site accepts from one peer, whatever the peer sends (a peer holding the run
+/// token may still be hostile or broken).
+///
+/// - `max_queued_bytes`: messages received from one peer and not yet taken by `recv` are
+///   held up to this many bytes; at or above it the peer's reader stops reading (TCP then
+///   slows the peer down: back-pressure, nothing is dropped). A message is read only when
+///   the queue is below the budget, so the queue never holds more than
+///   `max_queued_bytes + max_message_bytes`. The budget must be at least the largest burst
+///   a protocol-conforming peer sends before it waits for us (the collectives send before
+///   they receive): the runner derives it from the model ([`crate::runner`]); the default
+///   (1 GiB) is for tools and tests.
+/// - `min_rate_bps`: a started frame must arrive within the read timeout plus its size at
+///   this rate (a deadline per frame), so a peer that trickles one byte a second cannot
+///   keep a frame open for ever; the default, 1 Mbit/s, is far below any modelled link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerLimits {
+    pub max_queued_bytes: u64,
+    pub min_rate_bps: u64,
+}
+
+/// Default [`PeerLimits::max_queued_bytes`].
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 1 << 30;
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            min_rate_bps: frame::DEFAULT_MIN_RATE_BPS,
+        }
+    }
+}
+
 /// Everything a worker process needs to build its [`TcpComm`]; JSON-serialisable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +108,8 @@ pub struct SiteNetConfig {
     pub timeouts: Timeouts,
     pub max_frame_bytes: u32,
     pub max_message_bytes: u64,
+    #[serde(default)]
+    pub peer_limits: PeerLimits,
 }
 
 impl SiteNetConfig {
@@ -118,6 +154,12 @@ impl SiteNetConfig {
                 frame::MAX_RUN_ID_BYTES
             )));
         }
+        if self.peer_limits.max_queued_bytes == 0 || self.peer_limits.min_rate_bps == 0 {
+            return Err(bad(format!(
+                "peer limits must be positive, got {:?}",
+                self.peer_limits
+            )));
+        }
         self.limits().validate()
     }
 
@@ -132,12 +174,70 @@ impl SiteNetConfig {
 /// One item from a peer's reader thread.
 type Incoming = Result<(Vec<u8>, u64), NetError>;
 
+/// Bytes received from one peer and not yet taken by `recv`, shared by the peer's reader
+/// thread (which waits while it is at the budget) and `recv` (which frees them).
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    freed: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    bytes: u64,
+    peak: u64,
+    /// The endpoint is closing: the reader stops waiting.
+    closed: bool,
+}
+
+impl Queue {
+    /// Wait until fewer than `budget` bytes are queued; false when the endpoint closes.
+    fn wait_below(&self, budget: u64) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return false;
+        };
+        while st.bytes >= budget && !st.closed {
+            st = match self.freed.wait(st) {
+                Ok(g) => g,
+                Err(_) => return false,
+            };
+        }
+        !st.closed
+    }
+
+    fn add(&self, n: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.bytes += n;
+            st.peak = st.peak.max(st.bytes);
+        }
+    }
+
+    fn take(&self, n: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.bytes = st.bytes.saturating_sub(n);
+        }
+        self.freed.notify_all();
+    }
+
+    fn close(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.closed = true;
+        }
+        self.freed.notify_all();
+    }
+
+    fn peak(&self) -> u64 {
+        self.state.lock().map(|st| st.peak).unwrap_or(0)
+    }
+}
+
 struct PeerLink {
     name: PeerName,
     stream: TcpStream,
     to_writer: Option<Sender<Vec<u8>>>,
     writer_error: Arc<Mutex<Option<NetError>>>,
     from_reader: Receiver<Incoming>,
+    queue: Arc<Queue>,
     failed: Option<NetError>,
     writer: Option<JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
@@ -153,6 +253,7 @@ pub struct TcpComm {
     max_message_bytes: u64,
     links: Vec<Option<PeerLink>>,
     counters: Vec<LinkCounters>,
+    max_queued_bytes: u64,
 }
 
 impl TcpComm {
@@ -278,7 +379,22 @@ impl TcpComm {
             max_message_bytes: cfg.max_message_bytes,
             links,
             counters,
+            max_queued_bytes: cfg.peer_limits.max_queued_bytes,
         })
+    }
+
+    /// The most bytes ever queued from `peer` (received, not yet taken by `recv`); at most
+    /// [`PeerLimits::max_queued_bytes`] + `max_message_bytes` (see [`PeerLimits`]).
+    pub fn peak_queued_bytes(&self, peer: usize) -> u64 {
+        self.links
+            .get(peer)
+            .and_then(|l| l.as_ref())
+            .map_or(0, |l| l.queue.peak())
+    }
+
+    /// [`PeerLimits::max_queued_bytes`] of this endpoint.
+    pub fn max_queued_bytes(&self) -> u64 {
+        self.max_queued_bytes
     }
 
     fn link(&mut self, peer: usize) -> Result<&mut PeerLink, NetError> {
@@ -476,17 +592,23 @@ fn start_link(
             .spawn(move || writer_loop(write_half, writer_rx, max_frame, name, slot))
             .map_err(|e| io("spawn writer", e))?
     };
+    let queue = Arc::new(Queue::default());
     let reader = {
         let name = name.clone();
         let limits = cfg.limits();
-        let read_timeout = cfg.timeouts.read;
+        let pace = frame::ReadPace {
+            stall: cfg.timeouts.read,
+            min_rate_bps: cfg.peer_limits.min_rate_bps,
+        };
+        let budget = cfg.peer_limits.max_queued_bytes;
+        let queue = Arc::clone(&queue);
         std::thread::Builder::new()
             .name(format!(
                 "fomoe-rx{}-{}",
                 cfg.site,
                 name.site.unwrap_or(usize::MAX)
             ))
-            .spawn(move || reader_loop(read_half, reader_tx, limits, read_timeout, name))
+            .spawn(move || reader_loop(read_half, reader_tx, limits, pace, name, &queue, budget))
             .map_err(|e| io("spawn reader", e))?
     };
     Ok(PeerLink {
@@ -495,6 +617,7 @@ fn start_link(
         to_writer: Some(to_writer),
         writer_error,
         from_reader,
+        queue,
         failed: None,
         writer: Some(writer),
         reader: Some(reader),
@@ -538,13 +661,20 @@ fn reader_loop(
     stream: TcpStream,
     tx: Sender<Incoming>,
     limits: FrameLimits,
-    read_timeout: Duration,
+    pace: frame::ReadPace,
     name: PeerName,
+    queue: &Queue,
+    budget: u64,
 ) {
     let mut r = BufReader::with_capacity(256 << 10, stream);
     loop {
-        match frame::read_message(&mut r, limits, &name, read_timeout) {
+        // Back-pressure: no new message while the peer's queue is at its budget.
+        if !queue.wait_below(budget) {
+            return;
+        }
+        match frame::read_message_paced(&mut r, limits, &name, pace) {
             Ok(Some(m)) => {
+                queue.add(m.payload.len() as u64);
                 if tx.send(Ok((m.payload, m.framing_bytes))).is_err() {
                     return;
                 }
@@ -621,6 +751,7 @@ impl Comm for TcpComm {
         };
         match got {
             Ok((payload, framing)) => {
+                link.queue.take(payload.len() as u64);
                 let c = &mut self.counters[from];
                 c.payload_bytes_received += payload.len() as u64;
                 c.framing_bytes_received += framing;
@@ -660,6 +791,7 @@ impl Drop for TcpComm {
             if let Some(h) = link.writer.take() {
                 let _ = h.join();
             }
+            link.queue.close();
             let _ = link.stream.shutdown(Shutdown::Read);
         }
         for link in self.links.iter_mut().flatten() {
@@ -677,6 +809,7 @@ pub struct NetOptions {
     pub token: Token,
     pub timeouts: Timeouts,
     pub limits: FrameLimits,
+    pub peer_limits: PeerLimits,
     /// Seed of the jitter samples (relay and sim).
     pub seed: u64,
 }
@@ -688,6 +821,7 @@ impl Default for NetOptions {
             token: Token::generate(),
             timeouts: Timeouts::default(),
             limits: FrameLimits::default(),
+            peer_limits: PeerLimits::default(),
             seed: 0,
         }
     }
@@ -757,5 +891,6 @@ pub fn direct_site_config(site: usize, addrs: &[SocketAddr], opts: &NetOptions) 
         timeouts: opts.timeouts,
         max_frame_bytes: opts.limits.max_frame_bytes,
         max_message_bytes: opts.limits.max_message_bytes,
+        peer_limits: opts.peer_limits,
     }
 }

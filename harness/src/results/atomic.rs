@@ -79,7 +79,8 @@ fn remove_stale_temporaries(dir: &Path, name: &str) {
     }
 }
 
-fn process_alive(pid: i32) -> bool {
+/// Whether a process with this pid exists (signal 0; EPERM counts as existing).
+pub(crate) fn process_alive(pid: i32) -> bool {
     if pid <= 0 {
         return false;
     }

@@ -10,13 +10,15 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::completeness::FileRecords;
 use super::ResultsError;
 use crate::config::RunConfig;
 
 /// File name inside a run directory.
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Version of the manifest layout; bump when a field changes meaning.
-pub const MANIFEST_SCHEMA: u32 = 1;
+/// 2: `files` (the record of what the finished run holds, [`super::completeness`]).
+pub const MANIFEST_SCHEMA: u32 = 2;
 /// The tch crate this harness is built against (workspace `Cargo.toml`).
 pub const TCH_VERSION: &str = "0.26";
 /// The libtorch tch 0.26 requires.
@@ -50,7 +52,7 @@ pub struct Manifest {
     pub status: RunStatus,
     /// The error chain on one line when `failed`.
     pub error: Option<String>,
-    /// [`RunConfig::hash`] of `config`: resume compares it with the suite's config.
+    /// [`RunConfig::run_hash`] of `config`: resume compares it with the suite's config.
     pub config_hash: String,
     pub config: RunConfig,
     /// `git rev-parse HEAD` in the working directory at run time, or "unknown".
@@ -65,6 +67,10 @@ pub struct Manifest {
     pub network_backend: String,
     /// CPU threads per site.
     pub threads: usize,
+    /// CPU model (`/proc/cpuinfo` "model name"): with the threads and libtorch it decides
+    /// whether `fomoe compare` expects bit-identical losses.
+    #[serde(default)]
+    pub cpu: Option<String>,
     /// Process that created the run directory (the orchestrator).
     pub pid: u32,
     /// RFC 3339 UTC, millisecond precision.
@@ -76,6 +82,10 @@ pub struct Manifest {
     /// run time, precision, how sites shared it (absent in manifests written before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<crate::device::facts::DeviceFacts>,
+    /// What the finished run holds: size, SHA-256 and rows of every result file
+    /// ([`super::completeness`]); absent while running and in schema-1 manifests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<FileRecords>,
 }
 
 /// The part of a manifest resume needs; tolerant of every other field.
@@ -83,6 +93,8 @@ pub struct Manifest {
 pub struct ManifestHead {
     pub status: RunStatus,
     pub config_hash: String,
+    #[serde(default)]
+    pub files: Option<FileRecords>,
 }
 
 impl Manifest {
@@ -169,6 +181,27 @@ pub fn git_commit() -> &'static str {
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "unknown".into())
     })
+}
+
+/// The CPU model name of this machine (first "model name" of `/proc/cpuinfo`), with
+/// `ATEN_CPU_CAPABILITY=…` appended when that variable picks libtorch's kernels (it changes
+/// the arithmetic as another CPU would), once per process; `None` where it cannot be read.
+pub fn cpu_model() -> Option<String> {
+    static CPU: OnceLock<Option<String>> = OnceLock::new();
+    CPU.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+        let model = text
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())?;
+        Some(match std::env::var("ATEN_CPU_CAPABILITY") {
+            Ok(cap) if !cap.is_empty() => format!("{model} (ATEN_CPU_CAPABILITY={cap})"),
+            _ => model,
+        })
+    })
+    .clone()
 }
 
 /// The host name, or "unknown".

@@ -1,6 +1,7 @@
 //! Results on disk (DESIGN.md "Results"): a stable, documented layout.
 //!
 //! ```text
+//! <out>/<suite>/.lock                      pid of the `fomoe run` writing the suite (lock::SuiteLock)
 //! <out>/<suite>/suite.toml                 the suite file as run (copied atomically)
 //! <out>/<suite>/summary.csv                one row per run (SUMMARY_COLUMNS), rewritten
 //!                                          atomically after every run
@@ -19,12 +20,17 @@
 //! ([`atomic::write_atomic`]); row files are appended one `write` per row
 //! ([`csv_sink::CsvSink`]). A crash loses at most the row being written.
 //!
-//! **Resume.** A run is complete iff its manifest says `complete` and its `config_hash`
-//! equals the hash of the config the suite now asks for ([`run_dir::run_state`]); any other
-//! state (missing, `running`, `failed`, another hash) clears the directory and re-runs.
+//! **Resume.** A run is complete iff its manifest says `complete`, its `config_hash`
+//! equals the hash of the config the suite now asks for, and its result files are those
+//! its manifest records ([`run_dir::run_state`], [`completeness`]); any other state
+//! (missing, `running`, `failed`, `incomplete`, another hash) clears the directory and
+//! re-runs.
 
 pub mod atomic;
+pub mod compare;
+pub mod completeness;
 pub mod csv_sink;
+pub mod lock;
 pub mod manifest;
 pub mod quality;
 pub mod run_dir;
@@ -33,7 +39,9 @@ pub mod summary;
 use std::path::{Path, PathBuf};
 
 pub use atomic::write_atomic;
+pub use completeness::{ExpectedRows, FileRecord, FileRecords};
 pub use csv_sink::{read_rows, CsvSink, Rows};
+pub use lock::{SuiteLock, LOCK_FILE};
 pub use manifest::{Manifest, RunEnv, RunStatus, MANIFEST_FILE};
 pub use run_dir::{
     clear_run_dir, merge_site_steps, run_state, site_step_files, site_steps_path, RunDir, RunState,
@@ -61,6 +69,10 @@ pub enum ResultsError {
         line: usize,
         reason: String,
     },
+    #[error("run {run_id}: {reason}")]
+    Prepare { run_id: String, reason: String },
+    #[error("{path}: another fomoe run ({holder}) is writing this suite directory; wait for it to end or stop it")]
+    Locked { path: PathBuf, holder: String },
 }
 
 /// Summaries of every run directory under `suite_dir` (directories holding a manifest):

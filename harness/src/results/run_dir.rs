@@ -3,15 +3,16 @@
 //!
 //! Life of a run directory (`results/<suite>/<run_id>/`):
 //! 1. [`run_state`] decides whether the run is already complete (manifest `complete` with
-//!    the config's hash); otherwise [`clear_run_dir`] empties it.
+//!    the config's hash, files as recorded); otherwise [`clear_run_dir`] empties it.
 //! 2. [`RunDir::create`] writes `manifest.json` (`running`) atomically and creates
 //!    `steps.csv`, `rounds.csv`, `routing.csv` with their headers.
 //! 3. The runner pushes rows (flushed per row). Worker processes write their own
 //!    `steps-site<i>.csv` ([`site_steps_path`], [`CsvSink::create`]) instead of `steps.csv`.
 //! 4. [`RunDir::finish`] closes the sinks, merges every `steps-site<i>.csv` (and any rows
 //!    already in `steps.csv`) into `steps.csv` sorted by (step, site), removes the per-site
-//!    files, and rewrites the manifest as `complete` or `failed` with the error. It runs on
-//!    failure too, so a failed run's telemetry is kept.
+//!    files, records every result file (size, SHA-256, rows: [`completeness`]), and
+//!    rewrites the manifest as `complete` or `failed` with the error. It runs on failure
+//!    too, so a failed run's telemetry is kept.
 
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
@@ -19,6 +20,7 @@ use std::time::{Instant, SystemTime};
 use hdrhistogram::Histogram;
 
 use super::atomic::write_atomic;
+use super::completeness::{self, record_files, ExpectedRows};
 use super::csv_sink::{header_line, read_rows, CsvSink};
 use super::manifest::{
     default_threads_per_site, rfc3339_utc, Manifest, RunEnv, RunStatus, MANIFEST_FILE,
@@ -57,6 +59,11 @@ pub enum RunState {
     Unreadable {
         reason: String,
     },
+    /// Manifest `complete` with the expected hash, but the files disagree with its record
+    /// ([`completeness::check_files`]): re-run.
+    Incomplete {
+        problems: Vec<String>,
+    },
 }
 
 impl RunState {
@@ -71,6 +78,7 @@ impl RunState {
             RunState::Failed => "failed before".into(),
             RunState::OtherConfig { found_hash } => format!("config changed (was {found_hash})"),
             RunState::Unreadable { reason } => format!("unreadable manifest ({reason})"),
+            RunState::Incomplete { problems } => format!("incomplete ({})", problems.join("; ")),
         }
     }
 }
@@ -97,7 +105,14 @@ pub fn run_state(dir: &Path, config_hash: &str) -> RunState {
         Ok(head) => match head.status {
             RunStatus::Running => RunState::Partial,
             RunStatus::Failed => RunState::Failed,
-            RunStatus::Complete if head.config_hash == config_hash => RunState::Complete,
+            RunStatus::Complete if head.config_hash == config_hash => {
+                let problems = completeness::check_files(dir, head.files.as_ref());
+                if problems.is_empty() {
+                    RunState::Complete
+                } else {
+                    RunState::Incomplete { problems }
+                }
+            }
             RunStatus::Complete => RunState::OtherConfig {
                 found_hash: head.config_hash,
             },
@@ -132,6 +147,7 @@ pub struct RunDir {
     path: PathBuf,
     manifest: Manifest,
     started: Instant,
+    expected: ExpectedRows,
     /// Per-step rows of every site when the sites share this process (one row per site per
     /// step); worker processes write `steps-site<i>.csv` instead.
     pub steps: CsvSink<StepRow>,
@@ -167,7 +183,7 @@ impl RunDir {
             run_id: run_id.to_string(),
             status: RunStatus::Running,
             error: None,
-            config_hash: cfg.hash(),
+            config_hash: cfg.run_hash(),
             config: cfg.clone(),
             git_commit: env.git_commit.clone(),
             fomoe_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -177,11 +193,13 @@ impl RunDir {
             backend: env.backend.clone(),
             network_backend: cfg.network.backend.to_string(),
             threads: default_threads_per_site(cfg, env.cores),
+            cpu: super::manifest::cpu_model(),
             pid: std::process::id(),
             started_at: rfc3339_utc(SystemTime::now()),
             ended_at: None,
             duration_s: None,
             device: None,
+            files: None,
         };
         write_atomic(&path.join(MANIFEST_FILE), &manifest.to_json())?;
         Ok(RunDir {
@@ -191,7 +209,14 @@ impl RunDir {
             path: path.to_path_buf(),
             manifest,
             started: Instant::now(),
+            expected: ExpectedRows::default(),
         })
+    }
+
+    /// The rows a complete run writes ([`ExpectedRows`]); [`RunDir::finish`] fails a run
+    /// whose files hold other counts.
+    pub fn expect_rows(&mut self, expected: ExpectedRows) {
+        self.expected = expected;
     }
 
     pub fn path(&self) -> &Path {
@@ -241,14 +266,17 @@ impl RunDir {
         )
     }
 
-    /// Close the sinks, merge per-site step files, and write the final manifest: `complete`
-    /// when `outcome` is Ok and the merge succeeds, else `failed` with the error chain on
-    /// one line. Returns the final manifest.
+    /// Close the sinks, merge per-site step files, record the result files
+    /// ([`completeness::record_files`]) and write the final manifest: `complete` when
+    /// `outcome` is Ok, the merge succeeds and the files hold the expected rows
+    /// ([`RunDir::expect_rows`]), else `failed` with the errors on one line. Returns the
+    /// final manifest.
     pub fn finish(self, outcome: &anyhow::Result<()>) -> Result<Manifest, ResultsError> {
         let RunDir {
             path,
             mut manifest,
             started,
+            expected,
             steps,
             rounds,
             routing,
@@ -265,6 +293,11 @@ impl RunDir {
         if let Err(e) = merge_site_steps(&path) {
             errors.push(format!("merging per-site steps: {e}"));
         }
+        let files = record_files(&path)?;
+        if errors.is_empty() {
+            errors.extend(expected.disagreements(&files));
+        }
+        manifest.files = Some(files);
         manifest.status = if errors.is_empty() {
             RunStatus::Complete
         } else {

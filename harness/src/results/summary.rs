@@ -5,8 +5,11 @@
 //! - `tokens_total` = Σ steps.csv `tokens` (all sites); `clock_s` = the largest run clock in
 //!   steps.csv / rounds.csv (virtual on `sim`); `tokens_per_s` = tokens_total / clock_s;
 //! - `payload_bytes`, `framing_bytes`, `eval_bytes`: the last rounds.csv totals (cumulative
-//!   over all endpoints, Photon's aggregator included); without rounds rows, the sums of
-//!   steps.csv `payload_sent` / `framing_sent` (sites only);
+//!   over all endpoints, Photon's aggregator included) of a complete run; without rounds
+//!   rows, or for a run that failed or is still running (whose totals are filled only at
+//!   the end), the sums of steps.csv `payload_sent` / `framing_sent` (sites only);
+//! - status `incomplete`: the manifest says `complete` but a recorded file is missing or
+//!   changed ([`super::completeness`]); such a row has no numbers;
 //! - `final_eval_loss_by_domain`: the rows of the last evaluated round; `final_eval_loss` their
 //!   mean; `best_eval_loss` the lowest per-round mean;
 //! - `final_local_eval_loss_by_domain` / `final_local_eval_loss`: the same for the mean of the
@@ -44,6 +47,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::completeness::check_files;
 use super::csv_sink::read_rows;
 use super::manifest::{Manifest, RunStatus, MANIFEST_FILE};
 use super::quality::{self, Budget, EvalPoint};
@@ -51,6 +55,9 @@ use super::run_dir::{ROUNDS_FILE, STEPS_FILE};
 use super::ResultsError;
 use crate::config::{knob_applies, Method, RunConfig};
 use crate::telemetry::{RoundRow, StepRow};
+
+/// Status of a run whose manifest says `complete` but whose files disagree with it.
+pub const INCOMPLETE: &str = "incomplete";
 
 /// Final eval loss of one domain.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -75,7 +82,8 @@ pub struct AtBudget {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub run_id: String,
-    /// `running`, `complete`, `failed`, or `unreadable` (no usable manifest).
+    /// `running`, `complete`, `failed`, `incomplete` (manifest `complete`, files not as
+    /// recorded: no numbers) or `unreadable` (no usable manifest).
     pub status: String,
     pub error: Option<String>,
     pub config_hash: Option<String>,
@@ -174,6 +182,12 @@ impl Summary {
     pub fn is_complete(&self) -> bool {
         self.status == RunStatus::Complete.name()
     }
+
+    /// Whether the numbers of this row come from the run's files (false for `incomplete`
+    /// and `unreadable` rows, whose numbers are left empty and must not be shown).
+    pub fn has_numbers(&self) -> bool {
+        self.status != INCOMPLETE && self.status != "unreadable"
+    }
 }
 
 fn read_optional<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>, ResultsError> {
@@ -195,6 +209,16 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
     s.method = Some(cfg.method.name().to_string());
     s.seed = Some(cfg.seed);
     s.target_loss = cfg.target_loss;
+    if manifest.status == RunStatus::Complete {
+        let problems = check_files(dir, manifest.files.as_ref());
+        if !problems.is_empty() {
+            // Files that are not what the run wrote give no numbers at all.
+            s.status = INCOMPLETE.to_string();
+            s.error = Some(problems.join("; "));
+            s.config = Some(manifest.config);
+            return Ok(s);
+        }
+    }
 
     let mut steps: Vec<StepRow> = read_optional(&dir.join(STEPS_FILE))?;
     for (_, p) in super::site_step_files(dir)? {
@@ -213,7 +237,9 @@ pub fn summarize(dir: &Path) -> Result<Summary, ResultsError> {
         .filter(|&c| c > 0.0)
         .map(|c| s.tokens_total as f64 / c);
 
-    if rounds.is_empty() {
+    // rounds.csv byte totals are filled in when a run succeeds; a run that failed or is
+    // still running has only its sites' own counts in steps.csv.
+    if rounds.is_empty() || manifest.status != RunStatus::Complete {
         s.payload_bytes = steps.iter().map(|r| r.payload_sent).sum();
         s.framing_bytes = steps.iter().map(|r| r.framing_sent).sum();
         s.bytes_source = "steps";

@@ -213,9 +213,9 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     let root = tempfile::tempdir().unwrap();
     let path = root.path().join("diloco-s0");
     let c = cfg(Method::Diloco);
-    assert_eq!(run_state(&path, &c.hash()), RunState::Missing);
+    assert_eq!(run_state(&path, &c.run_hash()), RunState::Missing);
     let mut rd = RunDir::create(&path, "diloco-s0", &c, &env()).unwrap();
-    assert_eq!(run_state(&path, &c.hash()), RunState::Partial);
+    assert_eq!(run_state(&path, &c.run_hash()), RunState::Partial);
     let m = Manifest::read(&path.join(MANIFEST_FILE)).unwrap();
     assert_eq!(m.status, RunStatus::Running);
     assert_eq!(
@@ -224,7 +224,7 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
             m.tch_version.as_str(),
             m.libtorch_version.as_str()
         ),
-        (c.hash().as_str(), "0.26", "2.13.0")
+        (c.run_hash().as_str(), "0.26", "2.13.0")
     );
     assert_eq!(
         (m.network_backend.as_str(), m.threads, m.git_commit.as_str()),
@@ -264,11 +264,11 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     assert_eq!(keys, vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]);
     assert!(!site_steps_path(&path, 1).exists() && !site_steps_path(&path, 2).exists());
     assert!(temporaries_in(&path).is_empty());
-    assert_eq!(run_state(&path, &c.hash()), RunState::Complete);
+    assert_eq!(run_state(&path, &c.run_hash()), RunState::Complete);
     assert_eq!(
         run_state(&path, "other"),
         RunState::OtherConfig {
-            found_hash: c.hash()
+            found_hash: c.run_hash()
         }
     );
 
@@ -279,7 +279,7 @@ fn run_dir_lifecycle_merges_site_steps_and_writes_the_manifest() {
     let m = rd.finish(&err).unwrap();
     assert_eq!(m.status, RunStatus::Failed);
     assert_eq!(m.error.as_deref(), Some("site 1: link down at round 3"));
-    assert_eq!(run_state(&path, &c.hash()), RunState::Failed);
+    assert_eq!(run_state(&path, &c.run_hash()), RunState::Failed);
 }
 
 #[test]
@@ -409,6 +409,27 @@ fn summary_of_a_run_from_its_files() {
     );
     assert_eq!((s.final_eval_loss, s.time_to_target_s), (None, None));
     assert_eq!(s.error.as_deref(), Some("boom"));
+
+    // Issue 10: a run that failed after evals has rounds rows whose byte totals were never
+    // filled in (the runner fills them when a run succeeds); its bytes are the sites'
+    // own counts in steps.csv, not 0 B.
+    let p = fake_run(
+        root.path(),
+        "diloco-s3",
+        &cfg(Method::Diloco),
+        &[(1, [4.0, 3.5], 0)],
+        false,
+    );
+    let s = summarize(&p).unwrap();
+    assert_eq!(
+        (
+            s.payload_bytes,
+            s.bytes_source,
+            s.status.as_str(),
+            s.final_round
+        ),
+        (48, "steps", "failed", Some(1))
+    );
 }
 
 #[test]
@@ -552,8 +573,22 @@ fn suite_dirs_and_load_order() {
         .map(|s| s.run_id)
         .collect();
     assert_eq!(ids, vec!["z-run", "y-run"]);
-    // A broken run directory shows as unreadable, it does not stop the report.
+    // A changed results file makes the run incomplete (no numbers); it does not stop the
+    // report.
     std::fs::write(a.join("y-run").join(ROUNDS_FILE), b"round\nnot-a-number\n").unwrap();
+    let rows = load_suite(&a).unwrap();
+    assert_eq!(rows[1].status, "incomplete");
+    assert!(!rows[1].has_numbers());
+    assert!(rows[1]
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("rounds.csv holds 19 bytes, the complete run wrote"));
+    // Without a record (a schema-1 manifest) the malformed file shows as unreadable.
+    let m = a.join("y-run").join(MANIFEST_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("files");
+    std::fs::write(&m, serde_json::to_vec(&v).unwrap()).unwrap();
     let rows = load_suite(&a).unwrap();
     assert_eq!(rows[1].status, "unreadable");
     assert!(rows[1]

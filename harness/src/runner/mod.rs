@@ -10,7 +10,9 @@
 //! Backends: `sim` runs every endpoint as a thread of this process with a compute gate
 //! (at most cores / threads-per-site sites compute at once, each on its own cores) on a
 //! virtual clock; `relay` starts the
-//! relay here and spawns `fomoe worker --run-dir D --site i` per endpoint; `netns` (root)
+//! relay here and spawns `fomoe worker --run-dir D --site i` per endpoint (its network
+//! config, with the run's secret token, written to the worker's stdin: no secret is ever in
+//! a file; a worker dies with the orchestrator, `PR_SET_PDEATHSIG`); `netns` (root)
 //! builds one network namespace per endpoint with kernel `tbf` rates (and the relay in the
 //! hub namespace when links have delay, see [`crate::net::netns::network`]), writes
 //! `netns.json` (which component supplies rate and delay, the namespaces), and starts each
@@ -86,7 +88,65 @@ fn net_options(cfg: &RunConfig, dir: &Path) -> NetOptions {
         .file_name()
         .map(|n| n.to_string_lossy().chars().take(100).collect())
         .unwrap_or_else(|| "run".into());
+    if let Ok(mcfg) = cfg.model_config() {
+        let t = TransportBudget::of(cfg, &mcfg);
+        o.limits.max_message_bytes = t.max_message_bytes;
+        o.peer_limits.max_queued_bytes = t.max_queued_bytes;
+        o.peer_limits.min_rate_bps = t.min_rate_bps;
+    }
     o
+}
+
+/// What a run's protocol can legitimately send, so a peer (even one holding the run's
+/// token) cannot make a site hold more ([`crate::net::tcp::PeerLimits`]). With
+/// `model_bytes` = 4·N (the whole model in f32, the widest wire dtype):
+/// - `max_message_bytes` = 2·model_bytes + 1 MiB: the largest single message is at most a
+///   whole model (Photon's upload and broadcast, a ring chunk, the experts a site sends for
+///   the global model) or an expert's weights and outer momentum (a load-aware move); the
+///   MiB covers wire headers;
+/// - `max_queued_bytes` = 4·model_bytes + 16 MiB per peer: a peer runs at most one
+///   synchronisation ahead of us before it needs our data (a ring sends its successor
+///   2(M−1)/M of a model per sync, the lockstep schedule of holder groups the same in total
+///   however many groups share the link), plus an eval gather (≤ one model) and expert
+///   moves (≤ two models) outstanding at once, plus 16 MiB of small messages. So the
+///   budget never blocks a conforming sender;
+/// - `min_rate_bps` = min(1 Mbit/s, link rate / 4): a frame slower than a quarter of the
+///   modelled link is a broken or hostile peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransportBudget {
+    pub max_message_bytes: u64,
+    pub max_queued_bytes: u64,
+    pub min_rate_bps: u64,
+}
+
+impl TransportBudget {
+    pub fn of(cfg: &RunConfig, mcfg: &ModelConfig) -> TransportBudget {
+        let n = crate::model::ParamLayout::new(mcfg, &Residency::full(mcfg)).total as u64;
+        let model_bytes = 4 * n;
+        let rate = cfg
+            .link_spec()
+            .map(|l| l.rate_bps)
+            .unwrap_or(crate::net::frame::DEFAULT_MIN_RATE_BPS);
+        TransportBudget {
+            max_message_bytes: 2 * model_bytes + (1 << 20),
+            max_queued_bytes: 4 * model_bytes + (16 << 20),
+            min_rate_bps: crate::net::frame::DEFAULT_MIN_RATE_BPS.min(rate / 4).max(1),
+        }
+    }
+}
+
+/// What can be checked of a run before anything is written: the config validates and its
+/// data opens (a missing or malformed data file is reported here, not after the run
+/// directory and `init.safetensors` exist). Returns the rows a complete run writes.
+pub fn prepare(cfg: &RunConfig) -> Result<crate::results::ExpectedRows> {
+    cfg.validate()?;
+    let mcfg = cfg.model_config()?;
+    let data = Dataset::open(&cfg.data, mcfg.seq_len)?;
+    Ok(crate::results::ExpectedRows::for_training(
+        cfg,
+        data.n_domains(),
+        mcfg.n_layers,
+    ))
 }
 
 /// Execute `cfg` with its files in `dir` (created if needed).
@@ -96,6 +156,8 @@ pub fn run_one(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<RunOutcome> {
+    // Data files are opened before anything is written.
+    prepare(cfg)?;
     let mcfg = prepare_run_files(cfg, dir)?;
     let threads = threads_per_site(cfg);
     let start = Instant::now();
@@ -396,12 +458,6 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             &Default::default(),
         )?),
     };
-    for (i, sc) in network.site_configs().iter().enumerate() {
-        crate::results::write_atomic(
-            &dir.join(format!("net-site{i}.json")),
-            serde_json::to_string(sc)?.as_bytes(),
-        )?;
-    }
     if let ProcessNet::Netns(n) = &network {
         crate::results::write_atomic(
             &dir.join("netns.json"),
@@ -424,9 +480,10 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
             .arg(dir)
             .arg("--site")
             .arg(i.to_string())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log));
+        die_with_parent(&mut cmd);
         // Held until the worker has started; then only the worker has it.
         let mut inherited = None;
         match &mut network {
@@ -446,38 +503,60 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
         let spawned = cmd.spawn();
         drop(inherited);
         match spawned {
-            Ok(c) => workers.0.push((i, c)),
+            Ok(mut c) => {
+                // The site's network config (with the run's token) goes through a pipe:
+                // it is never written to a file. A worker that died before reading it
+                // is reported by the wait loop below.
+                let config = serde_json::to_vec(&network.site_configs()[i])?;
+                if let Some(mut stdin) = c.stdin.take() {
+                    let _ = std::io::Write::write_all(&mut stdin, &config);
+                }
+                workers.0.push((i, c));
+            }
             Err(e) => bail!("starting worker for site {i} ({}): {e}", exe.display()),
         }
     }
-    let mut failure: Option<String> = None;
+    // Failures as they are seen; after the first, the others get a moment to exit on their
+    // own, so the root cause (a crash) and its consequences (peers whose links closed) are
+    // all named, root cause first, whatever order the processes happened to exit in.
+    let mut failures: Vec<String> = Vec::new();
+    let mut first_failure: Option<Instant> = None;
     while !workers.0.is_empty() {
         let mut still = Vec::new();
         for (i, mut c) in std::mem::take(&mut workers.0) {
             match c.try_wait() {
                 Ok(Some(status)) if status.success() => {}
                 Ok(Some(status)) => {
-                    if failure.is_none() {
-                        let msg = std::fs::read_to_string(dir.join(format!("error-site{i}.txt")))
-                            .unwrap_or_else(|_| format!("worker exited with {status}"));
-                        failure = Some(format!("site {i} failed: {}", msg.trim()));
-                    }
+                    let msg = std::fs::read_to_string(dir.join(format!("error-site{i}.txt")))
+                        .unwrap_or_else(|_| format!("worker exited with {status}"));
+                    failures.push(format!("site {i} failed: {}", msg.trim()));
                 }
                 Ok(None) => still.push((i, c)),
                 Err(e) => {
-                    failure.get_or_insert(format!("site {i}: waiting for the worker: {e}"));
+                    failures.push(format!("site {i}: waiting for the worker: {e}"));
                     let _ = c.kill();
                     let _ = c.wait();
                 }
             }
         }
         workers.0 = still;
-        if failure.is_some() {
-            kill_all(&mut workers.0);
-            break;
+        if !failures.is_empty() {
+            let since = *first_failure.get_or_insert_with(Instant::now);
+            if since.elapsed() >= FAILURE_GRACE {
+                kill_all(&mut workers.0);
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    failures.sort_by_key(|f| is_consequence(f));
+    if let (ProcessNet::Relay(r), false) = (&network, failures.is_empty()) {
+        // Whoever the relay turned away is named: a stranger, not a site, may be the cause.
+        for s in r.strangers() {
+            failures.push(format!("the relay turned away {s}"));
+        }
+    }
+    let mut failure = (!failures.is_empty()).then(|| failures.join("; "));
     drop(workers);
     match network {
         ProcessNet::Relay(r) => drop(r),
@@ -494,6 +573,47 @@ fn run_processes(cfg: &RunConfig, dir: &Path, opts: &RunOptions) -> Result<Vec<S
     read_site_reports(cfg, dir)
 }
 
+/// Make the worker receive SIGKILL when the process that started it dies (Linux
+/// `PR_SET_PDEATHSIG`), so a killed orchestrator leaves no worker waiting out its connect
+/// timeout. The signal follows the *thread* that spawned the worker, which here is the one
+/// that also waits for it. If the parent is already gone when the child starts, the child
+/// exits at once.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the child between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid, _exit).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// How long the other workers of a failed run may take to exit on their own.
+const FAILURE_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether a site's error reads as the consequence of another site's failure (its link
+/// closed or went quiet) rather than a cause.
+fn is_consequence(error: &str) -> bool {
+    ["connection closed", "no message within", "stalled mid-"]
+        .iter()
+        .any(|m| error.contains(m))
+}
+
 fn kill_all(children: &mut Vec<(usize, Child)>) {
     for (_, c) in children.iter_mut() {
         let _ = c.kill();
@@ -504,8 +624,10 @@ fn kill_all(children: &mut Vec<(usize, Child)>) {
     children.clear();
 }
 
-/// Entry point of `fomoe worker`: one endpoint of a run on a real backend. `listen_fd`: the
-/// listener the orchestrator bound for this endpoint and left open across `exec` (`tcp`).
+/// Entry point of `fomoe worker`: one endpoint of a run on a real backend. Its network
+/// config ([`crate::net::tcp::SiteNetConfig`], which holds the run's token) arrives as JSON
+/// on stdin from the orchestrator, never through a file. `listen_fd`: the listener the
+/// orchestrator bound for this endpoint and left open across `exec` (`tcp`).
 pub fn worker_main(
     dir: &Path,
     endpoint: usize,
@@ -517,9 +639,9 @@ pub fn worker_main(
             &std::fs::read_to_string(dir.join("config.json")).context("reading config.json")?,
         )?;
         tch::set_num_threads(threads_per_site(&cfg) as i32);
-        let sc: crate::net::tcp::SiteNetConfig = serde_json::from_str(&std::fs::read_to_string(
-            dir.join(format!("net-site{endpoint}.json")),
-        )?)?;
+        let sc: crate::net::tcp::SiteNetConfig =
+            serde_json::from_reader(std::io::stdin().lock())
+                .context("reading the site's network config from stdin")?;
         let mut comm = match listen_fd {
             None => crate::net::tcp::TcpComm::connect(&sc)?,
             Some(fd) => {
@@ -530,7 +652,7 @@ pub fn worker_main(
                 let bound = listener.local_addr().ok();
                 if bound != sc.listen {
                     bail!(
-                        "--listen-fd {fd} is bound to {bound:?}, net-site{endpoint}.json says {:?}",
+                        "--listen-fd {fd} is bound to {bound:?}, the network config says {:?}",
                         sc.listen
                     );
                 }

@@ -151,7 +151,7 @@ pub fn run_rank(cfg: &RunConfig, o: &RankOptions, reg: MethodRegistry) -> Result
         endpoints: cfg.endpoints(),
         address: o.launch.rendezvous.clone(),
         run_id: o.run_id.clone(),
-        config_hash: cfg.hash(),
+        config_hash: cfg.run_hash(),
         token: o.token.clone(),
         timeout: o.timeout,
         listeners: listeners

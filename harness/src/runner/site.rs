@@ -105,6 +105,9 @@ fn sent(c: &[LinkCounters]) -> (u64, u64, u64, u64) {
     })
 }
 
+/// Probe top-k ids of a model: `[domain][layer]`, each row-major `[tokens, k]`.
+type ProbeIds = Vec<Vec<Vec<i64>>>;
+
 /// Mean CE per domain of `model` on the eval sets (no grad).
 pub fn eval_domains(
     model: &MoeModel,
@@ -275,7 +278,7 @@ pub fn run_site(
     let mut step = 0usize;
     if let Some(path) = &ctx.resume {
         let ck = crate::checkpoint::Checkpoint::open(path)?;
-        if ck.meta("config_hash").as_deref() != Some(cfg.hash().as_str()) {
+        if ck.meta("config_hash").as_deref() != Some(cfg.checkpoint_hash().as_str()) {
             anyhow::bail!(
                 "{}: checkpoint of a different run configuration (config hash differs)",
                 path.display()
@@ -288,7 +291,7 @@ pub fn run_site(
             .meta("step")
             .and_then(|s| s.parse().ok())
             .context("checkpoint metadata `step` missing")?;
-        if step % cfg.inner_steps != 0 || step > cfg.steps {
+        if !step.is_multiple_of(cfg.inner_steps) || step > cfg.steps {
             anyhow::bail!(
                 "{}: step {step} is not a round boundary of this run",
                 path.display()
@@ -351,8 +354,8 @@ pub fn run_site(
             });
             let mut expected = sync.expected_payload_sent;
             step += 1;
-            let end_of_round = step % h == 0;
-            let mut eval_rows: Option<(Vec<f64>, Vec<Vec<Vec<i64>>>)> = None;
+            let end_of_round = step.is_multiple_of(h);
+            let mut eval_rows: Option<(Vec<f64>, ProbeIds)> = None;
             // Evaluation of the local model happens inside the step's time window but is
             // not part of the training step: it is taken out of `wall_ms`.
             let mut eval_dt = Duration::ZERO;
@@ -376,7 +379,7 @@ pub fn run_site(
                 if let Some((dir, every)) = &ctx.checkpoint {
                     if (round + 1) % every.max(&1) == 0 || round + 1 == rounds {
                         let path = dir.join(format!("ckpt-site{site}.safetensors"));
-                        save_site_checkpoint(&path, &st, strategy, step, &cfg.hash())?;
+                        save_site_checkpoint(&path, &st, strategy, step, &cfg.checkpoint_hash())?;
                     }
                 }
             }
@@ -489,7 +492,7 @@ fn evaluate_global(
     round: usize,
     step: usize,
     sync_ms: f64,
-) -> Result<Option<(Vec<RoundRow>, Vec<Vec<Vec<i64>>>)>> {
+) -> Result<Option<(Vec<RoundRow>, ProbeIds)>> {
     let cfg = ctx.cfg;
     let mcfg = &ctx.model_cfg;
     let sites = cfg.sites;

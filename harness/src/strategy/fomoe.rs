@@ -51,7 +51,7 @@ pub struct ExpertPlacement {
 
 impl ExpertPlacement {
     pub fn round_robin(n_experts: usize, sites: usize, rho: usize) -> Result<Self> {
-        if rho == 0 || rho > sites || (n_experts * rho) % sites != 0 {
+        if rho == 0 || rho > sites || !(n_experts * rho).is_multiple_of(sites) {
             bail!("invalid fomoe.rho = {rho}: need 1 ≤ rho ≤ sites = {sites} and n_experts·rho = {n_experts}·{rho} divisible by sites");
         }
         let per_site = n_experts * rho / sites;
@@ -178,13 +178,15 @@ impl Fomoe {
                         .spec(&format!("blocks.{l}.moe.router.weight"))
                         .expect("every layer has a router");
                     let offset = spec.offset;
-                    p[l].holders.iter().enumerate().filter_map(move |(e, h)| {
-                        (h.len() < self.sites).then(|| PartialRange {
+                    p[l].holders
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, h)| h.len() < self.sites)
+                        .map(move |(e, h)| PartialRange {
                             range: offset + e * d..offset + (e + 1) * d,
                             contributes: h.contains(&self.site),
                             contributors: h.len(),
                         })
-                    })
                 })
                 .collect();
             let dense = groups

@@ -93,14 +93,14 @@ fn hashes_are_stable_across_parses_and_round_trips() {
     let b = parse(GRID).unwrap();
     for (x, y) in a.runs.iter().zip(&b.runs) {
         assert_eq!((&x.id, &x.hash), (&y.id, &y.hash));
-        assert_eq!(x.hash, x.config.hash());
+        assert_eq!(x.hash, x.config.run_hash());
         // JSON (the manifest) and TOML round trips keep the hash.
         let json = serde_json::to_string_pretty(&x.config).unwrap();
         let back: RunConfig = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.hash(), x.hash);
+        assert_eq!(back.run_hash(), x.hash);
         let toml_text = toml::to_string(&x.config).unwrap();
         let back: RunConfig = toml::from_str(&toml_text).unwrap();
-        assert_eq!(back.hash(), x.hash);
+        assert_eq!(back.run_hash(), x.hash);
     }
     // The key order in the file does not matter.
     let reordered = GRID.replace(
@@ -194,6 +194,88 @@ fomoe.skip_policy = ["drop", "renormalize", "reroute"]
             "fomoe-m4-rho2-skip_reroute-s0",
         ]
     );
+}
+
+/// Defect 7 of issue 10: an `[[include]]` that adds faults to an existing run is another
+/// run (its own hash and id), not merged into the clean one.
+#[test]
+fn faults_added_by_an_include_make_a_distinct_run() {
+    let s = parse(
+        r#"
+[base]
+preset = "tiny"
+sites = 2
+steps = 8
+inner_steps = 4
+method = "diloco"
+[[include]]
+faults = [[{ site = 1, at_step = 6, kind = "crash" }]]
+"#,
+    )
+    .unwrap();
+    assert_eq!(s.runs.len(), 2, "{:?}", ids(&s));
+    assert_ne!(s.runs[0].hash, s.runs[1].hash);
+    assert_ne!(s.runs[0].id, s.runs[1].id);
+    assert!(s.runs[0].config.faults.is_empty());
+    assert_eq!(s.runs[1].config.faults.len(), 1);
+    assert_eq!(
+        s.runs[0].config.checkpoint_hash(),
+        s.runs[1].config.checkpoint_hash()
+    );
+}
+
+/// Issue 10: an empty suite file used to run one default DiLoCo run.
+#[test]
+fn a_suite_that_sets_no_knobs_is_an_error() {
+    for text in [
+        "",
+        "# nothing\n",
+        "seeds = [0]\n",
+        "[suite]\nname = \"x\"\n",
+        "[base]\n",
+    ] {
+        let e = err(text);
+        assert!(e.contains("sets no knobs"), "{text:?}: {e}");
+    }
+}
+
+/// A grid whose cross product is astronomically large is refused before it is expanded
+/// (hostile input: 12 keys of 10 values would be 10^12 points).
+#[test]
+fn a_grid_beyond_the_run_limit_is_refused_before_expansion() {
+    let values = (0..10)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let keys = [
+        "steps",
+        "inner_steps",
+        "sites",
+        "threads_per_site",
+        "eval_sequences",
+        "eval_every_rounds",
+    ];
+    let mut text = String::from("[base]\nmethod = \"ddp\"\n[grid]\n");
+    for k in keys {
+        text.push_str(&format!("{k} = [{values}]\n"));
+    }
+    let t = std::time::Instant::now();
+    let e = err(&text);
+    assert!(
+        e.contains(
+            "[grid] expands to 1000000 grid points × 1 seeds, more than the limit of 10000 runs"
+        ),
+        "{e}"
+    );
+    assert!(t.elapsed() < std::time::Duration::from_secs(2));
+    let e = err(&format!(
+        "seeds = [0, 1]\n[base]\nsites = 2\n[grid]\nsteps = [{}]\n",
+        (1..=5001)
+            .map(|i| (i * 4).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    ));
+    assert!(e.contains("5001 grid points × 2 seeds"), "{e}");
 }
 
 #[test]

@@ -487,6 +487,7 @@ fn direct_configs(world: usize, net: &NetOptions) -> Vec<SiteNetConfig> {
             timeouts: net.timeouts,
             max_frame_bytes: net.limits.max_frame_bytes,
             max_message_bytes: net.limits.max_message_bytes,
+            peer_limits: net.peer_limits,
         })
         .collect()
 }
