@@ -89,10 +89,32 @@ impl OuterOptimizer {
     pub fn fedavg_default() -> Self {
         OuterOptimizer::Fedavg { lr: 1.0 }
     }
+    /// FoMoE's default: Nesterov lr 0.7 with momentum 0.5. DiLoCo's momentum 0.9 makes
+    /// FoMoE's global model spike (the dense group's momentum extrapolates averaged routers
+    /// into a routing no site used; issue 8's study): momentum 0.5 was stable on every seed
+    /// of both corpora and, with `reroute`, ended below DiLoCo at its defaults.
+    pub fn fomoe_default() -> Self {
+        OuterOptimizer::Nesterov {
+            lr: 0.7,
+            momentum: 0.5,
+        }
+    }
     pub fn name(&self) -> &'static str {
         match self {
             OuterOptimizer::Nesterov { .. } => "nesterov",
             OuterOptimizer::Fedavg { .. } => "fedavg",
+        }
+    }
+}
+
+/// `nesterov(lr 0.7, momentum 0.9)`, `fedavg(lr 1)`.
+impl std::fmt::Display for OuterOptimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OuterOptimizer::Nesterov { lr, momentum } => {
+                write!(f, "nesterov(lr {lr}, momentum {momentum})")
+            }
+            OuterOptimizer::Fedavg { lr } => write!(f, "fedavg(lr {lr})"),
         }
     }
 }
@@ -120,6 +142,21 @@ pub struct ResolvedOuter {
     pub dense: OuterOptimizer,
     pub router: OuterOptimizer,
     pub experts: OuterOptimizer,
+}
+
+/// One optimiser when every group has it, else `dense …, router …, experts …`.
+impl std::fmt::Display for ResolvedOuter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.dense == self.router && self.router == self.experts {
+            write!(f, "{}", self.dense)
+        } else {
+            write!(
+                f,
+                "dense {}, router {}, experts {}",
+                self.dense, self.router, self.experts
+            )
+        }
+    }
 }
 
 impl ResolvedOuter {
@@ -160,7 +197,12 @@ pub enum Placement {
     LoadAware,
 }
 
-/// FoMoE knobs.
+/// FoMoE knobs. Defaults (issue 8's study, `results/reference/fomoe-stability`, README
+/// "Decisions"): ρ = 2, round-robin placement, `skip_policy = reroute`, balance loss over all
+/// experts, routers averaged over all sites; the outer optimiser is
+/// [`OuterOptimizer::fomoe_default`]. The paper's skip-token (`drop`, only resident experts
+/// run: expert FLOPs ≈ ρ/M of a full replica) is a knob away; it trades model quality for
+/// compute, which the study and `experiments/paper-cpu.toml` measure side by side.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FomoeConfig {
@@ -177,7 +219,7 @@ impl Default for FomoeConfig {
         Self {
             rho: 2,
             placement: Placement::RoundRobin,
-            skip_policy: SkipPolicy::Drop,
+            skip_policy: SkipPolicy::Reroute,
             aux_scope: AuxScope::All,
             router_sync: RouterSync::All,
         }
@@ -269,7 +311,8 @@ pub struct RunConfig {
     /// H: inner steps per outer round (ignored by DDP and single).
     pub inner_steps: usize,
     pub optim: AdamWConfig,
-    /// Outer optimiser; default: Nesterov(0.7, 0.9) for DiLoCo and FoMoE, FedAvg for Photon.
+    /// Outer optimiser; default: Nesterov(0.7, 0.9) for DiLoCo, Nesterov(0.7, 0.5) for FoMoE
+    /// ([`OuterOptimizer::fomoe_default`]), FedAvg for Photon.
     pub outer: Option<OuterOptimizer>,
     /// Per-group overrides of `outer` (DiLoCo and FoMoE only).
     #[serde(skip_serializing_if = "OuterGroups::is_empty")]
@@ -412,6 +455,7 @@ impl RunConfig {
     pub fn outer_optimizer(&self) -> OuterOptimizer {
         self.outer.unwrap_or(match self.method {
             Method::Photon => OuterOptimizer::fedavg_default(),
+            Method::Fomoe => OuterOptimizer::fomoe_default(),
             _ => OuterOptimizer::diloco_default(),
         })
     }
@@ -635,6 +679,12 @@ impl RunConfig {
         let mut c = self.clone();
         c.resume_from = None;
         c.checkpoint_every_rounds = None;
+        // The outer optimiser the run uses, not the words it was given: a method whose
+        // default changes gets new run identities (its old results are not reused as if
+        // they were the new default's).
+        if c.method.has_rounds() {
+            c.outer = Some(self.outer_optimizer());
+        }
         canonical_hash(&c)
     }
 
@@ -709,6 +759,28 @@ mod tests {
         resumed.checkpoint_every_rounds = Some(1);
         assert_eq!(resumed.run_hash(), clean.run_hash());
         assert_eq!(resumed.checkpoint_hash(), clean.checkpoint_hash());
+    }
+
+    #[test]
+    fn run_identity_names_the_outer_optimiser_in_effect_not_the_words_given() {
+        for method in [Method::Diloco, Method::Photon, Method::Fomoe] {
+            let unset = RunConfig {
+                method,
+                ..Default::default()
+            };
+            // Unset and the method's default spelled out are one run...
+            let spelled = RunConfig {
+                outer: Some(unset.outer_optimizer()),
+                ..unset.clone()
+            };
+            assert_eq!(unset.run_hash(), spelled.run_hash(), "{method:?}");
+            // ...so a default that changes is a new identity for every run that relied on it.
+            let other = RunConfig {
+                outer: Some(OuterOptimizer::Fedavg { lr: 0.5 }),
+                ..unset.clone()
+            };
+            assert_ne!(unset.run_hash(), other.run_hash(), "{method:?}");
+        }
     }
 
     #[test]

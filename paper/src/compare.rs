@@ -1,7 +1,10 @@
 //! Comparisons across a suite's complete runs that the figures and REPORT.md share.
 //!
 //! **Skip-token throughput** ([`skip_token_points`]). "With skip-token" is a FoMoE run whose
-//! sites hold ρ/M < 1 of the experts: each site computes only its resident experts. "Without"
+//! sites hold ρ/M < 1 of the experts and skip the slots routed to absent experts
+//! (`skip_policy` `drop` or `renormalize`): each site computes only its resident experts'
+//! share of the slots. `reroute` runs are left out: they send those slots to resident
+//! experts instead, so they compute as much as a full replica. "Without"
 //! is measured on the full-replica runs of the same suite: FoMoE runs with ρ = M and DiLoCo
 //! runs, which train the same model with the same per-site step but every expert resident.
 //! Both are the per-site compute throughput of [`crate::load`] (tokens per second of forward
@@ -17,6 +20,7 @@
 //! such run: no ratio (never the closest one, which would compare different budgets).
 
 use harness::config::Method;
+use harness::model::SkipPolicy;
 
 use crate::load::{RunData, SuiteData};
 
@@ -70,7 +74,7 @@ pub fn skip_token_points(suite: &SuiteData) -> Vec<SkipTokenPoint> {
         ) else {
             continue;
         };
-        if c.method != Method::Fomoe || f >= 1.0 {
+        if c.method != Method::Fomoe || f >= 1.0 || c.fomoe.skip_policy == SkipPolicy::Reroute {
             continue;
         }
         let key = (c.preset.clone(), run.threads, f);

@@ -135,15 +135,19 @@ pub fn study_path(out: &Path, suite: &str) -> PathBuf {
 }
 
 /// Read the suite in `suite_dir` and write its study report ([`study`]) under `out`.
-pub fn generate_study(suite_dir: &Path, out: &Path) -> Result<PathBuf, PaperError> {
+pub fn generate_study(
+    suite_dir: &Path,
+    out: &Path,
+) -> Result<(PathBuf, study::Verdict), PaperError> {
     let suite = load_suite(suite_dir)?;
     std::fs::create_dir_all(out).map_err(|error| PaperError::Io {
         path: out.to_path_buf(),
         error,
     })?;
     let path = study_path(out, &suite.name);
-    write_atomic(&path, study::study_markdown(&suite).as_bytes())?;
-    Ok(path)
+    let report = study::study(&suite);
+    write_atomic(&path, report.markdown.as_bytes())?;
+    Ok((path, report.verdict))
 }
 
 /// Read the suite in `suite_dir` and write its figures and report under `out`.

@@ -140,14 +140,23 @@ fn config_key(cfg: &RunConfig) -> String {
 fn signature(cfg: &RunConfig) -> String {
     let m = cfg.model_config().map(|m| m.router);
     format!(
-        "outer {:?}; skip {:?}; aux {:?}; router_sync {:?}; placement {:?}; router {:?}",
+        "outer {}; skip {}; aux {}; router_sync {}; placement {}; router {}",
         cfg.resolved_outer(),
-        cfg.fomoe.skip_policy,
-        cfg.fomoe.aux_scope,
-        cfg.fomoe.router_sync,
-        cfg.fomoe.placement,
-        m.ok()
+        snake(&cfg.fomoe.skip_policy),
+        snake(&cfg.fomoe.aux_scope),
+        snake(&cfg.fomoe.router_sync),
+        snake(&cfg.fomoe.placement),
+        m.map_or_else(|e| e.to_string(), |r| snake(&r))
     )
+}
+
+/// A knob's value as a config file spells it (`drop`, `round_robin`, `softmax_topk`).
+fn snake<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 fn cells(suite: &SuiteData) -> Vec<Cell<'_>> {
@@ -179,7 +188,8 @@ fn f4(x: Option<f64>) -> String {
 }
 
 /// STUDY-<suite>.md (see the module doc).
-pub fn study_markdown(suite: &SuiteData) -> String {
+/// The study report of `suite` (Markdown) and its verdict on the FoMoE defaults.
+pub fn study(suite: &SuiteData) -> Study {
     let cells = cells(suite);
     let mut corpora: Vec<String> = cells.iter().map(|c| c.corpus.clone()).collect();
     corpora.dedup();
@@ -260,19 +270,45 @@ pub fn study_markdown(suite: &SuiteData) -> String {
         }
         let _ = writeln!(md);
     }
-    md.push_str(&selection(&cells, &corpora, &reference));
-    md
+    let (sel, verdict) = selection(&cells, &corpora, &reference);
+    md.push_str(&sel);
+    Study {
+        markdown: md,
+        verdict,
+    }
+}
+
+/// The study report of `suite` (Markdown).
+pub fn study_markdown(suite: &SuiteData) -> String {
+    study(suite).markdown
+}
+
+/// What a study says about the harness's FoMoE defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    /// The defaults are the selected configuration.
+    DefaultsSelected,
+    /// Another configuration is selected (its label).
+    DefaultsNotSelected { selected: String },
+    /// No selection: no DiLoCo reference on some corpus, or nothing stable everywhere.
+    NoSelection,
+}
+
+/// A study's report and its verdict on the defaults.
+pub struct Study {
+    pub markdown: String,
+    pub verdict: Verdict,
 }
 
 fn selection<'a>(
     cells: &'a [Cell<'a>],
     corpora: &[String],
     reference: &dyn Fn(&str) -> Option<&'a Cell<'a>>,
-) -> String {
+) -> (String, Verdict) {
     let mut md = String::from("## Selection\n\n");
     if corpora.iter().any(|c| reference(c).is_none()) {
         md.push_str("No DiLoCo run at its defaults on every corpus: no selection.\n");
-        return md;
+        return (md, Verdict::NoSelection);
     }
     // FoMoE labels with a cell on every corpus.
     let mut scored: Vec<(f64, bool, String, Vec<&Cell<'_>>)> = Vec::new();
@@ -355,7 +391,7 @@ fn selection<'a>(
         method: Method::Fomoe,
         ..Default::default()
     });
-    match best {
+    let verdict = match best {
         Some((score, _, label, per)) => {
             let sig = signature(&per[0].config);
             let _ = writeln!(md, "Selected: `{label}` (mean Δ {score:+.4}); {sig}.\n");
@@ -379,13 +415,21 @@ fn selection<'a>(
                     if rise <= STABLE_MAX_RISE { "reached" } else { "not reached" },
                 );
             }
+            if sig == default_sig {
+                Verdict::DefaultsSelected
+            } else {
+                Verdict::DefaultsNotSelected {
+                    selected: label.clone(),
+                }
+            }
         }
         None => {
             let _ = writeln!(
                 md,
                 "Selected: none (no FoMoE configuration is stable on every seed of every corpus); the harness's FoMoE defaults are {default_sig}."
             );
+            Verdict::NoSelection
         }
-    }
-    md
+    };
+    (md, verdict)
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use harness::bytes::{ddp_bytes_per_step, diloco_bytes_per_round, fomoe_bytes_per_round};
 use harness::config::{Method, RunConfig};
+use harness::model::SkipPolicy;
 use harness::results::{RunDir, RunEnv};
 use harness::telemetry::{RoundRow, StepRow};
 use paper::paper_report::{check_paper, generate_paper, read_spec, ReportSpec};
@@ -39,6 +40,27 @@ fn run(
     losses: [f64; ROUNDS],
     payload_per_round: u64,
 ) {
+    run_skip(
+        suite,
+        id,
+        method,
+        (rho, SkipPolicy::Drop),
+        compute_ms,
+        losses,
+        payload_per_round,
+    );
+}
+
+/// [`run`] with FoMoE's skip policy given.
+fn run_skip(
+    suite: &Path,
+    id: &str,
+    method: Method,
+    (rho, skip): (usize, SkipPolicy),
+    compute_ms: f64,
+    losses: [f64; ROUNDS],
+    payload_per_round: u64,
+) {
     let mut cfg = RunConfig {
         method,
         preset: "tiny".into(),
@@ -48,6 +70,7 @@ fn run(
         ..RunConfig::default()
     };
     cfg.fomoe.rho = rho;
+    cfg.fomoe.skip_policy = skip;
     let mut dir = RunDir::create(&suite.join(id), id, &cfg, &env()).unwrap();
     for step in 1..=H * ROUNDS {
         for site in 0..SITES {
@@ -107,6 +130,16 @@ fn suite(root: &Path, diloco_scale: f64, skip_ms: f64) -> PathBuf {
         2,
         skip_ms,
         [3.0, 3.5],
+        per_round(fomoe_bytes_per_round(SITES, 2, nd, ne, 4.0)),
+    );
+    // Reroute computes every slot (on resident experts): no skip-token, whatever its speed.
+    run_skip(
+        &dir,
+        "fomoe-r2-reroute",
+        Method::Fomoe,
+        (2, SkipPolicy::Reroute),
+        1.0,
+        [3.0, 2.9],
         per_round(fomoe_bytes_per_round(SITES, 2, nd, ne, 4.0)),
     );
     run(
@@ -243,7 +276,7 @@ fn claims_carry_the_inputs_numbers_and_regenerate_byte_identically() {
         "{big}"
     );
     assert!(
-        report.contains("- 4 run(s): host `testhost`, compute `cpu`"),
+        report.contains("- 5 run(s): host `testhost`, compute `cpu`"),
         "{report}"
     );
     assert!(report.contains("does not model congestion control"));

@@ -155,3 +155,55 @@ fn study_averages_seeds_compares_with_diloco_and_selects_only_stable_configurati
         paper::study::study_markdown(&paper::load_suite(&suite).unwrap())
     );
 }
+
+/// `fomoe study --check`'s verdict: the defaults (outer unset) selected while they are the
+/// best stable configuration; not selected, naming the winner, once another one beats them.
+#[test]
+fn the_verdict_says_whether_the_defaults_are_the_selected_configuration() {
+    let d = tempfile::tempdir().unwrap();
+    let suite = d.path().join("study");
+    std::fs::create_dir_all(&suite).unwrap();
+    let fomoe_lr09 = Some(OuterOptimizer::Fedavg { lr: 0.9 });
+    for seed in [0u64, 1] {
+        write_run(
+            &suite,
+            &format!("diloco-s{seed}"),
+            &cfg(Method::Diloco, seed, false, None),
+            3.0,
+            2.0,
+        );
+        write_run(
+            &suite,
+            &format!("fomoe-s{seed}"),
+            &cfg(Method::Fomoe, seed, false, None),
+            3.0,
+            2.1,
+        );
+        write_run(
+            &suite,
+            &format!("fomoe-lr09-s{seed}"),
+            &cfg(Method::Fomoe, seed, false, fomoe_lr09),
+            3.0,
+            2.3,
+        );
+    }
+    let verdict = |suite: &Path| paper::study::study(&paper::load_suite(suite).unwrap()).verdict;
+    assert_eq!(verdict(&suite), paper::study::Verdict::DefaultsSelected);
+    // A better stable configuration appears: the defaults are no longer the selection.
+    for seed in [0u64, 1] {
+        std::fs::remove_dir_all(suite.join(format!("fomoe-lr09-s{seed}"))).unwrap();
+        write_run(
+            &suite,
+            &format!("fomoe-lr09-s{seed}"),
+            &cfg(Method::Fomoe, seed, false, fomoe_lr09),
+            3.0,
+            2.05,
+        );
+    }
+    assert_eq!(
+        verdict(&suite),
+        paper::study::Verdict::DefaultsNotSelected {
+            selected: "fomoe-lr09".into()
+        }
+    );
+}

@@ -57,11 +57,32 @@ pub struct StudyArgs {
     /// Where to write STUDY-<suite>.md.
     #[arg(long, default_value = "paper")]
     out: PathBuf,
+    /// Fail (exit 1) unless the harness's FoMoE defaults are the configuration the study
+    /// selects: a default changed without new evidence, or evidence that moved, is caught.
+    #[arg(long)]
+    check: bool,
 }
 
 pub fn study(a: StudyArgs) -> Result<()> {
-    let path = paper::generate_study(&a.results_dir, &a.out)
+    let (path, verdict) = paper::generate_study(&a.results_dir, &a.out)
         .with_context(|| format!("study of {}", a.results_dir.display()))?;
     println!("{}", path.display());
+    if a.check {
+        match verdict {
+            paper::study::Verdict::DefaultsSelected => {
+                println!("the FoMoE defaults are the configuration this study selects")
+            }
+            paper::study::Verdict::DefaultsNotSelected { selected } => anyhow::bail!(
+                "the FoMoE defaults are not the configuration {} selects ({selected}); see {}",
+                a.results_dir.display(),
+                path.display()
+            ),
+            paper::study::Verdict::NoSelection => anyhow::bail!(
+                "{} selects no FoMoE configuration; see {}",
+                a.results_dir.display(),
+                path.display()
+            ),
+        }
+    }
     Ok(())
 }

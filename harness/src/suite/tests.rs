@@ -189,9 +189,9 @@ fomoe.skip_policy = ["drop", "renormalize", "reroute"]
             "fomoe-m4-rho1-s0",
             "fomoe-m4-rho2-s0",
             "fomoe-m4-rho4-s0",
-            // include: drop at ρ = 2 (base) is the run above, collapsed.
+            // include: reroute (the default) at ρ = 2 is the run above, collapsed.
+            "fomoe-m4-rho2-skip_drop-s0",
             "fomoe-m4-rho2-skip_renormalize-s0",
-            "fomoe-m4-rho2-skip_reroute-s0",
         ]
     );
 }
