@@ -52,6 +52,7 @@ fn load_global(path: &Path) -> Result<(), String> {
         return Err(if msg.is_null() {
             "dlopen failed".into()
         } else {
+            // SAFETY: `msg` is non-NULL here, so it is libc's NUL-terminated message (above).
             unsafe { CStr::from_ptr(msg) }
                 .to_string_lossy()
                 .into_owned()
