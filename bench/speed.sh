@@ -56,6 +56,11 @@ if e:
     eb = max(e, key=lambda r: r["tokens_per_s"])
     print(f"  pytorch eager reference {eb['tokens_per_s']:.0f} tokens/s -> ratio {best['tokens_per_s']/eb['tokens_per_s']:.2f}x "
           f"(eager MFU {100*eb['gflops']/best['matmul_gflops']:.1f}%)")
+    # Work per step in CPU seconds of the process: the figure that holds still on a shared
+    # machine (run with OMP_WAIT_POLICY=passive so waiting threads do not spin).
+    fc = min(r["cpu_s_per_step_median"] for r in f)
+    ec = min(r["cpu_s_per_step_median"] for r in e)
+    print(f"  CPU-s per step: fomoe {fc:.3f}, eager {ec:.3f} -> eager/fomoe {ec/fc:.2f}x")
 full = load(f"{out}/skip-1.json")
 for fr in ["0.5", "0.25"]:
     r = load(f"{out}/skip-{fr}.json")

@@ -12,7 +12,7 @@
 use anyhow::{Context, Result};
 use harness::collective::{ring_allreduce, WireDtype};
 use harness::config::RunConfig;
-use harness::model::params::with_f32_values;
+use harness::device::staging::with_host_f32;
 use harness::net::Comm;
 use harness::strategy::{RoundState, SiteState, Strategy, SyncOutcome};
 use tch::Tensor;
@@ -44,8 +44,9 @@ impl Strategy for Ddp {
         let all = &round.participants;
         let m = all.len() as f32;
         let n = grad.numel();
-        // In place on the flat gradient's memory: no copies around the all-reduce.
-        with_f32_values(grad, |g| -> Result<()> {
+        // In place on the flat gradient's memory on the CPU (no copies around the
+        // all-reduce); through the pinned staging buffer on a GPU.
+        with_host_f32(grad, |g| -> Result<()> {
             ring_allreduce(comm, all, self.wire, g).context("DDP gradient all-reduce")?;
             for x in g.iter_mut() {
                 *x /= m;

@@ -64,7 +64,10 @@ impl Strategy for PhotonClient {
     ) -> Result<SyncOutcome> {
         let aggregator = self.sites;
         let clients = &round.participants;
-        let mut theta = tensor_to_vec(&st.model.store.flat);
+        // θ_site lent to the host as the payload (in place on the CPU, staged on a GPU);
+        // the broadcast θ_g it holds at the end is written back into the parameters.
+        let mut flat = st.model.store.flat.shallow_clone();
+        let mut theta = harness::device::staging::HostCopy::new(&mut flat);
         let n = theta.len();
         star_reduce(comm, aggregator, clients, None, self.wire, &mut theta)
             .context("Photon upload")?;
@@ -76,13 +79,7 @@ impl Strategy for PhotonClient {
             &mut theta,
         )
         .context("Photon broadcast")?;
-        tch::no_grad(|| {
-            st.model
-                .store
-                .flat
-                .shallow_clone()
-                .copy_(&Tensor::from_slice(&theta))
-        });
+        drop(theta);
         if !self.keep_inner_state {
             st.inner.reset();
         }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::collective::WireDtype;
 use crate::data::DataConfig;
+use crate::device::{DeviceChoice, Precision};
 use crate::model::{AuxScope, ConfigError, ModelConfig, RouterKind, SkipPolicy};
 use crate::net::Backend;
 use crate::optim::AdamWConfig;
@@ -356,6 +357,14 @@ pub struct RunConfig {
     /// that has not reported by then is left out of the round's average.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub round_deadline: Option<String>,
+    /// Where sites compute: cpu (default), cuda, auto (see `crate::device`). Left out of the
+    /// serialised config, and so of the hash, at its default, so CPU configs keep theirs.
+    #[serde(skip_serializing_if = "DeviceChoice::is_cpu")]
+    pub device: DeviceChoice,
+    /// Matmul precision: fp32 (default) or bf16 with fp32 master weights and optimiser
+    /// state (see `crate::device`). Serialised like `device`.
+    #[serde(skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
 }
 
 impl Default for RunConfig {
@@ -386,6 +395,8 @@ impl Default for RunConfig {
             faults: Vec::new(),
             on_site_loss: None,
             round_deadline: None,
+            device: DeviceChoice::Cpu,
+            precision: Precision::Fp32,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod collective;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod metrics;
 pub mod model;
 pub mod net;

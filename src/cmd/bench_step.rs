@@ -19,6 +19,8 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -37,13 +39,16 @@ pub fn run(a: Args) -> Result<()> {
             a.resident_fraction
         );
     }
+    let device = super::resolve_device(a.device.device.unwrap_or_default())?.device;
+    let precision = a.device.precision.unwrap_or_default();
+    let _runtime = harness::device::enter(harness::device::Runtime::new(device, precision));
     let r = harness::bench::bench_step(&cfg, &a.preset, threads, 2, a.steps, a.resident_fraction);
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
         println!(
-            "preset {} on {} threads: {} tokens/step",
-            r.preset, r.threads, r.tokens_per_step
+            "preset {} on {} ({} threads, {}): {} tokens/step",
+            r.preset, r.device.device, r.threads, r.device.precision, r.tokens_per_step
         );
         println!(
             "  step time      {:>10.1} ms (median of {}, min {:.1})",
@@ -56,8 +61,8 @@ pub fn run(a: Args) -> Result<()> {
             r.flops_per_token / 1e6
         );
         println!(
-            "  fp32 matmul    {:>10.1} GFLOP/s (measured now)",
-            r.matmul_gflops
+            "  {} matmul    {:>10.1} GFLOP/s (measured now)",
+            r.device.precision, r.matmul_gflops
         );
         println!("  MFU            {:>10.1} %", 100.0 * r.mfu);
         println!(

@@ -43,6 +43,8 @@ pub struct Args {
     /// Print the expanded runs (id, config hash) and exit without running anything.
     #[arg(long)]
     list: bool,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 /// Trains one run with the harness runner and every method of the baselines registry.
@@ -59,7 +61,12 @@ impl RunExecutor for TrainingExecutor {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let suite = Suite::load(&a.suite)?;
+    let mut suite = Suite::load(&a.suite)?;
+    // --device / --precision override every run's knobs (a different run: new hash).
+    for r in &mut suite.runs {
+        a.device.apply(&mut r.config);
+        r.hash = r.config.run_hash();
+    }
     if let Some(only) = &a.only {
         if !suite.runs.iter().any(|r| r.id.contains(only.as_str())) {
             anyhow::bail!(
@@ -85,6 +92,13 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
         return Ok(());
+    }
+    // Every device the suite asks for is usable here, or nothing runs.
+    let mut choices: Vec<_> = suite.runs.iter().map(|r| r.config.device).collect();
+    choices.sort_by_key(|c| c.name());
+    choices.dedup();
+    for c in choices {
+        super::resolve_device(c).with_context(|| format!("suite {}", a.suite.display()))?;
     }
     check_memory(&suite, &a)?;
     let opts = SuiteOptions {

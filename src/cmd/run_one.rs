@@ -12,15 +12,19 @@ pub struct Args {
     /// Run directory.
     #[arg(long, default_value = "results/run-one")]
     out: PathBuf,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
     let text = std::fs::read_to_string(&a.config)
         .with_context(|| format!("reading {}", a.config.display()))?;
-    let cfg: RunConfig = toml::from_str(&text)
+    let mut cfg: RunConfig = toml::from_str(&text)
         .map_err(|e| anyhow::anyhow!("{}: {}", a.config.display(), e.message()))?;
+    a.device.apply(&mut cfg);
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
+    super::resolve_device(cfg.device)?;
     harness::runner::check_memory(&cfg)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", a.config.display()))?;
     // Data files are opened before the old run directory is removed.

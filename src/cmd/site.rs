@@ -49,6 +49,8 @@ pub struct Args {
     /// the FOMOE_TOKEN environment variable).
     #[arg(long)]
     token_file: Option<PathBuf>,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 fn parse_listen(text: &str) -> Result<SocketAddr> {
@@ -61,10 +63,12 @@ pub fn run(a: Args) -> Result<()> {
     let env = |k: &str| std::env::var(k).ok();
     let text = std::fs::read_to_string(&a.config)
         .map_err(|e| anyhow!("reading {}: {e}", a.config.display()))?;
-    let cfg: RunConfig =
+    let mut cfg: RunConfig =
         toml::from_str(&text).map_err(|e| anyhow!("{}: {}", a.config.display(), e.message()))?;
+    a.device.apply(&mut cfg);
     cfg.validate()
         .map_err(|e| anyhow!("{}: {e}", a.config.display()))?;
+    super::resolve_device(cfg.device)?;
     let launch = launch::resolve(
         &LaunchFlags {
             rank: a.rank,

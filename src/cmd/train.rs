@@ -38,6 +38,8 @@ pub struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    device: super::DeviceArgs,
 }
 
 fn default_eval_every(steps: usize) -> usize {
@@ -80,7 +82,9 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(lr) = a.lr {
         cfg.optim.lr = lr;
     }
+    a.device.apply(&mut cfg);
     cfg.validate()?;
+    super::resolve_device(cfg.device)?;
     let dir = a
         .out
         .clone()

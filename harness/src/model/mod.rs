@@ -3,6 +3,7 @@
 pub mod config;
 pub mod moe;
 pub mod params;
+pub mod precision;
 pub mod transformer;
 
 pub use config::{ConfigError, ModelConfig, RouterKind, PRESETS};

@@ -19,10 +19,11 @@
 //! With every expert resident the three policies and "no mask" compute the same graph.
 //!
 //! **Dispatch** is one autograd graph: the (token, slot) pairs that run are sorted by local
-//! expert once (stable argsort), their inputs gathered with one `index_select`, each
-//! expert runs two matmuls on its contiguous slice, outputs are concatenated, scaled by
-//! their gates and summed back with one `index_add`. Only resident experts run, so local
-//! expert FLOPs scale with the share of slots that hit resident experts.
+//! expert once (stable argsort, see `plan_dispatch`), their inputs gathered with one
+//! `index_select`, each expert runs two matmuls on its contiguous slice (in the run's
+//! precision, [`super::precision`]), outputs are concatenated, scaled by their gates and
+//! summed back with one `index_add`. Only resident experts run, so local expert FLOPs
+//! scale with the share of slots that hit resident experts. One host read per layer.
 //!
 //! **Load balance** (Switch form): aux = E · Σ_i f_i · P_i, f_i the share of the T·k routed
 //! slots whose top-k choice is expert i (not differentiable), P_i the mean softmax
@@ -46,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::config::{ConfigError, RouterKind};
+use super::precision::linear;
 
 /// What a site does with a slot routed to an expert it does not hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -125,8 +127,8 @@ impl LayerResidency {
         let mask: Vec<bool> = local.iter().map(|&l| l >= 0).collect();
         Self {
             resident: resident.to_vec(),
-            local_of: Tensor::from_slice(&local),
-            mask: Tensor::from_slice(&mask),
+            local_of: Tensor::from_slice(&local).to_device(crate::device::device()),
+            mask: Tensor::from_slice(&mask).to_device(crate::device::device()),
             n_experts,
         }
     }
@@ -263,7 +265,8 @@ pub fn balance_loss(
             let p_mean = probs.mean_dim(0, false, Kind::Float); // [E]
             let slots = (tokens * top_k as i64).max(1) as f64;
             let f: Vec<f32> = counts.iter().map(|&c| (c as f64 / slots) as f32).collect();
-            (p_mean * Tensor::from_slice(&f)).sum(Kind::Float) * e as f64
+            (&p_mean * Tensor::from_slice(&f).to_device(p_mean.device())).sum(Kind::Float)
+                * e as f64
         }
         AuxScope::Resident => {
             let r = &residency.resident;
@@ -278,14 +281,16 @@ pub fn balance_loss(
             // P̂_i = mean_t p_{t,i} / Σ_{j∈R} p_{t,j}: each token's router distribution
             // restricted to R (a softmax over R's logits), so mass on absent experts has no
             // say in it.
-            let idx = Tensor::from_slice(&r.iter().map(|&i| i as i64).collect::<Vec<_>>());
+            let idx = Tensor::from_slice(&r.iter().map(|&i| i as i64).collect::<Vec<_>>())
+                .to_device(probs.device());
             let p_tr = probs.index_select(1, &idx);
             let p_hat = (&p_tr / p_tr.sum_dim_intlist(-1, true, Kind::Float)).mean_dim(
                 0,
                 false,
                 Kind::Float,
             );
-            (p_hat * Tensor::from_slice(&f)).sum(Kind::Float) * r.len() as f64
+            (&p_hat * Tensor::from_slice(&f).to_device(p_hat.device())).sum(Kind::Float)
+                * r.len() as f64
         }
     }
 }
@@ -304,6 +309,64 @@ pub struct RoutingOptions {
     /// `None`: no residency mask (every expert must be resident).
     pub skip_policy: Option<SkipPolicy>,
     pub aux_scope: AuxScope,
+}
+
+/// Which routed slots run, in what order, from one layer's top-k choices.
+struct DispatchPlan {
+    /// Slot indices (t·k + j) of the slots that run, grouped by local expert in ascending
+    /// local order, ascending slot order within an expert. [n_valid] i64.
+    sorted_slots: Tensor,
+    /// Slots per local (resident) expert; sums to n_valid.
+    per_expert: Vec<i64>,
+    /// Slots per global expert (all T·k choices), length E.
+    counts: Vec<i64>,
+    skipped_slots: i64,
+    skipped_tokens: i64,
+}
+
+/// The dispatch order with one host read per layer (a device sync on a GPU): the slot
+/// counts per global expert, and with a mask the number of tokens none of whose experts is
+/// resident, come back together; the per-resident counts and the skipped slots follow on
+/// the host. Slots are put in expert order by one stable argsort whose key is the local
+/// expert index with non-resident slots keyed past the last one, so the runnable slots are
+/// the first n_valid of it: no `nonzero` (another sync) and the same order as sorting only
+/// the runnable slots. Without a mask every slot runs and the key is the local index.
+fn plan_dispatch(top_i: &Tensor, residency: &LayerResidency, masked: bool) -> DispatchPlan {
+    let (n_tokens, k) = top_i.size2().expect("top-k ids are [T, k]");
+    let e = residency.n_experts;
+    let flat_ids = top_i.view(-1);
+    let counts_t = flat_ids.bincount::<Tensor>(None, e as i64);
+    let local = residency.local_of.index_select(0, &flat_ids);
+    let (host, key) = if masked {
+        let runnable = local.ge(0);
+        let none_resident = runnable
+            .view([n_tokens, k])
+            .any_dim(-1, false)
+            .logical_not()
+            .sum(Kind::Int64);
+        let key = local.masked_fill(&runnable.logical_not(), residency.resident.len() as i64);
+        (Tensor::cat(&[counts_t, none_resident.view([1])], 0), key)
+    } else {
+        (counts_t, local)
+    };
+    let host: Vec<i64> = Vec::<i64>::try_from(&host).unwrap_or_default();
+    let counts = host[..e].to_vec();
+    let skipped_tokens = if masked { host[e] } else { 0 };
+    let per_expert: Vec<i64> = residency.resident.iter().map(|&g| counts[g]).collect();
+    let n_valid: i64 = per_expert.iter().sum();
+    let order = key.argsort_stable(true, 0, false);
+    let sorted_slots = if n_valid == n_tokens * k {
+        order
+    } else {
+        order.narrow(0, 0, n_valid)
+    };
+    DispatchPlan {
+        sorted_slots,
+        per_expert,
+        counts,
+        skipped_slots: n_tokens * k - n_valid,
+        skipped_tokens,
+    }
 }
 
 /// One MoE layer forward on x [T, d].
@@ -344,50 +407,23 @@ pub fn moe_forward_onto(
         opts.skip_policy,
     );
     let n_tokens = x.size()[0];
-    let flat_ids = top_i.view(-1);
-    let counts_t = flat_ids.bincount::<Tensor>(None, residency.n_experts as i64);
-    let counts: Vec<i64> = Vec::<i64>::try_from(&counts_t).unwrap_or_default();
-
-    // Slots that run: those whose expert is resident.
-    let local = residency.local_of.index_select(0, &flat_ids);
-    let (slots, local_sel, skipped_slots, skipped_tokens) = if opts.skip_policy.is_none() {
-        (
-            Tensor::arange(n_tokens * k, (Kind::Int64, x.device())),
-            local,
-            0,
-            0,
-        )
-    } else {
-        let valid = local.ge(0);
-        let slots = valid.nonzero().squeeze_dim(1);
-        let local_sel = local.index_select(0, &slots);
-        let skipped = n_tokens * k - slots.size()[0];
-        let none_res = valid
-            .view([n_tokens, k])
-            .any_dim(-1, false)
-            .logical_not()
-            .sum(Kind::Int64)
-            .int64_value(&[]);
-        (slots, local_sel, skipped, none_res)
-    };
-    let order = local_sel.argsort_stable(true, 0, false);
-    let sorted_slots = slots.index_select(0, &order);
-    let per_expert = local_sel.bincount::<Tensor>(None, residency.resident.len() as i64);
-    let per_expert: Vec<i64> = Vec::<i64>::try_from(&per_expert).unwrap_or_default();
-    let token_of_slot = sorted_slots.floor_divide_scalar(k);
+    let plan = plan_dispatch(&top_i, residency, opts.skip_policy.is_some());
+    let token_of_slot = plan.sorted_slots.floor_divide_scalar(k);
     let xs = x.index_select(0, &token_of_slot);
-    let gs = gates.view(-1).index_select(0, &sorted_slots);
+    let gs = gates.view(-1).index_select(0, &plan.sorted_slots);
 
     // One split (its backward is one concatenation), not a narrow per expert (whose
     // backward would zero-fill and add a full-size gradient per expert).
+    let per_expert = &plan.per_expert;
+    let prec = crate::device::precision();
     let parts = xs.split_with_sizes(per_expert.as_slice(), 0);
     let mut outs = Vec::with_capacity(per_expert.len());
     for (e, part) in parts.iter().enumerate() {
         if per_expert[e] == 0 {
             continue;
         }
-        let h = part.linear::<Tensor>(experts.fc1[e], None).gelu("none");
-        outs.push(h.linear::<Tensor>(experts.fc2[e], None));
+        let h = linear(part, experts.fc1[e], prec).gelu("none");
+        outs.push(linear(&h, experts.fc2[e], prec));
     }
     let y = if outs.is_empty() {
         // Keep the graph connected (zero contribution) so every caller gets a tensor with grad.
@@ -404,6 +440,12 @@ pub fn moe_forward_onto(
         }
     };
 
+    let DispatchPlan {
+        counts,
+        skipped_slots,
+        skipped_tokens,
+        ..
+    } = plan;
     let balance = balance_loss(
         &probs,
         &counts,

@@ -250,10 +250,13 @@ pub struct ParamStore {
 }
 
 impl ParamStore {
-    /// Zero-initialised store for `residency`.
+    /// Zero-initialised store for `residency`, on the calling thread's device.
     pub fn zeros(cfg: &ModelConfig, residency: Residency) -> Self {
         let layout = ParamLayout::new(cfg, &residency);
-        let flat = Tensor::zeros([layout.total as i64], (Kind::Float, tch::Device::Cpu));
+        let flat = Tensor::zeros(
+            [layout.total as i64],
+            (Kind::Float, crate::device::device()),
+        );
         let params = layout
             .specs
             .iter()

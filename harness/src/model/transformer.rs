@@ -4,6 +4,10 @@
 //! Training loss = CE + α·mean_l(balance_l) + β·mean_l(z_l), where balance_l = 1 at perfect
 //! balance (see [`super::moe`]); the balance term is averaged over layers so that its value
 //! reads the same for any depth.
+//!
+//! The attention and output-head matmuls (and the experts', in [`super::moe`]) run in the
+//! thread's [`crate::device::Precision`] ([`super::precision::linear`]); the residual
+//! stream, norms, softmax and losses are f32 at either precision.
 
 use tch::{Kind, Tensor};
 
@@ -13,6 +17,7 @@ use super::moe::{
     SkipPolicy,
 };
 use super::params::{ParamStore, Residency};
+use super::precision::{linear, to_f32};
 
 const NORM_EPS: f64 = 1e-5;
 
@@ -127,6 +132,7 @@ impl MoeModel {
         let h = cfg.n_heads as i64;
         let hd = d / h;
         let wte = self.p(self.idx.wte);
+        let prec = crate::device::precision();
         let mut x =
             Tensor::embedding(wte, inputs, -1, false, false) + self.p(self.idx.wpe).narrow(0, 0, s);
         let opts = RoutingOptions {
@@ -140,8 +146,7 @@ impl MoeModel {
         let mut routing = Vec::with_capacity(cfg.n_layers);
         for (bi, lr) in self.idx.blocks.iter().zip(&self.layers) {
             let a_in = x.rms_norm([d], Some(self.p(bi.ln1)), NORM_EPS);
-            let qkv = a_in
-                .linear::<Tensor>(self.p(bi.qkv), None)
+            let qkv = linear(&a_in, self.p(bi.qkv), prec)
                 .view([b, s, 3, h, hd])
                 .permute([2, 0, 3, 1, 4]);
             // One unbind (its backward is one stack), not three selects (each of whose
@@ -151,10 +156,11 @@ impl MoeModel {
             let att = Tensor::scaled_dot_product_attention::<Tensor>(
                 q, k, v, None, 0.0, true, None, false,
             );
-            let att = att
-                .transpose(1, 2)
-                .reshape([b, s, d])
-                .linear::<Tensor>(self.p(bi.proj), None);
+            let att = linear(
+                &att.transpose(1, 2).reshape([b, s, d]),
+                self.p(bi.proj),
+                prec,
+            );
             x = x + att;
             let m_in = x
                 .rms_norm([d], Some(self.p(bi.ln2)), NORM_EPS)
@@ -178,7 +184,7 @@ impl MoeModel {
             routing.push(out.routing);
         }
         let x = x.rms_norm([d], Some(self.p(self.idx.ln_f)), NORM_EPS);
-        let logits = x.linear::<Tensor>(wte, None);
+        let logits = to_f32(linear(&x, wte, prec));
         let ce = logits
             .view([b * s, cfg.vocab_size as i64])
             .cross_entropy_loss::<Tensor>(
@@ -189,7 +195,13 @@ impl MoeModel {
                 0.0,
             );
         let n_layers = cfg.n_layers as f64;
-        let balance_vals: Vec<f64> = balance_terms.iter().map(|t| t.double_value(&[])).collect();
+        // One host read for all layers' balance values (each read is a device sync on a GPU).
+        let balance_vals: Vec<f64> = Vec::<f64>::try_from(
+            &Tensor::stack(&balance_terms, 0)
+                .detach()
+                .to_kind(Kind::Double),
+        )
+        .unwrap_or_default();
         let mut loss = ce.shallow_clone();
         if cfg.balance_alpha > 0.0 {
             loss = loss

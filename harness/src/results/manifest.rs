@@ -78,6 +78,10 @@ pub struct Manifest {
     pub ended_at: Option<String>,
     /// Wall-clock seconds from start to end (not the run's virtual clock).
     pub duration_s: Option<f64>,
+    /// What the sites computed on: device, its name, driver, CUDA and libtorch versions at
+    /// run time, precision, how sites shared it (absent in manifests written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<crate::device::facts::DeviceFacts>,
     /// What the finished run holds: size, SHA-256 and rows of every result file
     /// ([`super::completeness`]); absent while running and in schema-1 manifests.
     #[serde(default, skip_serializing_if = "Option::is_none")]

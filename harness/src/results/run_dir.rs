@@ -198,6 +198,7 @@ impl RunDir {
             started_at: rfc3339_utc(SystemTime::now()),
             ended_at: None,
             duration_s: None,
+            device: None,
             files: None,
             links: None,
             scenario: None,
@@ -247,6 +248,15 @@ impl RunDir {
     ) -> Result<(), ResultsError> {
         self.manifest.links = links;
         self.manifest.scenario = scenario;
+        write_atomic(&self.path.join(MANIFEST_FILE), &self.manifest.to_json())
+    }
+
+    /// Record the device facts of the run (see [`crate::device::facts`]).
+    pub fn set_device(
+        &mut self,
+        facts: crate::device::facts::DeviceFacts,
+    ) -> Result<(), ResultsError> {
+        self.manifest.device = Some(facts);
         write_atomic(&self.path.join(MANIFEST_FILE), &self.manifest.to_json())
     }
 

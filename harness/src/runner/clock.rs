@@ -30,6 +30,7 @@ pub fn compute<T>(
     let guard = gate.map(|g| g.acquire());
     let t = Instant::now();
     let out = f();
+    crate::device::synchronize();
     let dt = t.elapsed();
     drop(guard);
     comm.advance(dt);

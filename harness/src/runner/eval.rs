@@ -41,8 +41,8 @@ use crate::telemetry::RoundRow;
 pub fn batch_tensors(b: &Batch) -> (Tensor, Tensor) {
     let shape = b.shape();
     (
-        Tensor::from_slice(&b.inputs).view(shape),
-        Tensor::from_slice(&b.targets).view(shape),
+        crate::device::staging::upload_i64(&b.inputs, &shape),
+        crate::device::staging::upload_i64(&b.targets, &shape),
     )
 }
 

@@ -166,7 +166,10 @@ pub fn run_one(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<RunOutcome> {
-    // Data files are opened before anything is written.
+    // What can refuse the run (an unusable device, memory, data files) does so before
+    // anything is written.
+    crate::device::resolve(cfg.device, 0)?;
+    check_memory(cfg)?;
     prepare(cfg)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(crate::results::run_dir::ROUNDS_FILE);
@@ -207,6 +210,8 @@ pub fn run_one_into(
 /// seeded initial model `init.safetensors` (kept when resuming). Returns the model config.
 pub fn prepare_run_files(cfg: &RunConfig, dir: &Path) -> Result<ModelConfig> {
     cfg.validate()?;
+    // An unusable device is an error before anything is written.
+    crate::device::resolve(cfg.device, 0)?;
     check_memory(cfg)?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -328,6 +333,13 @@ pub fn run_endpoint_with(
         crate::collective::barrier(comm, &all)?;
         return Ok(None);
     }
+    // The site's tensors live on its device from here on (the aggregator above stays on
+    // the host: it only averages host buffers).
+    let device = crate::device::resolve(cfg.device, endpoint)?.device;
+    let mut runtime = crate::device::Runtime::new(device, cfg.precision);
+    // A caller may ask for the CUDA path's host copies on the CPU (tests do).
+    runtime.stage_payloads |= crate::device::current().stage_payloads;
+    let _runtime = crate::device::enter(runtime);
     let data = Dataset::open(&cfg.data, mcfg.seq_len)?;
     let init = site::load_init(&dir.join("init.safetensors"), &mcfg)?;
     let mut strategy = (reg.site)(cfg, endpoint)?;
@@ -370,8 +382,12 @@ fn run_sim(
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let gate = gate::ComputeGate::new(cores / threads);
+    // Sites on a GPU compute one at a time (see `crate::device`, "Sharing one GPU").
+    let on_gpu = crate::device::resolve(cfg.device, 0)?.device.is_cuda();
+    let gate = gate::ComputeGate::new(if on_gpu { 1 } else { cores / threads });
     let shared = std::sync::Mutex::new(rounds);
+    // Site threads inherit the caller's request to stage payloads (see `run_endpoint`).
+    let stage = crate::device::current().stage_payloads;
     let results: Vec<Result<Option<SiteReport>>> = std::thread::scope(|s| {
         let handles: Vec<_> = comms
             .into_iter()
@@ -379,6 +395,12 @@ fn run_sim(
             .map(|(i, mut comm)| {
                 let (gate, shared) = (&gate, &shared);
                 s.spawn(move || {
+                    let _staged = stage.then(|| {
+                        crate::device::enter(crate::device::Runtime {
+                            stage_payloads: true,
+                            ..crate::device::Runtime::CPU
+                        })
+                    });
                     let out = Box::new(sink::SharedRounds(shared));
                     run_endpoint_to(cfg, dir, i, &mut comm, reg, Some(gate), out)
                         .with_context(|| format!("site {i}"))

@@ -40,7 +40,15 @@ pub fn execute_with(
         &mut crate::results::CsvSink<crate::telemetry::RoundRow>,
     ) -> Result<super::RunOutcome>,
 ) -> Result<()> {
-    dir.set_runtime("cpu", threads)?;
+    let device = crate::device::resolve(cfg.device, 0)?.device;
+    let facts = crate::device::facts::DeviceFacts::detect(
+        device,
+        cfg.precision,
+        cfg.sites,
+        &cfg.network.backend.to_string(),
+    );
+    dir.set_runtime(&facts.device.clone(), threads)?;
+    dir.set_device(facts)?;
     let path = dir.path().to_path_buf();
     let outcome = run(&path, &mut dir.rounds);
     if let Ok(o) = &outcome {

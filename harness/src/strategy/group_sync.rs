@@ -44,7 +44,7 @@ use super::outer::{OuterOptimizerState, OuterPlan};
 use super::{RoundState, SiteState};
 use crate::collective::{ring_allreduce_groups, RingJob, WireDtype};
 use crate::config::{ResolvedOuter, RunConfig};
-use crate::model::params::{tensor_to_vec, ParamLayout};
+use crate::model::params::ParamLayout;
 use crate::net::Comm;
 
 /// Ranges of the flat buffer held by exactly `members`.
@@ -129,7 +129,10 @@ pub fn outer_sync(
     comm: &mut dyn Comm,
     wire: WireDtype,
 ) -> Result<u64> {
-    let mut delta = tensor_to_vec(&(&outer.global - &st.model.store.flat));
+    // Δ on the device, lent to the host as one payload (staged through pinned memory on a
+    // GPU, in place on the CPU); it is written back when `delta` goes out of scope.
+    let mut delta_t = &outer.global - &st.model.store.flat;
+    let mut delta = crate::device::staging::HostCopy::new(&mut delta_t);
     for g in groups {
         for p in g.partial.iter().filter(|p| !p.contributes) {
             delta[p.range.clone()].fill(0.0);
@@ -182,7 +185,8 @@ pub fn outer_sync(
             }
         }
     }
-    outer.apply(&tch::Tensor::from_slice(&delta));
+    drop(delta);
+    outer.apply(&delta_t);
     tch::no_grad(|| st.model.store.flat.shallow_clone().copy_(&outer.global));
     Ok(expected_payload_sent(groups, st.site, wire))
 }
