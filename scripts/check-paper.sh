@@ -15,3 +15,14 @@ if ! cmp -s "$tmp/STUDY-fomoe-stability.md" paper/STUDY-fomoe-stability.md; then
   echo "paper/STUDY-fomoe-stability.md differs from what results/reference/fomoe-stability gives: cargo run --release -- study results/reference/fomoe-stability" >&2
   exit 1
 fi
+# The main job's report and figures (paper/REPORT-quick.md, paper/figures/quick/) must be
+# what its committed results give, too.
+for suite in quick; do
+  cargo run --release --quiet -- figures "results/reference/$suite" --out "$tmp/$suite" > /dev/null
+  if ! cmp -s "$tmp/$suite/REPORT-$suite.md" "paper/REPORT-$suite.md" ||
+     ! diff -rq "$tmp/$suite/figures/$suite" "paper/figures/$suite" > /dev/null; then
+    echo "paper/REPORT-$suite.md or paper/figures/$suite/ differ from what results/reference/$suite gives: cargo run --release -- figures results/reference/$suite" >&2
+    exit 1
+  fi
+done
+echo "paper: STUDY-fomoe-stability, REPORT-quick and its figures match their regeneration"

@@ -278,9 +278,29 @@ pub(crate) fn trim_float(x: f64) -> String {
 
 pub(crate) const LEGEND_W: u32 = 260;
 
+/// Pixels per character of a 12-px DejaVu Sans label (its mean advance, rounded up).
+const LABEL_CHAR_W: u32 = 7;
+
+/// Width of the longest run id of `suite` at [`LABEL_CHAR_W`], `lo..=hi`.
+pub(crate) fn label_width(suite: &SuiteData, lo: u32, hi: u32) -> u32 {
+    let longest = suite
+        .runs
+        .iter()
+        .map(|r| r.id().chars().count())
+        .max()
+        .unwrap_or(0);
+    (longest as u32 * LABEL_CHAR_W + 16).clamp(lo, hi)
+}
+
+/// The legend column of a per-run figure: wide enough for the longest run id (at least
+/// [`LEGEND_W`], at most 560 px) beside its 34-px key.
+pub(crate) fn legend_w(suite: &SuiteData) -> u32 {
+    label_width(suite, LEGEND_W - 34, 560 - 34) + 34
+}
+
 fn loss(root: &Area, suite: &SuiteData, by_tokens: bool) -> DrawResult {
     root.fill(&WHITE)?;
-    let (plot, side) = root.split_horizontally(root.dim_in_pixel().0 - LEGEND_W);
+    let (plot, side) = root.split_horizontally(root.dim_in_pixel().0 - legend_w(suite));
     let x_of = |p: &crate::load::EvalPoint| {
         if by_tokens {
             p.tokens as f64
@@ -415,7 +435,7 @@ fn round_panels(root: &Area, suite: &SuiteData, title: &str, panels: &[Panel]) -
             plotters::style::text_anchor::VPos::Top,
         )),
     ))?;
-    let (body, side) = body.split_horizontally(body.dim_in_pixel().0 - LEGEND_W);
+    let (body, side) = body.split_horizontally(body.dim_in_pixel().0 - legend_w(suite));
     let areas = body.split_evenly((panels.len(), 1));
     let max_round = suite
         .runs

@@ -18,8 +18,8 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::compare::{skip_token_points, SkipTokenPoint};
 use crate::figures::{
-    color, human_bytes, legend, range_of, run_label, trim_float, Area, DrawResult, Key, FONT,
-    LEGEND_W,
+    color, human_bytes, label_width, legend, legend_w, range_of, run_label, trim_float, Area,
+    DrawResult, Key, FONT, LEGEND_W,
 };
 use crate::load::SuiteData;
 
@@ -199,7 +199,7 @@ fn stability(root: &Area, suite: &SuiteData) -> DrawResult {
         (head.dim_in_pixel().0 as i32 / 2, 12),
         text_style(20, HPos::Center, VPos::Top),
     ))?;
-    let (body, side) = body.split_horizontally(body.dim_in_pixel().0 - LEGEND_W);
+    let (body, side) = body.split_horizontally(body.dim_in_pixel().0 - legend_w(suite));
     let (top, bottom) = body.split_vertically(360);
     let deltas: Vec<Vec<(f64, f64)>> = suite
         .runs
@@ -274,7 +274,7 @@ fn stability(root: &Area, suite: &SuiteData) -> DrawResult {
         )
         .margin(10)
         .x_label_area_size(35)
-        .y_label_area_size(200)
+        .y_label_area_size(label_width(suite, 200, 480))
         .build_cartesian_2d(0.0..x_hi, -0.5..(n as f64 - 0.5))?;
     chart
         .configure_mesh()
@@ -288,8 +288,8 @@ fn stability(root: &Area, suite: &SuiteData) -> DrawResult {
         let pad = x_hi * 0.01;
         match g {
             Some(v) => {
-                // Bars under 1/500 of the axis are narrower than a pixel: value label only.
-                if *v > x_hi / 500.0 {
+                // Bars under 1/200 of the axis round to under a pixel: value label only.
+                if *v > x_hi / 200.0 {
                     chart.draw_series(std::iter::once(Rectangle::new(
                         [(0.0, y + 0.04), (*v, y + 0.38)],
                         color(i).filled(),
@@ -314,7 +314,7 @@ fn stability(root: &Area, suite: &SuiteData) -> DrawResult {
             }
         }
         if let Some(v) = l {
-            if *v > x_hi / 500.0 {
+            if *v > x_hi / 200.0 {
                 chart.draw_series(std::iter::once(Rectangle::new(
                     [(0.0, y - 0.3), (*v, y - 0.08)],
                     color(i).mix(0.45).filled(),

@@ -58,12 +58,20 @@ impl Timeline {
     }
 }
 
-/// The timelines of the suite's runs that have a participation.csv, in suite order.
+/// Whether a run is a scenario run: it injects faults or has a round deadline. Every run
+/// with rounds writes a participation.csv; only these can have a site out of a round.
+pub fn is_scenario_run(cfg: &harness::config::RunConfig) -> bool {
+    !cfg.faults.is_empty() || cfg.round_deadline.is_some()
+}
+
+/// The timelines of the suite's scenario runs ([`is_scenario_run`]) that have a
+/// participation.csv, in suite order.
 pub fn load(suite: &SuiteData) -> Result<Vec<Timeline>, PaperError> {
     let mut out = Vec::new();
     for run in &suite.runs {
+        let scenario = run.summary.config.as_ref().is_some_and(is_scenario_run);
         let path = suite.dir.join(run.id()).join(PARTICIPATION_FILE);
-        if path.is_file() {
+        if scenario && path.is_file() {
             out.push(Timeline {
                 run_id: run.id().to_string(),
                 rows: harness::results::read_rows::<ParticipationRow>(&path)?.rows,
@@ -268,6 +276,27 @@ mod tests {
             run_id: "fomoe-crash-s0".into(),
             rows,
         }
+    }
+
+    #[test]
+    fn only_runs_with_faults_or_a_deadline_are_scenario_runs() {
+        use harness::config::RunConfig;
+        use harness::scenario::{Fault, FaultKind};
+        let clean = RunConfig::default();
+        assert!(!is_scenario_run(&clean));
+        let mut crash = clean.clone();
+        crash.faults = vec![Fault {
+            site: 1,
+            at_step: Some(4),
+            kind: FaultKind::Crash,
+            ..Default::default()
+        }];
+        assert!(is_scenario_run(&crash));
+        let deadline = RunConfig {
+            round_deadline: Some("30s".into()),
+            ..clean
+        };
+        assert!(is_scenario_run(&deadline));
     }
 
     #[test]
