@@ -15,9 +15,9 @@ if ! cmp -s "$tmp/STUDY-fomoe-stability.md" paper/STUDY-fomoe-stability.md; then
   echo "paper/STUDY-fomoe-stability.md differs from what results/reference/fomoe-stability gives: cargo run --release -- study results/reference/fomoe-stability" >&2
   exit 1
 fi
-# The main job's report and figures (paper/REPORT-quick.md, paper/figures/quick/) must be
-# what its committed results give, too.
-for suite in quick; do
+# The main job's and the fault scenarios' reports and figures (paper/REPORT-<suite>.md,
+# paper/figures/<suite>/) must be what their committed results give, too.
+for suite in quick faults; do
   cargo run --release --quiet -- figures "results/reference/$suite" --out "$tmp/$suite" > /dev/null
   if ! cmp -s "$tmp/$suite/REPORT-$suite.md" "paper/REPORT-$suite.md" ||
      ! diff -rq "$tmp/$suite/figures/$suite" "paper/figures/$suite" > /dev/null; then
@@ -25,4 +25,4 @@ for suite in quick; do
     exit 1
   fi
 done
-echo "paper: STUDY-fomoe-stability, REPORT-quick and its figures match their regeneration"
+echo "paper: STUDY-fomoe-stability, REPORT-quick, REPORT-faults and their figures match their regeneration"
