@@ -161,6 +161,49 @@ fn a_closed_stdout_does_not_stop_the_suite() {
     }
 }
 
+/// Defect 6 in the other commands: each one writing to a stdout whose reader is gone
+/// (`fomoe project --headline | true`) exits 0 without a panic. Before, they used plain
+/// `println!`, which panics on the broken pipe.
+#[test]
+fn commands_writing_into_a_closed_pipe_end_without_a_panic() {
+    for args in [
+        &["project", "--headline"][..],
+        &[
+            "project",
+            "--preset",
+            "paper-100b",
+            "--sites",
+            "8",
+            "--rho",
+            "2",
+            "--inner-steps",
+            "32",
+        ][..],
+    ] {
+        let mut child = Reaped(
+            fomoe()
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        // The reader goes away before the first line.
+        drop(child.0.stdout.take());
+        let status = child.0.wait().unwrap();
+        let mut err = String::new();
+        child
+            .0
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(status.success(), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 /// Every file under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

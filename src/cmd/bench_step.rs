@@ -44,33 +44,40 @@ pub fn run(a: Args) -> Result<()> {
     let _runtime = harness::device::enter(harness::device::Runtime::new(device, precision));
     let r = harness::bench::bench_step(&cfg, &a.preset, threads, 2, a.steps, a.resident_fraction);
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        outln!("{}", serde_json::to_string(&r)?);
     } else {
-        println!(
+        outln!(
             "preset {} on {} ({} threads, {}): {} tokens/step",
-            r.preset, r.device.device, r.threads, r.device.precision, r.tokens_per_step
+            r.preset,
+            r.device.device,
+            r.threads,
+            r.device.precision,
+            r.tokens_per_step
         );
-        println!(
+        outln!(
             "  step time      {:>10.1} ms (median of {}, min {:.1})",
-            r.step_ms_median, r.steps_timed, r.step_ms_min
+            r.step_ms_median,
+            r.steps_timed,
+            r.step_ms_min
         );
-        println!("  tokens/s       {:>10.0}", r.tokens_per_s);
-        println!(
+        outln!("  tokens/s       {:>10.0}", r.tokens_per_s);
+        outln!(
             "  achieved       {:>10.1} GFLOP/s ({:.1} MFLOP/token, PaLM convention)",
             r.gflops,
             r.flops_per_token / 1e6
         );
-        println!(
+        outln!(
             "  {} matmul    {:>10.1} GFLOP/s (measured now)",
-            r.device.precision, r.matmul_gflops
+            r.device.precision,
+            r.matmul_gflops
         );
-        println!("  MFU            {:>10.1} %", 100.0 * r.mfu);
-        println!(
+        outln!("  MFU            {:>10.1} %", 100.0 * r.mfu);
+        outln!(
             "  expert share   {:>10.1} % of model FLOPs (full replica)",
             100.0 * r.expert_flop_share
         );
         if r.resident_fraction < 1.0 {
-            println!(
+            outln!(
                 "  resident       {:>10.1} % of experts, skip rate {:.1} % of routed slots",
                 100.0 * r.resident_fraction,
                 100.0 * r.skip_rate

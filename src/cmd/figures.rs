@@ -66,11 +66,11 @@ pub struct StudyArgs {
 pub fn study(a: StudyArgs) -> Result<()> {
     let (path, verdict) = paper::generate_study(&a.results_dir, &a.out)
         .with_context(|| format!("study of {}", a.results_dir.display()))?;
-    println!("{}", path.display());
+    outln!("{}", path.display());
     if a.check {
         match verdict {
             paper::study::Verdict::DefaultsSelected => {
-                println!("the FoMoE defaults are the configuration this study selects")
+                outln!("the FoMoE defaults are the configuration this study selects")
             }
             paper::study::Verdict::DefaultsNotSelected { selected } => anyhow::bail!(
                 "the FoMoE defaults are not the configuration {} selects ({selected}); see {}",

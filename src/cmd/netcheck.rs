@@ -298,7 +298,7 @@ pub fn run(args: Args) -> Result<()> {
         process_cpu_seconds: harness::net::cpu::process_cpu_seconds(),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_text(&report);
     }
@@ -520,10 +520,10 @@ fn allreduce_phase(args: &Args, link: LinkSpec, net: &NetOptions) -> Result<Allr
 }
 
 fn print_text(r: &Report) {
-    println!("netcheck: backend {}, link {}", r.backend, r.link.text);
+    outln!("netcheck: backend {}, link {}", r.backend, r.link.text);
     if let Some(n) = &r.netns {
-        println!("  rate by        {}", n.rate);
-        println!(
+        outln!("  rate by        {}", n.rate);
+        outln!(
             "  delay by       {}{}",
             n.delay,
             if n.has_netem {
@@ -534,13 +534,13 @@ fn print_text(r: &Report) {
         );
     }
     if let Some(d) = &r.delay {
-        println!(
+        outln!(
             "  one-way delay  configured {:.3} ms   p50 {:.3} ms   p99 {:.3} ms   (min {:.3}, max {:.3}; {} probes of {} wire bytes, {:.3} ms serialisation each)   p50 − configured {:+.3} ms",
             d.configured_ms, d.p50_ms, d.p99_ms, d.min_ms, d.max_ms, d.probes, d.probe_wire_bytes, d.probe_serialisation_ms, d.p50_minus_configured_ms
         );
     }
     if let Some(x) = &r.rate {
-        println!(
+        outln!(
             "  rate           configured {}   achieved {}   ratio {:.4}   (goodput {}; {} messages of {})",
             format_rate(x.configured_bps as u64),
             format_rate_approx(x.achieved_bps),
@@ -550,7 +550,7 @@ fn print_text(r: &Report) {
             format_bytes(x.message_bytes)
         );
         if let Some(rl) = &x.relay {
-            println!(
+            outln!(
                 "  relay cpu      {:.3} CPU-s for {:.3} GB forwarded = {:.3} CPU-s/GB",
                 rl.cpu_seconds,
                 rl.bytes_forwarded as f64 / 1e9,
@@ -559,7 +559,7 @@ fn print_text(r: &Report) {
         }
     }
     if let Some(a) = &r.allreduce {
-        println!(
+        outln!(
             "  all-reduce     {} {} over {} sites: bound {:.3} s   measured {:.3} s   ratio {:.4}   result {}   payload bytes {}",
             format_bytes(a.bytes),
             a.wire,
@@ -571,7 +571,7 @@ fn print_text(r: &Report) {
             if a.payload_bytes_exact { "exact" } else { "MISMATCH" }
         );
         if let Some(rl) = &a.relay {
-            println!(
+            outln!(
                 "  relay cpu      {:.3} CPU-s for {:.3} GB forwarded = {:.3} CPU-s/GB",
                 rl.cpu_seconds,
                 rl.bytes_forwarded as f64 / 1e9,
@@ -579,7 +579,7 @@ fn print_text(r: &Report) {
             );
         }
     }
-    println!(
+    outln!(
         "  process cpu    {:.3} s (sites, relay and checks together)",
         r.process_cpu_seconds
     );

@@ -34,7 +34,7 @@ pub fn run(a: Args) -> Result<()> {
         let problems = check_paper(&spec, &out)
             .with_context(|| format!("regenerating from {}", a.spec.display()))?;
         if problems.is_empty() {
-            println!(
+            outln!(
                 "{}: REPORT.md and every figure match their regeneration",
                 out.display()
             );
@@ -51,7 +51,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let files = generate_paper(&spec, &out)
         .with_context(|| format!("generating from {}", a.spec.display()))?;
-    println!(
+    outln!(
         "{}: {} files (REPORT.md, reports and figures)",
         out.display(),
         files.len()

@@ -34,6 +34,6 @@ pub fn run(a: Args) -> Result<()> {
     }
     let outcome =
         harness::runner::run_one(&cfg, &a.out, &baselines::registry(), &Default::default())?;
-    println!("{}", serde_json::to_string_pretty(&outcome)?);
+    outln!("{}", serde_json::to_string_pretty(&outcome)?);
     Ok(())
 }

@@ -106,13 +106,13 @@ pub fn run(a: Args) -> Result<()> {
     };
     let o = run_rank(&cfg, &opts, baselines::registry())?;
     match &o.run_dir {
-        Some(dir) => println!(
+        Some(dir) => outln!(
             "rank 0: run {} complete in {:.1} s: {}",
             opts.run_id,
             o.wall_s,
             dir.display()
         ),
-        None => println!("rank {rank}: site {rank} done in {:.1} s", o.wall_s),
+        None => outln!("rank {rank}: site {rank} done in {:.1} s", o.wall_s),
     }
     Ok(())
 }

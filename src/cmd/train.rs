@@ -116,19 +116,26 @@ pub fn run(a: Args) -> Result<()> {
             .iter()
             .map(|r| serde_json::json!({"domain": r.domain, "eval_loss": r.eval_loss, "floor": r.floor}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"preset": a.preset, "steps": site.steps, "tokens": site.tokens, "tokens_per_s": tokens_per_s,
                 "wall_s": outcome.wall_s, "final_train_ce": site.final_loss, "eval": domains, "run_dir": dir})
         );
     } else {
-        println!(
+        outln!(
             "trained {} for {} steps ({} tokens) in {:.1} s, {:.0} tokens/s",
-            a.preset, site.steps, site.tokens, outcome.wall_s, tokens_per_s
+            a.preset,
+            site.steps,
+            site.tokens,
+            outcome.wall_s,
+            tokens_per_s
         );
-        println!(
+        outln!(
             "{:<12} {:>10} {:>10} {:>10}",
-            "domain", "eval loss", "floor", "gap"
+            "domain",
+            "eval loss",
+            "floor",
+            "gap"
         );
         for r in &finals {
             let floor = r
@@ -139,12 +146,15 @@ pub fn run(a: Args) -> Result<()> {
                 .floor
                 .map(|f| format!("{:.3}", r.eval_loss - f))
                 .unwrap_or_else(|| "-".into());
-            println!(
+            outln!(
                 "{:<12} {:>10.3} {:>10} {:>10}",
-                r.domain, r.eval_loss, floor, gap
+                r.domain,
+                r.eval_loss,
+                floor,
+                gap
             );
         }
-        println!(
+        outln!(
             "uniform loss ln(256) = {:.3}; telemetry in {}",
             (256f64).ln(),
             dir.display()

@@ -209,9 +209,9 @@ pub fn run(a: Args) -> Result<()> {
     if a.headline {
         let h = harness::sysmodel::headline::headline()?;
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&h)?);
+            outln!("{}", serde_json::to_string_pretty(&h)?);
         } else {
-            print!("{}", headline_text(&h));
+            out!("{}", headline_text(&h));
         }
         return Ok(());
     }
@@ -234,7 +234,7 @@ pub fn run(a: Args) -> Result<()> {
                     p.display()
                 );
             }
-            None => print!("{}", String::from_utf8_lossy(&csv)),
+            None => out!("{}", String::from_utf8_lossy(&csv)),
         }
         return Ok(());
     }
@@ -242,9 +242,9 @@ pub fn run(a: Args) -> Result<()> {
     let dep = spec.deployment.resolve(&model)?;
     let p = project(&label, &model, &dep)?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&p)?);
+        outln!("{}", serde_json::to_string_pretty(&p)?);
     } else {
-        print!("{}", projection_text(&p));
+        out!("{}", projection_text(&p));
     }
     Ok(())
 }
@@ -252,9 +252,9 @@ pub fn run(a: Args) -> Result<()> {
 fn validate(dir: &std::path::Path, tokens_per_s: Option<f64>, json: bool) -> Result<()> {
     let v = harness::sysmodel::validate::validate(dir, tokens_per_s)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print!("{}", validation_text(&v));
+        out!("{}", validation_text(&v));
     }
     let failed = v.failures();
     if !failed.is_empty() {
