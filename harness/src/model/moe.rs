@@ -49,7 +49,9 @@ use tch::{Kind, Tensor};
 use super::config::{ConfigError, RouterKind};
 use super::precision::linear;
 
-/// What a site does with a slot routed to an expert it does not hold.
+/// What a site does with a slot routed to an expert it does not hold. `Default` (`drop`,
+/// skip-token) is the layer's own default for model-level callers (benches, layer tests); a
+/// run's default is [`crate::config::FomoeConfig`]'s (`reroute`, from issue 8's study).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SkipPolicy {
