@@ -25,9 +25,7 @@ pub fn run(a: Args) -> Result<()> {
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.config.display()))?;
     super::resolve_device(cfg.device)?;
-    harness::runner::check_memory(&cfg)
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", a.config.display()))?;
-    // Data files are opened before the old run directory is removed.
+    // Device, memory and data files are checked before the old run directory is removed.
     harness::runner::prepare(&cfg).with_context(|| a.config.display().to_string())?;
     if cfg.resume_from.is_none() && a.out.exists() {
         std::fs::remove_dir_all(&a.out).with_context(|| format!("clearing {}", a.out.display()))?;

@@ -144,11 +144,14 @@ impl TransportBudget {
     }
 }
 
-/// What can be checked of a run before anything is written: the config validates and its
-/// data opens (a missing or malformed data file is reported here, not after the run
-/// directory and `init.safetensors` exist). Returns the rows a complete run writes.
+/// What can be checked of a run before anything is written: the config validates, its
+/// device is usable, it fits this machine's memory ([`check_memory`]) and its data opens (a
+/// missing or malformed data file is reported here, not after the run directory and
+/// `init.safetensors` exist). Returns the rows a complete run writes.
 pub fn prepare(cfg: &RunConfig) -> Result<crate::results::ExpectedRows> {
     cfg.validate()?;
+    crate::device::resolve(cfg.device, 0)?;
+    check_memory(cfg)?;
     let mcfg = cfg.model_config()?;
     let data = Dataset::open(&cfg.data, mcfg.seq_len)?;
     Ok(crate::results::ExpectedRows::for_training(
@@ -166,10 +169,7 @@ pub fn run_one(
     reg: &MethodRegistry,
     opts: &RunOptions,
 ) -> Result<RunOutcome> {
-    // What can refuse the run (an unusable device, memory, data files) does so before
-    // anything is written.
-    crate::device::resolve(cfg.device, 0)?;
-    check_memory(cfg)?;
+    // What can refuse the run does so before anything is written.
     prepare(cfg)?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join(crate::results::run_dir::ROUNDS_FILE);
@@ -208,11 +208,9 @@ pub fn run_one_into(
 
 /// Validates `cfg` and writes the files every site starts from: `config.json` and the one
 /// seeded initial model `init.safetensors` (kept when resuming). Returns the model config.
+/// Callers have run [`prepare`] (or, for `fomoe site`, `multihost::check_config`) first.
 pub fn prepare_run_files(cfg: &RunConfig, dir: &Path) -> Result<ModelConfig> {
     cfg.validate()?;
-    // An unusable device is an error before anything is written.
-    crate::device::resolve(cfg.device, 0)?;
-    check_memory(cfg)?;
     let mcfg = cfg.model_config()?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     crate::results::write_atomic(

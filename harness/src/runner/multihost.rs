@@ -105,6 +105,7 @@ struct RankRecord {
 pub fn check_config(cfg: &RunConfig, o: &RankOptions) -> Result<()> {
     cfg.validate()?;
     super::check_memory(cfg)?;
+    crate::device::resolve(cfg.device, 0)?;
     let l = &o.launch;
     if cfg.network.backend != Backend::Tcp {
         bail!(
