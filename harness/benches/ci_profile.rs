@@ -18,13 +18,12 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use harness::collective::{ring_allreduce, WireDtype};
-use harness::model::moe::{
-    moe_forward, AuxScope, ExpertWeights, LayerResidency, RoutingOptions, SkipPolicy,
-};
+use harness::model::moe::{AuxScope, ExpertWeights, LayerResidency, RoutingOptions, SkipPolicy};
 use harness::model::RouterKind;
 use harness::net::frame::{self, FrameLimits};
 use harness::net::{build_local, Backend, LinkSpec, NetOptions, PeerName, Topology};
-use tch::{Kind, Tensor};
+
+mod common;
 
 fn short<'a>(
     c: &'a mut Criterion,
@@ -38,19 +37,8 @@ fn short<'a>(
 }
 
 fn moe_layer(c: &mut Criterion) {
-    tch::set_num_threads(2);
-    harness::sys::tune_allocator();
-    let (t, d, e, de) = (4096i64, 256i64, 16usize, 256i64);
-    tch::manual_seed(0);
-    let opts = (Kind::Float, tch::Device::Cpu);
-    let x = Tensor::randn([t, d], opts).set_requires_grad(true);
-    let router = (Tensor::randn([e as i64, d], opts) * 0.02).set_requires_grad(true);
-    let fc1: Vec<Tensor> = (0..e)
-        .map(|_| (Tensor::randn([de, d], opts) * 0.02).set_requires_grad(true))
-        .collect();
-    let fc2: Vec<Tensor> = (0..e)
-        .map(|_| (Tensor::randn([d, de], opts) * 0.02).set_requires_grad(true))
-        .collect();
+    let (x, router, fc1, fc2) = common::proxy_s_layer();
+    let e = common::E;
     let all: Vec<usize> = (0..e).collect();
     let res = LayerResidency::new(e, &all);
     let w = ExpertWeights {
@@ -65,14 +53,7 @@ fn moe_layer(c: &mut Criterion) {
     };
     let mut g = short(c, "moe_layer");
     g.bench_function("fwd_bwd", |b| {
-        b.iter(|| {
-            let out = moe_forward(&x, &router, &w, &res, o);
-            let loss = out.y.square().mean(Kind::Float) + out.balance;
-            let mut inputs: Vec<&Tensor> = vec![&x, &router];
-            inputs.extend(w.fc1.iter().copied());
-            inputs.extend(w.fc2.iter().copied());
-            Tensor::run_backward(&[loss], &inputs, false, false)
-        })
+        b.iter(|| common::fwd_bwd(&x, &router, &w, &res, o))
     });
     g.finish();
 }
