@@ -42,6 +42,31 @@ impl Drop for Reaped {
     }
 }
 
+impl Reaped {
+    /// Wait for the child; its exit status and everything it wrote on a piped stderr.
+    fn wait_with_stderr(&mut self) -> (std::process::ExitStatus, String) {
+        let status = self.0.wait().unwrap();
+        let mut err = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            e.read_to_string(&mut err).unwrap();
+        }
+        (status, err)
+    }
+}
+
+/// `fomoe run SUITE --out OUT FLAGS…`.
+fn run_suite(suite: &Path, out: &Path, flags: &[&str]) -> Command {
+    let mut c = fomoe();
+    c.args([
+        "run",
+        suite.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .args(flags);
+    c
+}
+
 fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !cond() {
@@ -58,14 +83,7 @@ fn a_concurrent_run_of_the_same_suite_is_refused_naming_the_holder() {
     let suite = tiny_suite(d.path(), "lock", "sim", &["ddp", "diloco", "fomoe"]);
     let out = d.path().join("out");
     let mut first = Reaped(
-        fomoe()
-            .args([
-                "run",
-                suite.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--quiet",
-            ])
+        run_suite(&suite, &out, &["--quiet"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -75,16 +93,7 @@ fn a_concurrent_run_of_the_same_suite_is_refused_naming_the_holder() {
     wait_for("the first run's lock", Duration::from_secs(30), || {
         std::fs::read_to_string(&lock).is_ok_and(|t| !t.trim().is_empty())
     });
-    let second = fomoe()
-        .args([
-            "run",
-            suite.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ])
-        .output()
-        .unwrap();
+    let second = run_suite(&suite, &out, &["--quiet"]).output().unwrap();
     let err = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
@@ -116,14 +125,7 @@ fn a_closed_stdout_does_not_stop_the_suite() {
     let suite = tiny_suite(d.path(), "pipe", "sim", &["ddp", "diloco", "fomoe"]);
     let out = d.path().join("out");
     let mut child = Reaped(
-        fomoe()
-            .args([
-                "run",
-                suite.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--force",
-            ])
+        run_suite(&suite, &out, &["--force"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -141,15 +143,7 @@ fn a_closed_stdout_does_not_stop_the_suite() {
         String::from_utf8_lossy(&line).contains("ddp-s0"),
         "{line:?}"
     );
-    let status = child.0.wait().unwrap();
-    let mut err = String::new();
-    child
-        .0
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, err) = child.wait_with_stderr();
     assert!(status.success(), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     for run in ["ddp-s0", "diloco-s0", "fomoe-s0"] {
@@ -190,15 +184,7 @@ fn commands_writing_into_a_closed_pipe_end_without_a_panic() {
         );
         // The reader goes away before the first line.
         drop(child.0.stdout.take());
-        let status = child.0.wait().unwrap();
-        let mut err = String::new();
-        child
-            .0
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+        let (status, err) = child.wait_with_stderr();
         assert!(status.success(), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
@@ -239,14 +225,7 @@ fn the_run_token_is_never_written_to_a_file() {
     let suite = tiny_suite(d.path(), "secret", "relay", &["diloco"]);
     let out = d.path().join("out");
     let mut child = Reaped(
-        fomoe()
-            .args([
-                "run",
-                suite.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--quiet",
-            ])
+        run_suite(&suite, &out, &["--quiet"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -312,14 +291,7 @@ fn workers_die_with_a_killed_orchestrator() {
     let suite = tiny_suite(d.path(), "orphans", "relay", &["diloco"]);
     let out = d.path().join("out");
     let mut child = Reaped(
-        fomoe()
-            .args([
-                "run",
-                suite.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--quiet",
-            ])
+        run_suite(&suite, &out, &["--quiet"])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -365,15 +337,7 @@ fn a_data_file_that_does_not_open_stops_before_anything_is_written() {
     )
     .unwrap();
     let out = d.path().join("out");
-    let r = fomoe()
-        .args([
-            "run",
-            suite.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let r = run_suite(&suite, &out, &[]).output().unwrap();
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
